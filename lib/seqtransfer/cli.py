@@ -1,0 +1,136 @@
+"""The ``seqtransfer`` command: a thin argparse wrapper over library functions.
+
+    seqtransfer run [--budget smoke|quick|full] [--only NAME ...] [--out DIR] [--jobs N]
+                    [-p NAME VALUE]... [--device cpu|cuda|auto] [--timeout SECONDS]
+    seqtransfer fetch NAME [NAME ...] [--data-dir DIR]
+    seqtransfer bench ...                 (arguments go to seqtransfer.bench.main)
+    seqtransfer nbval-refs [--only NAME ...] [--dest DIR] [--timeout SECONDS]
+
+Library modules are imported inside the commands, so ``seqtransfer fetch`` does not wait for
+papermill and nbconvert to import.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (and exit status 2), without the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse_value(text: str):
+    """A ``-p`` value: a Python literal where it parses as one (3, 0.1, True, [1, 2]), else
+    the string itself (``-p backbone gru4rec``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="seqtransfer",
+                     description="Research workbench for transferable sequential recommendation.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="execute the notebooks, write HTML reports and an index")
+    # budget, device and names are checked by report.run_batch, the one place that knows them
+    run.add_argument("--budget", default="quick",
+                     help="size of every run: smoke (seconds), quick (minutes on CPU, the "
+                          "default) or full (paper scale, for a GPU)")
+    run.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks")
+    run.add_argument("--out", default="reports/latest", help="output folder (default %(default)s)")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1)")
+    run.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="extra notebook parameter; VALUE is a Python literal or a string")
+    run.add_argument("--device", default="auto", help="cpu, cuda or auto (the default)")
+    run.add_argument("--timeout", type=float, help="per-cell timeout in seconds "
+                                                   "(default: by budget)")
+
+    fetch = commands.add_parser("fetch", help="download and cache datasets")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
+    fetch.add_argument("--data-dir", help="cache folder (default data/ of the checkout)")
+
+    # bench parses its own arguments; add_help=False lets `seqtransfer bench --help` reach it
+    commands.add_parser("bench", add_help=False,
+                        help="speed benchmark (see seqtransfer bench --help)")
+
+    refs = commands.add_parser("nbval-refs", help="re-make the nbval reference notebooks "
+                                                  "(smoke budget, CPU)")
+    refs.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks")
+    refs.add_argument("--dest", default="tests/notebooks", help="folder (default %(default)s)")
+    refs.add_argument("--timeout", type=float, help="per-cell timeout in seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``seqtransfer`` console script; returns the exit status."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from seqtransfer import bench
+        return bench.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    # progress lines of seqtransfer only; papermill's own INFO lines would drown them
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("seqtransfer").setLevel(logging.INFO)
+    return {"run": _run, "fetch": _fetch, "nbval-refs": _nbval_refs}[args.command](args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from seqtransfer import report
+
+    params = {name: parse_value(value) for name, value in args.p}
+    try:
+        status = report.run_batch(names=args.only, budget=args.budget, out=args.out,
+                                  jobs=args.jobs, params=params, device=args.device,
+                                  timeout=args.timeout)
+    except report.BatchError as err:
+        print(f"seqtransfer run: {err}", file=sys.stderr)
+        return 2
+    table = status.assign(error=status["error"].str.slice(0, 100))
+    print(table[["notebook", "status", "seconds", "error"]].to_string(index=False))
+    print(f"index: {(Path(args.out) / 'index.html').resolve()}")
+    return 0 if (status["status"] == "ok").all() else 1
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from seqtransfer.data import fetch
+
+    for name in args.names:
+        try:
+            print(fetch(name, args.data_dir))
+        except ValueError as err:  # unknown name
+            print(f"seqtransfer fetch: {err}", file=sys.stderr)
+            return 2
+        except RuntimeError as err:  # download or checksum failure, already explained
+            print(f"seqtransfer fetch: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _nbval_refs(args: argparse.Namespace) -> int:
+    from seqtransfer import report
+
+    try:
+        written = report.make_nbval_refs(names=args.only, dest=args.dest, timeout=args.timeout)
+    except report.BatchError as err:
+        print(f"seqtransfer nbval-refs: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"seqtransfer nbval-refs: {err}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""Data layer: real datasets -> tidy interactions -> leave-one-out split -> padded tensors.
+
+Knows nothing of models.
+"""
+from .batches import SeqData, build_sequences
+from .domains import combine, domain_table, genre_domains, genre_subset
+from .fetch import KNOWN_DATASETS, default_data_dir, fetch
+from .loaders import DataError, Interactions, load, sample_users, subset
+from .split import (Split, UserGroups, activeness_groups, leave_one_out, lorenz, strata,
+                    truncate_histories)

@@ -1,0 +1,149 @@
+"""One evaluation function for validation and test.
+
+Protocol (full ranking, the default): for every user the model scores *all* items; items in
+the user's history before the target (training items, plus the validation item when testing)
+are masked, except the target itself if it repeats an earlier item. The target's 0-based rank
+counts the items scored at least as high as it (ties count against the model, so a model that
+scores every item alike gets no credit). From the rank r:
+
+* HR@K   = 1[r < K]
+* NDCG@K = 1[r < K] / log2(r + 2)    (one relevant item, so IDCG = 1)
+* MRR@K  = 1[r < K] / (r + 1)
+
+``protocol="sampled"`` ranks the target against ``n_negatives`` (100) items drawn uniformly
+from those the user has not interacted with, the protocol of older papers; it inflates every
+number and is labelled as such in the output. Metrics are reported for every user group
+(all/head/tail/cold and any extra mask, e.g. per domain). Model selection uses ``split="valid"``
+only.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data.batches import SeqData
+
+KS = (5, 10, 20)
+METRICS = ("hr", "ndcg", "mrr")
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks=KS) -> dict[tuple[str, int], float]:
+    """Mean HR/NDCG/MRR at each K from 0-based ranks (an empty array gives NaN)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in ks:
+        hit = r < k
+        with np.errstate(invalid="ignore"):
+            out[("hr", k)] = hit.mean() if len(r) else np.nan
+            out[("ndcg", k)] = np.where(hit, 1.0 / np.log2(r + 2), 0.0).mean() if len(r) else np.nan
+            out[("mrr", k)] = np.where(hit, 1.0 / (r + 1), 0.0).mean() if len(r) else np.nan
+    return out
+
+
+def _history_mask(ptr: torch.Tensor, items: torch.Tensor, start: int, stop: int,
+                  n_cols: int) -> torch.Tensor:
+    """(stop-start, n_cols) bool mask of history items for users start..stop-1 (CSR slice)."""
+    lo, hi = int(ptr[start]), int(ptr[stop])
+    counts = ptr[start + 1:stop + 1] - ptr[start:stop]
+    rows = torch.repeat_interleave(torch.arange(stop - start, device=ptr.device), counts)
+    mask = torch.zeros(stop - start, n_cols, dtype=torch.bool, device=ptr.device)
+    mask[rows, items[lo:hi]] = True
+    return mask
+
+
+@torch.no_grad()
+def rank_targets(model: torch.nn.Module, data: SeqData, split: str = "valid",
+                 protocol: str = "full", n_negatives: int = 100, batch_size: int = 1024,
+                 seed: int = 0) -> np.ndarray:
+    """(U,) 0-based rank of every user's target under ``protocol``.
+
+    ``data`` may live on any device; batches are moved to the model's device.
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    if protocol not in ("full", "sampled"):
+        raise ValueError(f"protocol must be 'full' or 'sampled', got {protocol!r}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    inputs, lengths = data.eval_inputs[split], data.eval_lengths[split]
+    targets, ptr, hist = data.eval_targets[split], data.history_ptr[split], data.history_items[split]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n_cols = data.n_items + 1
+    ranks = []
+    for start in range(0, data.n_users, batch_size):
+        stop = min(start + batch_size, data.n_users)
+        seq = inputs[start:stop].to(device)
+        tgt = targets[start:stop].to(device)
+        h = model.represent(seq, lengths[start:stop].to(device))            # (B, D)
+        scores = model.score(h).float()                                      # (B, N+1)
+        rows = torch.arange(stop - start, device=device)
+        t_score = scores[rows, tgt]                                          # (B,)
+        seen = _history_mask(ptr.to(device), hist.to(device), start, stop, n_cols)
+        seen[:, 0] = True
+        if protocol == "full":
+            scores = scores.masked_fill(seen, float("-inf"))
+            scores[rows, tgt] = t_score
+            r = (scores >= t_score[:, None]).sum(1) - 1                      # (B,)
+        else:
+            seen[rows, tgt] = True
+            neg = _sample_unseen(seen, n_negatives, gen)                     # (B, n_neg)
+            r = (scores.gather(1, neg) >= t_score[:, None]).sum(1)
+        ranks.append(r.cpu())
+    model.train(was_training)
+    return torch.cat(ranks).numpy()
+
+
+def _sample_unseen(seen: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, n) item ids drawn uniformly (with replacement) among the unmasked columns."""
+    B, n_cols = seen.shape
+    out = torch.randint(1, n_cols, (B, n), device=seen.device, generator=gen)
+    for _ in range(100):
+        bad = seen.gather(1, out)
+        if not bad.any():
+            return out
+        out[bad] = torch.randint(1, n_cols, (int(bad.sum()),), device=seen.device, generator=gen)
+    raise RuntimeError("could not sample unseen negatives: some users have seen almost every item")
+
+
+def evaluate(model: torch.nn.Module, data: SeqData, split: str = "valid",
+             groups: Mapping[str, np.ndarray] | None = None, ks=KS, protocol: str = "full",
+             n_negatives: int = 100, batch_size: int = 1024, seed: int = 0,
+             ranks: np.ndarray | None = None) -> pd.DataFrame:
+    """Rank every user's target and aggregate per group.
+
+    Args:
+        groups: name -> (U,) bool mask; ``{"all": everyone}`` when None. A ``UserGroups`` works
+            too (pass ``groups.masks``).
+        ranks: precomputed ranks (skip the model pass).
+
+    Returns a tidy frame: split, protocol, group, metric, k, value, n_users.
+    """
+    if ranks is None:
+        ranks = rank_targets(model, data, split, protocol, n_negatives, batch_size, seed)
+    if groups is None:
+        groups = {"all": np.ones(data.n_users, dtype=bool)}
+    rows = []
+    for g, mask in groups.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != ranks.shape:
+            raise ValueError(f"group {g!r} mask has shape {mask.shape}, expected {ranks.shape}")
+        for (metric, k), v in metrics_from_ranks(ranks[mask], ks).items():
+            rows.append((split, protocol, g, metric, k, v, int(mask.sum())))
+    return pd.DataFrame(rows, columns=["split", "protocol", "group", "metric", "k", "value", "n_users"])
+
+
+def domain_groups(data_item_domain: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-domain user masks: user u is in domain d when its target item belongs to d."""
+    dom = np.asarray(data_item_domain, dtype=object)[np.asarray(targets)]
+    return {f"domain:{d}": dom == d for d in sorted({x for x in dom if x is not None})}
+
+
+def pivot(metrics: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> pd.DataFrame:
+    """One metric as a table: rows = everything but group/value, columns = groups."""
+    m = metrics[(metrics["metric"] == metric) & (metrics["k"] == k)]
+    index = [c for c in m.columns if c not in ("group", "value", "n_users", "metric", "k")]
+    return m.pivot_table(index=index, columns="group", values="value", sort=False)

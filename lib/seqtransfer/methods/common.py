@@ -1,0 +1,85 @@
+"""What every method returns, and the steps every method shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.batches import SeqData
+from ..data.split import UserGroups
+from ..evaluate import evaluate, rank_targets
+from ..train import TrainResult
+
+
+@dataclass
+class MethodResult:
+    """Metrics per split and group, training curves and method diagnostics of one run."""
+
+    method: str                      # e.g. "baseline"
+    variant: str                     # e.g. "sasrec joint", "sasrec tail-only"
+    seed: int
+    metrics: pd.DataFrame            # split, protocol, group, metric, k, value, n_users, variant, seed
+    history: pd.DataFrame            # epoch, step, loss, valid_ndcg10, seconds
+    model: torch.nn.Module
+    train: TrainResult | None = None
+    diagnostics: dict[str, pd.DataFrame] = field(default_factory=dict)
+    ranks: dict[str, np.ndarray] = field(default_factory=dict)   # split -> (U,) target ranks
+
+    def ndcg10(self, group: str = "all", split: str = "test") -> float:
+        m = self.metrics
+        sel = (m["split"] == split) & (m["group"] == group) & (m["metric"] == "ndcg") & (m["k"] == 10)
+        return float(m.loc[sel, "value"].iloc[0])
+
+
+def evaluate_both(model: torch.nn.Module, data: SeqData, groups: UserGroups | dict,
+                  variant: str, seed: int) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Full-ranking metrics on validation and test for every group, labelled by variant/seed."""
+    masks = groups.masks if isinstance(groups, UserGroups) else groups
+    frames, ranks = [], {}
+    for split in ("valid", "test"):
+        ranks[split] = rank_targets(model, data, split)
+        frames.append(evaluate(model, data, split, masks, ranks=ranks[split]))
+    metrics = pd.concat(frames, ignore_index=True).assign(variant=variant, seed=seed)
+    return metrics, ranks
+
+
+def combine_results(results: list[MethodResult]) -> pd.DataFrame:
+    """All metrics of several runs in one tidy frame."""
+    return pd.concat([r.metrics for r in results], ignore_index=True)
+
+
+def summarize(metrics: pd.DataFrame, split: str = "test", ks=(10,), metrics_=("ndcg", "hr")) -> pd.DataFrame:
+    """Mean over seeds with a 95% t-interval half-width, per variant x group x metric@k."""
+    m = metrics[(metrics["split"] == split) & metrics["k"].isin(ks) & metrics["metric"].isin(metrics_)]
+    g = m.groupby(["variant", "group", "metric", "k"], sort=False)["value"]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["ci95"] = [_t95(n) * s / np.sqrt(n) if n > 1 else np.nan for s, n in zip(out["std"], out["count"])]
+    return out.rename(columns={"count": "n_seeds"})
+
+
+def _t95(n: int) -> float:
+    """Two-sided 95% Student-t quantile for n samples (n-1 degrees of freedom)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+             9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+    df = n - 1
+    if df > 30:
+        return 1.96
+    return table[min(table, key=lambda d: (abs(d - df), -d))]
+
+
+def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
+                     metric: str = "ndcg", k: int = 10) -> str:
+    """One sentence: did ``method`` beat ``baseline`` for ``group``? Negative transfer named."""
+    sel = lambda v: table[(table["variant"] == v) & (table["group"] == group) &  # noqa: E731
+                          (table["metric"] == metric) & (table["k"] == k)]["mean"]
+    a, b = sel(method), sel(baseline)
+    if a.empty or b.empty:
+        return f"{method} or {baseline} has no {group} {metric}@{k} to compare."
+    a, b = float(a.iloc[0]), float(b.iloc[0])
+    rel = (a - b) / b * 100 if b else float("nan")
+    if a > b:
+        return f"{method} beats {baseline} for {group} users: {metric.upper()}@{k} {a:.4f} vs {b:.4f} ({rel:+.1f}%)."
+    return (f"{method} does NOT beat {baseline} for {group} users: {metric.upper()}@{k} {a:.4f} vs "
+            f"{b:.4f} ({rel:+.1f}%)" + (" -- negative transfer." if a < b else "."))

@@ -1,0 +1,99 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+Causal transformer over item embeddings plus learned positions. Our choices, all standard in
+recent re-implementations: pre-LayerNorm blocks (more stable than the paper's post-norm),
+attention through ``F.scaled_dot_product_attention`` with ``is_causal=True`` (fused kernels on
+GPU; right padding means no extra mask is needed), GELU feed-forward, tied input/output item
+embeddings scaled by sqrt(D) on input as in the paper.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import SequentialRecommender
+
+
+@dataclass
+class SASRecConfig:
+    dim: int = 64            # hidden size D (item embedding size)
+    n_layers: int = 2        # transformer blocks
+    n_heads: int = 2         # attention heads; dim must divide by it
+    dropout: float = 0.2     # on embeddings and block outputs
+    attn_dropout: float = 0.0  # on attention probabilities; off by default: on CPU sampling the
+                               # (B, H, T, T) mask costs more than the rest of the forward pass
+    max_len: int = 200       # longest input sequence T (number of position embeddings)
+    loss_type: str = "ce"    # "ce" full softmax, "bce" sampled negatives
+    n_negatives: int = 1     # negatives per position when loss_type == "bce"
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        shape = (B, T, self.n_heads, C // self.n_heads)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))          # (B, H, T, C/H)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)                                # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, n_heads, dropout, attn_dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.ffn(self.ln2(x))
+
+
+class SASRec(SequentialRecommender):
+    def __init__(self, n_items: int, cfg: SASRecConfig | None = None):
+        cfg = cfg or SASRecConfig()
+        super().__init__(n_items, cfg.dim, cfg.loss_type, cfg.n_negatives)
+        self.cfg = cfg
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout, cfg.attn_dropout) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                m.weight.data[m.padding_idx].zero_()
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        B, T = seqs.shape
+        if T > self.cfg.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len {self.cfg.max_len}")
+        pos = torch.arange(T, device=seqs.device)
+        x = self.item_emb(seqs) * math.sqrt(self.dim) + self.pos_emb(pos)    # (B, T, D)
+        x = self.emb_drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)                                                  # (B, T, D)

@@ -1,0 +1,114 @@
+"""Plotly figure builders: data in, ``go.Figure`` out. Nothing below imports this module."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .data.split import lorenz
+
+GROUP_COLORS = {"all": "#4C72B0", "head": "#DD8452", "tail": "#55A868", "cold": "#8172B3"}
+NEGATIVE = "#C44E52"
+
+
+def activeness_histogram(activeness: np.ndarray, head_threshold: float | None = None,
+                         title: str = "User activeness") -> go.Figure:
+    """Users per activeness value on log-log axes (logarithmic bins), head cut-off marked."""
+    a = np.asarray(activeness)
+    a = a[a > 0]
+    edges = np.unique(np.logspace(0, np.log10(a.max() + 1), 40).round())
+    counts, edges = np.histogram(a, bins=edges)
+    centers = np.sqrt(edges[:-1] * edges[1:])
+    keep = counts > 0
+    fig = go.Figure(go.Scatter(x=centers[keep], y=counts[keep], mode="markers+lines",
+                               marker=dict(color=GROUP_COLORS["all"]), name="users",
+                               hovertemplate="activeness ~%{x:.0f}: %{y} users<extra></extra>"))
+    if head_threshold is not None:
+        fig.add_vline(x=max(head_threshold, 1), line_dash="dash", line_color=GROUP_COLORS["head"],
+                      annotation_text=f"head: > {head_threshold:.0f}", annotation_position="top right")
+    fig.update_xaxes(type="log", title="training interactions per user (log)")
+    fig.update_yaxes(type="log", title="users (log)")
+    return fig.update_layout(title=title, template="plotly_white", height=380)
+
+
+def lorenz_curve(curves: dict[str, np.ndarray], head_frac: float | None = 0.2,
+                 title: str = "Lorenz curve of activeness") -> go.Figure:
+    """One Lorenz curve per named activeness array, Gini in the legend."""
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                               name="equality"))
+    for name, a in curves.items():
+        x, y, gini = lorenz(a)
+        step = max(1, len(x) // 2000)
+        fig.add_scatter(x=x[::step], y=y[::step], mode="lines", name=f"{name} (Gini {gini:.3f})")
+    if head_frac:
+        fig.add_vline(x=1 - head_frac, line_dash="dash", line_color=GROUP_COLORS["head"],
+                      annotation_text=f"top {head_frac:.0%} = head")
+    fig.update_xaxes(title="cumulative share of users (least active first)", range=[0, 1])
+    fig.update_yaxes(title="cumulative share of interactions", range=[0, 1])
+    return fig.update_layout(title=title, template="plotly_white", height=420)
+
+
+def group_bars(summary: pd.DataFrame, metric: str = "ndcg", k: int = 10,
+               baseline: str | None = None, title: str | None = None) -> go.Figure:
+    """Bars of mean metric per variant (x) and group (colour), 95% intervals when several seeds.
+
+    ``summary`` is :func:`seqtransfer.methods.summarize` output. When ``baseline`` names a
+    variant, bars below the baseline's value for the same group get a red outline: negative
+    transfer shows in colour, not only in numbers.
+    """
+    s = summary[(summary["metric"] == metric) & (summary["k"] == k)]
+    s = s[s["n_seeds"] > 0]
+    fig = go.Figure()
+    for group, part in s.groupby("group", sort=False):
+        base = None
+        if baseline is not None:
+            b = s[(s["variant"] == baseline) & (s["group"] == group)]["mean"]
+            base = float(b.iloc[0]) if len(b) else None
+        worse = [base is not None and v != baseline and m < base for v, m in zip(part["variant"], part["mean"])]
+        fig.add_bar(x=part["variant"], y=part["mean"], name=group,
+                    marker=dict(color=GROUP_COLORS.get(group),
+                                line=dict(color=[NEGATIVE if w else "rgba(0,0,0,0)" for w in worse], width=3)),
+                    error_y=dict(type="data", array=part["ci95"].fillna(0)),
+                    hovertemplate="%{x}<br>" + f"{group}: " + "%{y:.4f}<extra></extra>")
+    label = f"{metric.upper()}@{k}"
+    fig.update_layout(barmode="group", template="plotly_white", height=420,
+                      title=title or f"Test {label} by user group (full ranking)", yaxis_title=label)
+    return fig
+
+
+def training_curves(history: pd.DataFrame, title: str = "Training curves") -> go.Figure:
+    """Loss and validation NDCG@10 per epoch, one line per variant."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation NDCG@10"))
+    h = history if "variant" in history else history.assign(variant="model")
+    for i, (variant, part) in enumerate(h.groupby("variant", sort=False)):
+        color = _palette(i)
+        fig.add_scatter(x=part["epoch"] + 1, y=part["loss"], name=variant, legendgroup=variant,
+                        line=dict(color=color), row=1, col=1)
+        if "valid_ndcg10" in part:
+            v = part.dropna(subset=["valid_ndcg10"])
+            fig.add_scatter(x=v["epoch"] + 1, y=v["valid_ndcg10"], name=variant, legendgroup=variant,
+                            showlegend=False, line=dict(color=color), mode="lines+markers", row=1, col=2)
+    fig.update_xaxes(title="epoch")
+    return fig.update_layout(title=title, template="plotly_white", height=380)
+
+
+def conflict_heatmap(conflict: pd.DataFrame, title: str = "Head vs tail gradient cosine") -> go.Figure:
+    """Heatmap of gradient cosine (layer x training step), one panel per variant.
+
+    Red = the groups' gradients oppose each other (interference), blue = they agree."""
+    c = conflict if "variant" in conflict else conflict.assign(variant="model")
+    variants = list(dict.fromkeys(c["variant"]))
+    fig = make_subplots(rows=1, cols=len(variants), subplot_titles=variants, shared_yaxes=True)
+    for i, v in enumerate(variants, start=1):
+        grid = c[c["variant"] == v].pivot_table(index="layer", columns="step", values="cosine", sort=False)
+        fig.add_heatmap(z=grid.to_numpy(), x=grid.columns, y=list(grid.index), zmin=-1, zmax=1,
+                        colorscale="RdBu", showscale=i == len(variants), colorbar=dict(title="cosine"),
+                        hovertemplate="step %{x}<br>%{y}: %{z:.3f}<extra>" + v + "</extra>", row=1, col=i)
+        fig.update_xaxes(title="training step", row=1, col=i)
+    return fig.update_layout(title=title, template="plotly_white", height=360)
+
+
+def _palette(i: int) -> str:
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+    return colors[i % len(colors)]

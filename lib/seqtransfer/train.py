@@ -1,0 +1,263 @@
+"""The one training loop every method drives (minGPT-style: nothing in it is specific to a
+model or a method).
+
+What it does: picks the device (``"auto"`` = CUDA when present), runs bf16 autocast on CUDA,
+shuffles training windows with a per-epoch seeded generator (so a resumed run sees exactly the
+batches an uninterrupted one would), validates every ``eval_every`` epochs on the validation
+split (full ranking, NDCG@10 of all users), keeps the best weights, stops early after
+``patience`` evaluations without improvement, checkpoints after each evaluation and resumes
+from the checkpoint, and stops with a clear error on a non-finite loss.
+
+Methods customise it through :class:`Hooks`: which windows form the batches, what one
+optimisation step does, and what to observe after each step.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .data.batches import SeqData
+from .evaluate import evaluate
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200                 # upper bound on passes over the training windows
+    batch_size: int = 128             # windows per optimisation step
+    lr: float = 1e-3                  # Adam learning rate
+    weight_decay: float = 0.0         # AdamW decoupled weight decay
+    grad_clip: float | None = 5.0     # max global gradient norm (None: no clipping)
+    patience: int = 10                # evaluations without a better valid NDCG@10 before stopping
+    eval_every: int = 1               # epochs between validations
+    max_steps: int | None = None      # hard cap on optimisation steps (smoke budget)
+    max_minutes: float | None = None  # wall-clock cap on training
+    device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: bool = True                  # bf16 autocast when on CUDA (ignored on CPU)
+    seed: int = 0                     # seeds weights init (caller), shuffling and dropout
+    eval_batch_size: int = 1024       # users per evaluation batch
+    checkpoint_dir: str | None = None # where last.pt lives; None: no checkpoints
+    resume: bool = True               # continue from checkpoint_dir/last.pt when it exists
+    progress: bool = True             # tqdm progress bars
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'.")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class StepContext:
+    """What a step hook sees."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data: SeqData
+    batch: torch.Tensor            # (B,) indices of training windows
+    epoch: int
+    step: int
+    cfg: TrainConfig
+    autocast: Callable[[], object]  # context manager factory (bf16 on CUDA, no-op on CPU)
+
+
+def shuffled_batches(data: SeqData, cfg: TrainConfig, gen: torch.Generator,
+                     windows: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Default batching: all (or the given) windows in a seeded random order."""
+    idx = torch.arange(len(data.train_inputs)) if windows is None else windows.cpu()
+    perm = idx[torch.randperm(len(idx), generator=gen)]
+    for s in range(0, len(perm), cfg.batch_size):
+        yield perm[s:s + cfg.batch_size].to(data.device)
+
+
+def default_step(ctx: StepContext) -> float:
+    """Plain step: mean next-item loss over the batch's real positions."""
+    ctx.optimizer.zero_grad(set_to_none=True)
+    with ctx.autocast():
+        loss = ctx.model.loss(ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch])
+    loss.backward()
+    clip_and_step(ctx)
+    return loss.item()
+
+
+def clip_and_step(ctx: StepContext) -> None:
+    if ctx.cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.grad_clip)
+    ctx.optimizer.step()
+
+
+@dataclass
+class Hooks:
+    """Method-specific behaviour; every field is optional."""
+
+    batches: Callable[[SeqData, TrainConfig, torch.Generator], Iterator[torch.Tensor]] | None = None
+    step: Callable[[StepContext], float] | None = None
+    after_step: Callable[[StepContext], None] | None = None
+    after_eval: Callable[[int, pd.DataFrame], None] | None = None
+    state: Callable[[], dict] | None = None               # extra state to checkpoint
+    load_state: Callable[[dict], None] | None = None      # restore it on resume
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module          # with the best validation weights loaded
+    history: pd.DataFrame           # epoch, step, loss, valid_ndcg10, seconds
+    best_epoch: int
+    best_valid: float               # valid NDCG@10 (all users) of the kept weights
+    stopped: str                    # why training ended
+    device: str
+    seconds: float                  # training wall time (this call; excludes resumed time)
+    steps: int
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
+        hooks: Hooks | None = None, groups: dict[str, np.ndarray] | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` and return it with its best validation weights.
+
+    Validation always ranks all users; early stopping and model selection read NDCG@10 of the
+    ``"all"`` group on the validation split only (never test).
+    """
+    cfg = cfg or TrainConfig()
+    hooks = hooks or Hooks()
+    device = resolve_device(cfg.device)
+    model.to(device)
+    data = data.to(device)
+    use_amp = cfg.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step_fn = hooks.step or default_step
+    batches_fn = hooks.batches or shuffled_batches
+
+    ckpt = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
+    start_epoch, step, best, best_epoch, bad = 0, 0, -math.inf, -1, 0
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict] = []
+    if ckpt is not None and cfg.resume and ckpt.exists():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        if saved["config"] != _resumable(cfg):
+            raise RuntimeError(f"checkpoint {ckpt} was written with different settings; delete it "
+                               "or pass resume=False to start over.")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start_epoch, step, best, best_epoch, bad = (saved[k] for k in ("epoch", "step", "best", "best_epoch", "bad"))
+        best_state, history = saved["best_state"], saved["history"]
+        _set_rng_state(saved["rng"])
+        if hooks.load_state and "hooks" in saved:
+            hooks.load_state(saved["hooks"])
+
+    t0 = time.perf_counter()
+    stopped = "epochs"
+    if bad >= cfg.patience:
+        stopped = "early stop (resumed)"
+        start_epoch = cfg.epochs
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="epochs", disable=not cfg.progress, leave=False)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        losses = []
+        for batch in batches_fn(data, cfg, gen):
+            ctx = StepContext(model, optimizer, data, batch, epoch, step, cfg, autocast)
+            loss = step_fn(ctx)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss} at epoch {epoch}, step {step} (lr={cfg.lr}). Lower the "
+                    "learning rate or set grad_clip; the last good checkpoint is "
+                    f"{ckpt if ckpt and ckpt.exists() else 'not saved (no checkpoint_dir)'}.")
+            losses.append(loss)
+            step += 1
+            if hooks.after_step:
+                hooks.after_step(ctx)
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else np.nan,
+               "seconds": time.perf_counter() - t0}
+        out_of_steps = cfg.max_steps is not None and step >= cfg.max_steps
+        out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) > 60 * cfg.max_minutes
+        last = epoch == cfg.epochs - 1 or out_of_steps or out_of_time
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            metrics = evaluate(model, data, "valid", groups, ks=(10,), batch_size=cfg.eval_batch_size)
+            ndcg = float(metrics.query("group == 'all' and metric == 'ndcg'")["value"].iloc[0]) \
+                if groups is None or "all" in groups else float(metrics.query("metric == 'ndcg'")["value"].iloc[0])
+            row["valid_ndcg10"] = ndcg
+            if hooks.after_eval:
+                hooks.after_eval(epoch, metrics)
+            if ndcg > best:
+                best, best_epoch, bad = ndcg, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+            if ckpt is not None:
+                _save(ckpt, model, optimizer, cfg, epoch + 1, step, best, best_epoch, bad,
+                      best_state, history + [row], hooks)
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", ndcg10=f"{best:.4f}")
+        if bad >= cfg.patience:
+            stopped = f"early stop: no better valid NDCG@10 for {cfg.patience} evaluations"
+            break
+        if out_of_steps:
+            stopped = f"max_steps={cfg.max_steps}"
+            break
+        if out_of_time:
+            stopped = f"max_minutes={cfg.max_minutes}"
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    return TrainResult(model, pd.DataFrame(history), best_epoch, best, stopped, str(device),
+                       time.perf_counter() - t0, step)
+
+
+def _resumable(cfg: TrainConfig) -> dict:
+    """Settings that must match for a checkpoint to be resumed (not the run-length caps)."""
+    d = asdict(cfg)
+    for k in ("epochs", "max_steps", "max_minutes", "progress", "resume", "checkpoint_dir",
+              "device", "eval_batch_size", "patience"):
+        d.pop(k)
+    return d
+
+
+def _save(path: Path, model, optimizer, cfg, epoch, step, best, best_epoch, bad, best_state,
+          history, hooks: Hooks) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "config": _resumable(cfg), "epoch": epoch, "step": step, "best": best,
+               "best_epoch": best_epoch, "bad": bad, "best_state": best_state,
+               "history": history, "rng": _rng_state()}
+    if hooks.state:
+        payload["hooks"] = hooks.state()
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint

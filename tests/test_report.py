@@ -1,0 +1,458 @@
+"""Tests of seqtransfer.report (records, batch runner, HTML, index) and seqtransfer.cli.
+
+The batch tests run tiny throwaway notebooks written into tmp_path, never the real ones.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from seqtransfer import cli, report
+
+EXTERNAL_SRC = re.compile(r"""<script\b[^>]*\bsrc\s*=\s*["'](?:https?:)?//""", re.IGNORECASE)
+
+
+def tidy_metrics(**extra_columns) -> pd.DataFrame:
+    """3 groups x 2 metrics x 2 cut-offs = 12 rows, values in (0, 1)."""
+    rows = [{"group": g, "metric": m, "k": k, "value": round(0.1 + 0.01 * i, 4)}
+            for i, (g, m, k) in enumerate((g, m, k) for g in ("all", "head", "tail")
+                                          for m in ("hr", "ndcg") for k in (5, 10))]
+    return pd.DataFrame(rows).assign(**extra_columns)
+
+
+META = {"notebook": "01_toy", "method": "toy", "dataset": "tiny", "backbone": "sasrec", "seed": 0}
+
+
+def write_notebook(path: Path, *sources: str) -> Path:
+    """A notebook with a tagged parameters cell (budget, device, interactive) and ``sources``."""
+    params = nbformat.v4.new_code_cell('budget = "quick"\ndevice = "auto"\ninteractive = True')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params] + [
+        nbformat.v4.new_code_cell(textwrap.dedent(s).strip()) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+RECORD_CELL = """
+    import pandas as pd
+    from seqtransfer.report import record
+    metrics = pd.DataFrame({"group": ["all", "head", "tail"] * 2,
+                            "metric": ["ndcg"] * 3 + ["hr"] * 3, "k": 10,
+                            "value": [0.10, 0.20, 0.05, 0.30, 0.40, 0.20]})
+    record(metrics, notebook="good", method="toy", dataset="tiny", backbone="sasrec",
+           seed=0, extra={"budget": budget})
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# record / read_records
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_record_builds_rows():
+    payload = report.record(tidy_metrics(n_users=[100, 20, 80] * 4), **META)
+    rows = pd.DataFrame(payload["rows"])
+    assert list(rows.columns) == list(report.RESULT_COLUMNS)
+    assert len(rows) == 12
+    assert (rows["notebook"] == "01_toy").all() and (rows["seed"] == 0).all()
+    first = payload["rows"][0]
+    assert first == {"notebook": "01_toy", "method": "toy", "dataset": "tiny",
+                     "backbone": "sasrec", "seed": 0, "group": "all", "metric": "hr", "k": 5,
+                     "value": 0.1, "n_users": 100}
+    assert payload["extra"] == {}
+
+
+@pytest.mark.unit
+def test_record_keeps_test_split_and_labels_variants_protocols_seeds():
+    test = tidy_metrics(split="test", variant="joint", protocol="full")
+    val = tidy_metrics(split="valid", variant="joint", protocol="full")
+    sampled = tidy_metrics(split="test", variant="joint", protocol="sampled")
+    tail_only = tidy_metrics(split="test", variant="tail-only", protocol="full", seed=3)
+    plain = tidy_metrics(split="test", variant=None, protocol=None)
+    payload = report.record(pd.concat([test, val, sampled, tail_only, plain]), **META)
+    rows = pd.DataFrame(payload["rows"])
+    assert len(rows) == 4 * 12  # the validation rows are dropped
+    assert set(rows["method"]) == {"toy:joint", "toy:tail-only", "toy"}
+    assert set(rows["metric"]) == {"hr", "ndcg", "hr_sampled", "ndcg_sampled"}
+    assert set(rows.loc[rows["method"] == "toy:tail-only", "seed"]) == {3}
+    assert set(rows.loc[rows["method"] != "toy:tail-only", "seed"]) == {0}
+
+
+@pytest.mark.unit
+def test_record_display_bundle_is_text_only_and_metadata_has_rows(monkeypatch):
+    shown = []
+    monkeypatch.setattr(report, "get_ipython", lambda: object())
+    monkeypatch.setattr(report, "display",
+                        lambda data, raw, metadata: shown.append((data, raw, metadata)))
+    payload = report.record(tidy_metrics(), **META)
+    (data, raw, metadata), = shown
+    assert raw is True
+    assert list(data) == ["text/plain"]
+    text = data["text/plain"]
+    assert text == ("seqtransfer record: notebook=01_toy method=toy dataset=tiny "
+                    "backbone=sasrec seed=0; 12 values; groups=all,head,tail; metrics=hr,ndcg; "
+                    "k=5,10; all finite in [0, 1]: True")
+    assert not re.search(r"0\.\d", text), "the summary must not carry metric values"
+    assert metadata == {report.RECORD_KEY: payload}
+
+
+@pytest.mark.unit
+def test_record_summary_flags_values_out_of_range():
+    payload = report.record(tidy_metrics().assign(value=[math.nan] + [0.5] * 11), **META)
+    assert payload["rows"][0]["value"] is None  # NaN is not JSON
+    assert report.record_summary(payload).endswith("all finite in [0, 1]: False")
+
+
+@pytest.mark.unit
+def test_record_missing_columns_name_them_and_the_fix():
+    with pytest.raises(ValueError, match=r"lacks column\(s\) k, value.*group, metric, k, value"):
+        report.record(tidy_metrics().drop(columns=["k", "value"]), **META)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("metrics, message", [
+    (tidy_metrics(split="valid"), "split == 'test'"),
+    (tidy_metrics(k=2.5), "whole numbers"),
+    (tidy_metrics(value="high"), "value must be numeric"),
+    (pd.concat([tidy_metrics(), tidy_metrics()]), "two rows for method=toy"),
+])
+def test_record_rejects_bad_metrics(metrics, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        report.record(metrics, **META)
+
+
+@pytest.mark.unit
+def test_record_rejects_bad_meta_and_extra():
+    with pytest.raises(TypeError, match="seed must be an int"):
+        report.record(tidy_metrics(), **{**META, "seed": "0"})
+    with pytest.raises(TypeError, match="dataset must be a non-empty string"):
+        report.record(tidy_metrics(), **{**META, "dataset": ""})
+    with pytest.raises(ValueError, match="JSON-able"):
+        report.record(tidy_metrics(), **META, extra={"path": Path("x")})
+
+
+@pytest.mark.unit
+def test_read_records_round_trip(tmp_path):
+    payload = report.record(tidy_metrics(), **META)
+    output = nbformat.v4.new_output(
+        "display_data", data={"text/plain": report.record_summary(payload)},
+        metadata={report.RECORD_KEY: payload})
+    cell = nbformat.v4.new_code_cell("record(...)", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="training...\n"), output])
+    path = tmp_path / "done.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), cell]),
+                   str(path))
+    back = report.read_records(path)
+    assert list(back.columns) == list(report.RESULT_COLUMNS)
+    expected = pd.DataFrame(payload["rows"], columns=list(report.RESULT_COLUMNS))
+    pd.testing.assert_frame_equal(back, expected)
+
+
+@pytest.mark.unit
+def test_read_records_of_notebook_without_records_is_empty(tmp_path):
+    path = write_notebook(tmp_path / "none.ipynb", "1 + 1")
+    back = report.read_records(path)
+    assert back.empty and list(back.columns) == list(report.RESULT_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# leaderboard, index, HTML helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def results_frame() -> pd.DataFrame:
+    """Method a: two seeds; method b: one seed and better NDCG@10 all."""
+    rows = []
+    for method, seed, base in (("a", 0, 0.10), ("a", 1, 0.20), ("b", 0, 0.30)):
+        for i, group in enumerate(("all", "head", "tail")):
+            for metric in ("ndcg", "hr", "mrr"):
+                rows.append({"notebook": "nb", "method": method, "dataset": "tiny",
+                             "backbone": "sasrec", "seed": seed, "group": group,
+                             "metric": metric, "k": 10, "value": base + 0.01 * i})
+    return pd.DataFrame(rows, columns=list(report.RESULT_COLUMNS))
+
+
+@pytest.mark.unit
+def test_leaderboard_means_over_seeds_and_sorts():
+    board = report.leaderboard(results_frame())
+    assert list(board["method"]) == ["b", "a"]
+    assert list(board["seeds"]) == [1, 2]
+    a = board.set_index("method").loc["a"]
+    assert a["ndcg@10 all"] == pytest.approx(0.15)
+    assert a["hr@10 tail"] == pytest.approx(0.17)
+    # two seeds 0.1 and 0.2: sd 0.0707, t(1) = 12.706 -> 12.706 * 0.0707 / sqrt(2)
+    assert a["ndcg@10 all ci95"] == pytest.approx(12.706 * 0.05)
+    assert math.isnan(board.set_index("method").loc["b", "ndcg@10 all ci95"])
+    assert "mrr@10 all" not in board.columns
+
+
+@pytest.mark.unit
+def test_write_index_shows_failures_and_best(tmp_path):
+    status = pd.DataFrame([
+        {"notebook": "good", "status": "ok", "seconds": 1.0, "attempts": 1, "error": "",
+         "html": "good.html"},
+        {"notebook": "bad", "status": "failed", "seconds": 2.0, "attempts": 1,
+         "error": "ZeroDivisionError: division by zero (In [4]: 1 / 0)", "html": "bad.html"},
+    ], columns=list(report.STATUS_COLUMNS))
+    page = report.write_index(tmp_path, status, results_frame(), info={"budget": "smoke"}
+                              ).read_text()
+    assert "href='good.html'" in page and "href='bad.html'" in page
+    assert "<td class='failed'>failed" in page and "ZeroDivisionError: division by zero" in page
+    assert "1 of 2 notebooks ok" in page and "budget <b>smoke</b>" in page
+    assert "<td class='num best'>0.3000</td>" in page  # b's NDCG@10 all
+    assert page.count("plotly.js v") == 1 and not EXTERNAL_SRC.search(page)
+
+
+@pytest.mark.unit
+def test_write_index_without_results(tmp_path):
+    status = pd.DataFrame([{"notebook": "bad", "status": "timeout", "seconds": 9.0,
+                            "attempts": 2, "error": "too slow", "html": ""}])
+    page = report.write_index(tmp_path, status, pd.DataFrame(columns=report.RESULT_COLUMNS)
+                              ).read_text()
+    assert "No results were recorded" in page and "timeout (retried)" in page
+    assert "plotly" not in page
+
+
+@pytest.mark.unit
+def test_write_index_from_status_csv(tmp_path):
+    """status.csv read back has NaN for empty error/html; the index shows them as empty."""
+    pd.DataFrame([{"notebook": "good", "status": "ok", "seconds": 1.0, "attempts": 1,
+                   "error": "", "html": ""}]).to_csv(tmp_path / "status.csv", index=False)
+    status = pd.read_csv(tmp_path / "status.csv")
+    page = report.write_index(tmp_path, status, results_frame()).read_text()
+    assert ">nan<" not in page and "HTML</a>" not in page
+
+
+@pytest.mark.unit
+def test_strip_external_scripts():
+    page = ('<script src="https://cdn.example/require.js"></script><script>var x = 1;</script>'
+            "<script type='text/javascript' src='//cdn.example/m.js'> </script>"
+            '<script src="local.js"></script>')
+    stripped = report.strip_external_scripts(page)
+    assert not EXTERNAL_SRC.search(stripped)
+    assert "<script>var x = 1;</script>" in stripped and 'src="local.js"' in stripped
+    assert "external script https://cdn.example/require.js removed" in stripped
+
+
+@pytest.mark.unit
+def test_strip_volatile_metadata(tmp_path):
+    path = write_notebook(tmp_path / "ref.ipynb", "x = 1")
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata["papermill"] = {"parameters": {"budget": "smoke"}, "start_time": "t",
+                                "input_path": "/x"}
+    injected = nbformat.v4.new_code_cell('budget = "smoke"')
+    injected.metadata = {"tags": ["injected-parameters"], "papermill": {"duration": 1.0}}
+    nb.cells.insert(1, injected)
+    nb.cells[2].metadata["execution"] = {"iopub.status.busy": "t"}
+    nbformat.write(nb, str(path))
+    report.strip_volatile_metadata(path)
+    nb = nbformat.read(str(path), as_version=4)
+    assert nb.metadata["papermill"] == {"parameters": {"budget": "smoke"}}
+    assert nb.cells[1].id == "injected-parameters"
+    assert all("papermill" not in c.metadata and "execution" not in c.metadata for c in nb.cells)
+
+
+@pytest.mark.unit
+def test_unknown_names_and_bad_arguments_are_batch_errors(tmp_path):
+    notebooks = {"good": "good.ipynb"}
+    write_notebook(tmp_path / "good.ipynb", "1")
+    with pytest.raises(report.BatchError, match="unknown notebook.*nope.*known notebooks are good"):
+        report.run_batch(["nope"], notebooks=notebooks, notebooks_dir=tmp_path, out=tmp_path)
+    with pytest.raises(report.BatchError, match="unknown budget 'huge'"):
+        report.run_batch(budget="huge", notebooks=notebooks, notebooks_dir=tmp_path)
+    with pytest.raises(report.BatchError, match="may not set budget"):
+        report.run_batch(params={"budget": "full"}, notebooks=notebooks, notebooks_dir=tmp_path)
+    with pytest.raises(report.BatchError, match="not found"):
+        report.run_batch(notebooks={"gone": "gone.ipynb"}, notebooks_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text, value", [
+    ("3", 3), ("0.1", 0.1), ("True", True), ("[1, 2]", [1, 2]), ("'x'", "x"),
+    ("gru4rec", "gru4rec"), ("ml-1m", "ml-1m")])
+def test_cli_parses_parameter_values(text, value):
+    assert cli.parse_value(text) == value
+
+
+@pytest.mark.unit
+def test_cli_run_passes_arguments_and_fails_on_failed_notebook(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_run_batch(**kwargs):
+        calls.append(kwargs)
+        return pd.DataFrame([{"notebook": "a", "status": "ok", "seconds": 1.0, "error": ""},
+                             {"notebook": "b", "status": "failed", "seconds": 1.0,
+                              "error": "boom"}])
+
+    monkeypatch.setattr(report, "run_batch", fake_run_batch)
+    code = cli.main(["run", "--budget", "smoke", "--only", "a", "b", "--out", str(tmp_path),
+                     "-p", "seed", "3", "-p", "backbone", "gru4rec", "--jobs", "2"])
+    assert code == 1
+    assert calls[0]["params"] == {"seed": 3, "backbone": "gru4rec"}
+    assert calls[0]["names"] == ["a", "b"] and calls[0]["jobs"] == 2
+    out = capsys.readouterr().out
+    assert "failed" in out and f"index: {tmp_path.resolve() / 'index.html'}" in out
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--budget", "huge"], "unknown budget 'huge'; choose one of smoke, quick, full"),
+    (["run", "--only", "nope"], "unknown notebook(s) nope; known notebooks are 00_data"),
+    (["fetch", "nope"], "unknown dataset 'nope'"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.unit
+def test_cli_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--jobs", "many"])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch runner end to end (real kernels, tiny notebooks)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def toy_notebooks(tmp_path) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder / "good.ipynb", RECORD_CELL)
+    write_notebook(folder / "bad.ipynb", "x = 1", "1 / 0", "print('never')")
+    return folder, {"good": "good.ipynb", "bad": "bad.ipynb"}
+
+
+def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch):
+    folder, notebooks = toy_notebooks
+    out = tmp_path / "out"
+    monkeypatch.delenv("PLOTLY_RENDERER", raising=False)
+    status = report.run_batch(budget="smoke", out=out, jobs=2, device="cpu",
+                              notebooks_dir=folder, notebooks=notebooks, timeout=60)
+    assert "PLOTLY_RENDERER" not in os.environ  # set for the kernels only, then restored
+    by_name = status.set_index("notebook")
+    assert list(status["notebook"]) == ["good", "bad"]
+    assert by_name.loc["good", "status"] == "ok"
+    assert by_name.loc["bad", "status"] == "failed"
+    assert by_name.loc["bad", "error"] == "ZeroDivisionError: division by zero (In [4]: 1 / 0)"
+    for name in notebooks:  # the failed notebook is still reported
+        assert (out / f"{name}.html").exists() and by_name.loc[name, "html"] == f"{name}.html"
+        assert not EXTERNAL_SRC.search((out / f"{name}.html").read_text())
+
+    # the record output: text/plain only, values in metadata, parameters injected
+    nb = nbformat.read(str(out / "good.ipynb"), as_version=4)
+    # one output, though record(...) is the cell's last expression: the payload is not echoed
+    (output,) = nb.cells[-1].outputs
+    assert list(output["data"]) == ["text/plain"]
+    assert output["metadata"][report.RECORD_KEY]["extra"] == {"budget": "smoke"}
+
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == list(report.RESULT_COLUMNS)
+    assert len(results) == 6 and set(results["notebook"]) == {"good"}
+    assert pd.read_csv(out / "status.csv")["status"].tolist() == ["ok", "failed"]
+    index = (out / "index.html").read_text()
+    assert "ZeroDivisionError: division by zero" in index and "href='good.html'" in index
+    assert "toy" in index and not EXTERNAL_SRC.search(index)
+
+
+def test_batch_timeout_is_retried_once(tmp_path):
+    write_notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(60)")
+    out = tmp_path / "out"
+    status = report.run_batch(out=out, notebooks_dir=tmp_path, notebooks={"slow": "slow.ipynb"},
+                              timeout=1, budget="smoke")
+    row = status.iloc[0]
+    assert (row["status"], row["attempts"]) == ("timeout", 2)
+    assert "1 s per-cell timeout" in row["error"]
+    assert row["seconds"] < 30
+    index = (out / "index.html").read_text()
+    assert "timeout (retried)" in index and "No results were recorded" in index
+
+
+def test_make_nbval_refs(tmp_path):
+    write_notebook(tmp_path / "plot.ipynb", """
+        import plotly.graph_objects as go
+        go.Figure(go.Bar(x=["head", "tail"], y=[0.3, 0.1])).show()
+    """, RECORD_CELL)
+    write_notebook(tmp_path / "bad.ipynb", "1 / 0")
+    notebooks = {"plot": "plot.ipynb", "bad": "bad.ipynb"}
+    dest = tmp_path / "refs"
+    (path,) = report.make_nbval_refs(["plot"], dest, notebooks=notebooks, notebooks_dir=tmp_path)
+    assert path == dest / "plot.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    assert nb.metadata["papermill"] == {"parameters": report.REFERENCE_PARAMETERS}
+    assert nb.cells[1].id == "injected-parameters" and 'budget = "smoke"' in nb.cells[1].source
+    assert all("papermill" not in c.metadata and "execution" not in c.metadata for c in nb.cells)
+    # outputs kept; plotly as JSON only, without 5 MB of plotly.js
+    assert list(nb.cells[2].outputs[0]["data"]) == ["application/vnd.plotly.v1+json"]
+    assert report.read_records(path)["value"].tolist() == [0.10, 0.20, 0.05, 0.30, 0.40, 0.20]
+    with pytest.raises(RuntimeError, match="bad failed: ZeroDivisionError"):
+        report.make_nbval_refs(["bad"], dest, notebooks=notebooks, notebooks_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reports in a real browser
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium_dom(tmp_path_factory):
+    """``chromium_dom(path)``: the DOM of an HTML file after headless chromium ran its scripts
+    (offline, 5 s of virtual time).
+
+    Skips when chromium is missing, unless SEQTRANSFER_REQUIRE_BROWSER=1 makes that a failure;
+    checked before the test body so that a skip costs no notebook runs.
+    """
+    exe = shutil.which("chromium")
+    if exe is None:
+        reason = "chromium not found on PATH (Debian package `chromium`)"
+        if os.environ.get("SEQTRANSFER_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " and SEQTRANSFER_REQUIRE_BROWSER=1")
+        pytest.skip(reason + "; set SEQTRANSFER_REQUIRE_BROWSER=1 to fail instead")
+
+    def dom(path: Path) -> str:
+        profile = tmp_path_factory.mktemp("chromium-profile")
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+               "--dump-dom", path.resolve().as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    return dom
+
+
+@pytest.mark.browser
+def test_reports_render_plotly_in_chromium(tmp_path, chromium_dom):
+    write_notebook(tmp_path / "plot.ipynb", """
+        import plotly.graph_objects as go
+        go.Figure(go.Bar(x=["head", "tail"], y=[0.3, 0.1])).show()
+    """, RECORD_CELL)
+    out = tmp_path / "out"
+    status = report.run_batch(out=out, notebooks_dir=tmp_path, notebooks={"plot": "plot.ipynb"},
+                              budget="smoke", device="cpu", timeout=60)
+    assert status["status"].tolist() == ["ok"], status["error"].tolist()
+    for page in (out / "plot.html", out / "index.html"):
+        assert 'class="main-svg"' in chromium_dom(page), f"plotly did not draw in {page}"
