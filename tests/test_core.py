@@ -1,0 +1,127 @@
+"""Unit tests of the library core against hand-computed values and small fixtures."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seqtransfer import data
+from seqtransfer.data import DataError
+from seqtransfer.evaluate import evaluate, metrics_from_ranks
+from seqtransfer.models import make_backbone
+from seqtransfer.train import TrainConfig, fit
+
+pytestmark = pytest.mark.unit
+
+
+def test_metrics_hand_computed():
+    m = metrics_from_ranks(np.array([0, 4, 9, 30]), ks=(5, 10))
+    assert m[("hr", 5)] == pytest.approx(2 / 4)
+    assert m[("hr", 10)] == pytest.approx(3 / 4)
+    assert m[("ndcg", 5)] == pytest.approx((1 + 1 / math.log2(6)) / 4)
+    assert m[("ndcg", 10)] == pytest.approx((1 + 1 / math.log2(6) + 1 / math.log2(11)) / 4)
+    assert m[("mrr", 10)] == pytest.approx((1 + 1 / 5 + 1 / 10) / 4)
+
+
+def _csv(tmp_path, rows, header="user,item,timestamp"):
+    p = tmp_path / "inter.csv"
+    p.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def _toy(tmp_path):
+    rows = [f"u{u},i{(u + t) % 7},{100 * t + u}" for u in range(6) for t in range(6)]
+    return data.load(_csv(tmp_path, rows), min_user=1, min_item=1)
+
+
+def test_leave_one_out_time_order(tmp_path):
+    p = _csv(tmp_path, ["a,x,3", "a,y,1", "a,z,2", "a,w,4", "b,x,1", "b,y,2", "b,z,3"])
+    ds = data.load(p, min_user=1, min_item=1)
+    sp = data.leave_one_out(ds)
+    raw = ds.item_ids
+    a = list(ds.user_ids).index("a")
+    assert [raw[i - 1] for i in sp.train_seq(a)] == ["y", "z"]
+    assert raw[sp.valid[a] - 1] == "x" and raw[sp.test[a] - 1] == "w"
+    assert sp.activeness.tolist() == [2, 1]
+
+
+def test_bad_inputs_have_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load("ml-5m")
+    with pytest.raises(DataError, match="lacks the column"):
+        data.load(_csv(tmp_path, ["a,x,1"], header="uid,item,timestamp"))
+    with pytest.raises(DataError, match="non-numeric"):
+        data.load(_csv(tmp_path, ["a,x,yesterday"]))
+    with pytest.raises(DataError, match="empty after filtering"):
+        data.load(_csv(tmp_path, ["a,x,1", "b,y,2"]), min_user=5)
+
+
+def test_groups_and_lorenz():
+    act = np.array([1, 2, 3, 4, 100])
+    g = data.activeness_groups(act, head_frac=0.2, cold_max=2)
+    assert g["head"].tolist() == [False, False, False, False, True]
+    assert g["cold"].tolist() == [True, True, False, False, False]
+    _, _, gini = data.lorenz(np.ones(10))
+    assert gini == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+def test_padded_eval_is_finite_and_causal(backbone):
+    torch.manual_seed(0)
+    m = make_backbone(backbone, 20, dim=16, max_len=8).eval()
+    seqs = torch.tensor([[1, 2, 3, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9, 10, 11]])
+    h = m.encode(seqs)
+    assert torch.isfinite(h).all()
+    # right padding: the first three outputs of row 0 do not depend on what follows them
+    seqs2 = seqs.clone()
+    seqs2[0, 3:] = 7
+    assert torch.allclose(m.encode(seqs2)[0, :3], h[0, :3], atol=1e-5)
+
+
+def test_full_ranking_masks_history_and_ranks_perfect_model(tmp_path):
+    ds = _toy(tmp_path)
+    sd = data.build_sequences(data.leave_one_out(ds), max_len=5)
+    m = make_backbone("gru4rec", sd.n_items, dim=8)
+    # a model whose score puts each user's target first gets HR@1 = 1
+    targets = sd.eval_targets["test"]
+    m.represent = lambda seqs, lengths: torch.nn.functional.one_hot(targets[: len(seqs)], sd.n_items + 1).float()
+    m.item_weights = lambda: torch.eye(sd.n_items + 1)
+    res = evaluate(m, sd, "test", ks=(1,))
+    assert res.query("metric == 'hr'")["value"].iloc[0] == 1.0
+
+
+def test_training_reduces_loss_and_resume_matches(tmp_path):
+    ds = _toy(tmp_path)
+    sd = data.build_sequences(data.leave_one_out(ds), max_len=5)
+    cfg = dict(batch_size=2, progress=False, patience=100, lr=1e-2)
+
+    def run(epochs, ckpt, resume=True):
+        torch.manual_seed(0)
+        m = make_backbone("sasrec", sd.n_items, dim=8, n_heads=1, max_len=5)
+        return fit(m, sd, TrainConfig(epochs=epochs, checkpoint_dir=str(ckpt), resume=resume, **cfg))
+
+    full = run(3, tmp_path / "a")
+    assert full.history["loss"].iloc[-1] < full.history["loss"].iloc[0]
+    run(1, tmp_path / "b")
+    resumed = run(3, tmp_path / "b")
+    for k, v in full.model.state_dict().items():
+        assert torch.allclose(v, resumed.model.state_dict()[k], atol=1e-6), k
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    ds = _toy(tmp_path)
+    sd = data.build_sequences(data.leave_one_out(ds), max_len=5)
+    m = make_backbone("gru4rec", sd.n_items, dim=8)
+    with torch.no_grad():
+        m.item_emb.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        fit(m, sd, TrainConfig(epochs=1, progress=False))
+
+
+def test_movielens_1m_real_data():
+    ds = data.load("ml-1m")
+    assert (ds.n_users, ds.n_items) == (6040, 3416)
+    sp = data.leave_one_out(ds)
+    g = data.activeness_groups(sp.activeness)
+    assert 0.19 < g["head"].mean() <= 0.2
