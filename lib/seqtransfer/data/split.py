@@ -50,7 +50,6 @@ def leave_one_out(ds: Interactions) -> Split:
         raise DataError(f"{short} users of {ds.name!r} have fewer than 3 interactions, too few "
                         "for a train/validation/test split; load with min_user >= 3.")
     ends = np.cumsum(counts)
-    starts = ends - counts
     test = items[ends - 1]
     valid = items[ends - 2]
     keep = np.ones(len(items), dtype=bool)
@@ -62,7 +61,6 @@ def leave_one_out(ds: Interactions) -> Split:
     item_domain = None
     if "domain" in ds.items:
         item_domain = np.concatenate([[None], ds.items["domain"].to_numpy(dtype=object)])
-    del starts
     return Split(ds.name, ds.n_users, ds.n_items, ptr, train_items.astype(np.int64),
                  valid.astype(np.int64), test.astype(np.int64), item_domain)
 
