@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -414,34 +412,6 @@ def test_make_nbval_refs(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The reports in a real browser
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def chromium_dom(tmp_path_factory):
-    """``chromium_dom(path)``: the DOM of an HTML file after headless chromium ran its scripts
-    (offline, 5 s of virtual time).
-
-    Skips when chromium is missing, unless SEQTRANSFER_REQUIRE_BROWSER=1 makes that a failure;
-    checked before the test body so that a skip costs no notebook runs.
-    """
-    exe = shutil.which("chromium")
-    if exe is None:
-        reason = "chromium not found on PATH (Debian package `chromium`)"
-        if os.environ.get("SEQTRANSFER_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason + " and SEQTRANSFER_REQUIRE_BROWSER=1")
-        pytest.skip(reason + "; set SEQTRANSFER_REQUIRE_BROWSER=1 to fail instead")
-
-    def dom(path: Path) -> str:
-        profile = tmp_path_factory.mktemp("chromium-profile")
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-               "--dump-dom", path.resolve().as_uri()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
-
-    return dom
 
 
 @pytest.mark.browser

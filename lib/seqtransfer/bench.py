@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="sasrec", choices=["sasrec", "gru4rec"])
     p.add_argument("--budget", default="quick", choices=["smoke", "quick", "full"])
     p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training after this many minutes (the best validation weights are kept)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         backbone=a.backbone, backbone_kwargs={"dim": b.dim},
         train=TrainConfig(epochs=b.epochs, max_steps=b.max_steps, patience=b.patience,
                           eval_every=b.eval_every, batch_size=b.batch_size, device=str(device),
-                          progress=False))
+                          max_minutes=a.max_minutes, progress=False))
     res = baseline.fit(seqs, groups, cfg, seed=a.seed)
     h = res.history
     epoch_s = h["seconds"].diff().fillna(h["seconds"]).median()
@@ -47,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"epoch time (median)   {epoch_s:.1f} s incl. validation")
     print(f"training positions/s  {seqs.n_train_positions / epoch_s:,.0f}")
     print(f"full-ranking eval     {eval_s:.2f} s for {seqs.n_users} users")
+    evals = h.dropna(subset=["valid_ndcg10"]) if "valid_ndcg10" in h else h.iloc[:0]
+    for level in (0.05, 0.10, 0.15):
+        hit = evals[evals["valid_ndcg10"] >= level]
+        when = (f"{hit['seconds'].iloc[0]:.0f} s (epoch {int(hit['epoch'].iloc[0]) + 1})"
+                if len(hit) else "not reached")
+        print(f"valid NDCG@10 >= {level:.2f}  {when}")
+    print(f"best epoch            {res.train.best_epoch + 1} of {len(h)}; training {res.train.seconds:.0f} s")
     print(f"valid NDCG@10 (all)   {res.ndcg10('all', 'valid'):.4f}")
     print(f"test  NDCG@10 (all)   {res.ndcg10('all', 'test'):.4f}  head {res.ndcg10('head'):.4f}  "
           f"tail {res.ndcg10('tail'):.4f}")

@@ -92,3 +92,117 @@ class ConflictProbe:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["step", "epoch", "layer", "cosine"])
+
+
+# Per-stratum gradients: the view behind backdoor-adjusted Gradient Aggregation (Lv et al.,
+# arXiv 2208.09130; methods.intervened). Users are stratified by activeness; the plain mean
+# over all training positions equals sum_z s(z) g_z, with s(z) stratum z's share of positions
+# and g_z its mean gradient, while the adjusted gradient is sum_z P(z) g_z.
+
+def stratum_gradient_vectors(model: torch.nn.Module, data: SeqData, window_strata,
+                             batch: int = 256, seed: int = 0) -> dict[int, torch.Tensor]:
+    """Stratum -> flattened mean-loss gradient over up to ``batch`` of its windows.
+
+    ``window_strata`` is the (N,) stratum of every training window. Windows are drawn without
+    replacement by a seeded generator; strata without windows are left out. Routed models
+    (``routes_users``) get each window's user. ``model`` and ``data`` must share a device.
+    """
+    ws = torch.as_tensor(window_strata).cpu()
+    gen = torch.Generator().manual_seed(seed)
+    routed = getattr(model, "routes_users", False)
+    out = {}
+    for z in torch.unique(ws).tolist():
+        pool = torch.nonzero(ws == z).squeeze(1)
+        pick = pool[torch.randperm(len(pool), generator=gen)[:batch]].to(data.device)
+        loss_fn = (lambda m, x, y, w=pick: m.loss(x, y, data.train_users[w])) if routed else None
+        out[int(z)] = torch.cat(list(batch_gradient(model, data, pick, loss_fn).values()))
+    return out
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def stratum_gradients(model: torch.nn.Module, data: SeqData, window_strata, prior,
+                      batch: int = 256, seed: int = 0) -> pd.DataFrame:
+    """Each stratum's mean gradient against the plain-mean and the backdoor-adjusted gradient.
+
+    Args:
+        window_strata: (N,) stratum of every training window.
+        prior: (Z,) P(z); renormalised over the strata that have windows.
+        batch: windows sampled per stratum (one backward pass each).
+
+    The two aggregates are built from the same per-stratum gradients: "plain" weights stratum
+    z by its share of all training positions (what the plain mean does in expectation),
+    "adjusted" by P(z). Returns one row per stratum and one per aggregate: gradient (name),
+    stratum, windows, weight_plain, weight_adjusted, norm, cos_plain, cos_adjusted.
+    """
+    vecs = stratum_gradient_vectors(model, data, window_strata, batch, seed)
+    zs = sorted(vecs)
+    ws = torch.as_tensor(window_strata).cpu()
+    positions = (data.train_targets > 0).sum(1).cpu().double()               # (N,)
+    share = np.array([float(positions[ws == z].sum()) for z in zs])
+    share = share / share.sum()
+    p = np.asarray(prior, dtype=float)[zs]
+    p = p / p.sum()
+    plain = sum(float(w) * vecs[z] for w, z in zip(share, zs))
+    adjusted = sum(float(w) * vecs[z] for w, z in zip(p, zs))
+    rows = [{"gradient": f"stratum {z}", "stratum": z, "windows": min(batch, int((ws == z).sum())),
+             "weight_plain": s, "weight_adjusted": a, "norm": float(vecs[z].norm()),
+             "cos_plain": _cos(vecs[z], plain), "cos_adjusted": _cos(vecs[z], adjusted)}
+            for z, s, a in zip(zs, share, p)]
+    n = sum(r["windows"] for r in rows)
+    cross = _cos(plain, adjusted)
+    rows.append({"gradient": "plain", "stratum": np.nan, "windows": n, "weight_plain": 1.0,
+                 "weight_adjusted": np.nan, "norm": float(plain.norm()), "cos_plain": 1.0,
+                 "cos_adjusted": cross})
+    rows.append({"gradient": "adjusted", "stratum": np.nan, "windows": n, "weight_plain": np.nan,
+                 "weight_adjusted": 1.0, "norm": float(adjusted.norm()), "cos_plain": cross,
+                 "cos_adjusted": 1.0})
+    return pd.DataFrame(rows)
+
+
+# Sequence representations: what an activeness discriminator (methods.gradient_alignment)
+# tries to read, and what a 2-D projection shows of head and tail users.
+
+@torch.no_grad()
+def representations(model: torch.nn.Module, data: SeqData, split: str = "test",
+                    batch_size: int = 1024) -> torch.Tensor:
+    """(U, D) representation of every user's evaluation history for ``split`` (the vector the
+    model scores at evaluation), in eval mode, batched on the model's device, returned on CPU.
+    Routed models (``routes_users``) get each row's user."""
+    if split not in data.eval_inputs:
+        raise ValueError(f"split must be one of {sorted(data.eval_inputs)}, got {split!r}")
+    device = next(model.parameters()).device
+    routed = getattr(model, "routes_users", False)
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, data.n_users, batch_size):
+        stop = min(start + batch_size, data.n_users)
+        seq = data.eval_inputs[split][start:stop].to(device)                # (B, L)
+        lengths = data.eval_lengths[split][start:stop].to(device)           # (B,)
+        if routed:
+            h = model.represent(seq, lengths, users=torch.arange(start, stop, device=device))
+        else:
+            h = model.represent(seq, lengths)                                # (B, D)
+        out.append(h.float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def pca_2d(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(U, D) array or tensor -> (U, 2) coordinates on the first two principal components
+    (centred; each axis's sign fixed so its largest loading is positive, for reproducible
+    plots; with D < 2 the second coordinate is zero)."""
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"pca_2d expects a (U, D) array, got shape {x.shape}")
+    x = x.astype(np.float64)
+    xc = x - x.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)                       # (r, D) components
+    comps = vt[:2]
+    comps = comps * np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(1)])[:, None]
+    out = np.zeros((len(x), 2))
+    out[:, :len(comps)] = xc @ comps.T
+    return out

@@ -109,6 +109,18 @@ def conflict_heatmap(conflict: pd.DataFrame, title: str = "Head vs tail gradient
     return fig.update_layout(title=title, template="plotly_white", height=360)
 
 
+def domain_bars(table: pd.DataFrame, title: str = "Domains") -> go.Figure:
+    """Interactions (bars) and items (markers, right axis) per domain, from ``data.domain_table``."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_bar(x=table.index.astype(str), y=table["interactions"], name="interactions",
+                marker_color=GROUP_COLORS["all"])
+    fig.add_scatter(x=table.index.astype(str), y=table["items"], name="items", mode="markers",
+                    marker=dict(color=GROUP_COLORS["head"], size=9), secondary_y=True)
+    fig.update_yaxes(title="interactions", secondary_y=False)
+    fig.update_yaxes(title="items", secondary_y=True, rangemode="tozero")
+    return fig.update_layout(title=title, template="plotly_white", height=400)
+
+
 def _palette(i: int) -> str:
     colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
     return colors[i % len(colors)]

@@ -52,7 +52,7 @@ BUDGETS = tuple(_BUDGET_SETTINGS)  # smoke, quick, full: the size switch of ever
 DEVICES = ("auto", "cpu", "cuda")
 # Per-cell execution timeout in seconds when none is given. papermill has none by default and
 # a hung cell would stall the batch forever (DESIGN.md, toolchain facts).
-DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 1800.0, "full": 6 * 3600.0}
+DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 3 * 3600.0, "full": 12 * 3600.0}
 
 RECORD_KEY = "seqtransfer.record"
 ROW_COLUMNS = ("notebook", "method", "dataset", "backbone", "seed", "group", "metric", "k", "value")
@@ -105,7 +105,8 @@ def record(metrics: pd.DataFrame, *, notebook: str, method: str, dataset: str, b
             metric name, ``f"{metric}_{protocol}"`` (e.g. ``ndcg_sampled``), so sampled-ranking
             numbers stay labelled and never enter the full-ranking leaderboard;
             ``seed``: a row's own seed (several seeds in one notebook) instead of ``seed``;
-            ``n_users``: how many users the group holds, kept beside each value.
+            ``n_users``: how many users the group holds, kept beside each value;
+            ``backbone``: a row's own backbone (several backbones in one notebook).
         notebook, method, dataset, backbone, seed: what produced the numbers.
         extra: optional JSON-able dict stored with the record (e.g. the method's config).
 
@@ -176,11 +177,13 @@ def _record_rows(metrics: pd.DataFrame, notebook: str, method: str, dataset: str
     metric_names = _metric_labels(df)
     seeds = _numeric(df["seed"], "seed").fillna(seed) if "seed" in df.columns else None
     n_users = _numeric(df["n_users"], "n_users") if "n_users" in df.columns else None
+    backbones = ([str(b) if _present(b) else backbone for b in df["backbone"]]
+                 if "backbone" in df.columns else [backbone] * len(df))
 
     rows = []
     for i in range(len(df)):
         row = {"notebook": notebook, "method": methods[i], "dataset": dataset,
-               "backbone": backbone, "seed": seed if seeds is None else int(seeds.iloc[i]),
+               "backbone": backbones[i], "seed": seed if seeds is None else int(seeds.iloc[i]),
                "group": str(df["group"].iloc[i]), "metric": metric_names[i],
                "k": int(k.iloc[i]), "value": _finite_or_none(value.iloc[i])}
         if n_users is not None:
@@ -225,11 +228,11 @@ def _metric_labels(df: pd.DataFrame) -> list[str]:
 def _check_unique(rows: list[dict]) -> None:
     seen = set()
     for row in rows:
-        key = (row["method"], row["seed"], row["group"], row["metric"], row["k"])
+        key = (row["method"], row["backbone"], row["seed"], row["group"], row["metric"], row["k"])
         if key in seen:
             raise ValueError(
-                f"record(): two rows for method={key[0]} seed={key[1]} group={key[2]} "
-                f"{key[3]}@{key[4]}; give rows of different runs their own 'variant' or 'seed'")
+                f"record(): two rows for method={key[0]} backbone={key[1]} seed={key[2]} "
+                f"group={key[3]} {key[4]}@{key[5]}; give rows of different runs their own 'variant' or 'seed'")
         seen.add(key)
 
 
@@ -247,6 +250,9 @@ def record_summary(payload: dict) -> str:
     methods = sorted({r["method"] for r in rows})
     if methods != [payload["method"]]:
         parts.append("methods=" + ",".join(methods))
+    backbones = sorted({r["backbone"] for r in rows})
+    if backbones != [payload["backbone"]]:
+        parts.append("backbones=" + ",".join(backbones))
     seeds = sorted({r["seed"] for r in rows})
     if seeds != [payload["seed"]]:
         parts.append("seeds=" + ",".join(map(str, seeds)))

@@ -66,7 +66,9 @@ class Interactions:
             "per user (min)": per_user.min(), "per user (max)": per_user.max(),
             "per item (mean)": per_item.mean(), "per item (min)": per_item.min(),
         }
-        return pd.DataFrame({"value": rows}).rename_axis(self.name)
+        shown = {k: f"{v:,.4f}" if k == "density" else f"{v:,.1f}" if "mean" in k or "median" in k
+                 else f"{int(v):,}" for k, v in rows.items()}
+        return pd.DataFrame({"value": pd.Series(shown, dtype=object)}).rename_axis(self.name)
 
 
 # ----------------------------------------------------------------------------------------------

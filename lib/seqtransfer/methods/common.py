@@ -45,9 +45,39 @@ def evaluate_both(model: torch.nn.Module, data: SeqData, groups: UserGroups | di
     return metrics, ranks
 
 
+def backbone_name(model: torch.nn.Module) -> str:
+    """The backbone key ("sasrec", "gru4rec") of a model, looking through wrappers that keep
+    their backbone in a ``backbone`` attribute."""
+    from ..models import BACKBONES  # models do not import methods; the import is one-way
+    while isinstance(getattr(model, "backbone", None), torch.nn.Module):
+        model = model.backbone
+    for key, (cls, _) in BACKBONES.items():
+        if isinstance(model, cls):
+            return key
+    return type(model).__name__.lower()
+
+
 def combine_results(results: list[MethodResult]) -> pd.DataFrame:
-    """All metrics of several runs in one tidy frame."""
-    return pd.concat([r.metrics for r in results], ignore_index=True)
+    """All metrics of several runs in one tidy frame, with a ``backbone`` column."""
+    return pd.concat([r.metrics.assign(backbone=backbone_name(r.model)) for r in results],
+                     ignore_index=True)
+
+
+def histories(results: list[MethodResult]) -> pd.DataFrame:
+    """Training curves of several runs in one frame (``variant`` and ``seed`` columns)."""
+    return pd.concat([r.history.assign(variant=r.variant, seed=r.seed) for r in results],
+                     ignore_index=True)
+
+
+def diagnostics(results: list[MethodResult], key: str) -> pd.DataFrame:
+    """One diagnostic frame (e.g. ``"conflict"``) of every run that has it, with ``variant``
+    and ``seed`` columns; an error names the keys that exist when none has it."""
+    frames = [r.diagnostics[key].assign(variant=r.variant, seed=r.seed)
+              for r in results if key in r.diagnostics]
+    if not frames:
+        have = sorted({k for r in results for k in r.diagnostics})
+        raise KeyError(f"no run recorded diagnostic {key!r}; available: {have or 'none'}")
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarize(metrics: pd.DataFrame, split: str = "test", ks=(10,), metrics_=("ndcg", "hr")) -> pd.DataFrame:
@@ -69,6 +99,22 @@ def _t95(n: int) -> float:
     return table[min(table, key=lambda d: (abs(d - df), -d))]
 
 
+def gap_sentence(table: pd.DataFrame, variant: str, metric: str = "ndcg", k: int = 10) -> str:
+    """One sentence on how far tail (and cold-start) users trail head users under ``variant``."""
+    def value(group):
+        v = table[(table["variant"] == variant) & (table["group"] == group) &
+                  (table["metric"] == metric) & (table["k"] == k)]["mean"]
+        return float(v.iloc[0]) if len(v) else float("nan")
+    head, tail, cold = value("head"), value("tail"), value("cold")
+    label = f"{metric.upper()}@{k}"
+    out = f"{variant}: head {label} {head:.4f}, tail {tail:.4f}"
+    if head > 0:
+        out += f" (tail/head = {tail / head:.2f})"
+    if not np.isnan(cold):
+        out += f", cold-start {cold:.4f}"
+    return out + "."
+
+
 def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
                      metric: str = "ndcg", k: int = 10) -> str:
     """One sentence: did ``method`` beat ``baseline`` for ``group``? Negative transfer named."""
@@ -78,8 +124,9 @@ def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str
     if a.empty or b.empty:
         return f"{method} or {baseline} has no {group} {metric}@{k} to compare."
     a, b = float(a.iloc[0]), float(b.iloc[0])
-    rel = (a - b) / b * 100 if b else float("nan")
+    rel = f" ({(a - b) / b * 100:+.1f}%)" if b else ""
+    numbers = f"{metric.upper()}@{k} {a:.4f} vs {b:.4f}{rel}"
     if a > b:
-        return f"{method} beats {baseline} for {group} users: {metric.upper()}@{k} {a:.4f} vs {b:.4f} ({rel:+.1f}%)."
-    return (f"{method} does NOT beat {baseline} for {group} users: {metric.upper()}@{k} {a:.4f} vs "
-            f"{b:.4f} ({rel:+.1f}%)" + (" -- negative transfer." if a < b else "."))
+        return f"{method} beats {baseline} for {group} users: {numbers}."
+    return (f"{method} does NOT beat {baseline} for {group} users: {numbers}"
+            + (" -- negative transfer." if a < b else " (a tie)."))

@@ -1,0 +1,133 @@
+"""From a notebook's parameters to everything a comparison needs, in one call.
+
+Every notebook does the same first steps: load a real dataset, cut it to the budget, split it
+leave-one-out by time, optionally simulate cold-start users, form the activeness groups and
+build the padded tensors. :func:`prepare` does them once, in this order, and returns an
+:class:`Experiment` that also turns the budget into training settings and runs method
+configurations over the budget's seeds. Notebooks stay narration plus calls.
+
+Cold start. No MovieLens user has fewer than 20 ratings, so the natural cold-start group is
+empty. With ``cold_start_frac > 0`` a random share of users keeps only its ``cold_max`` most
+recent training interactions (validation and test targets unchanged); those users form the
+``cold`` group, and every model in the experiment trains on the truncated data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data as D
+from .budget import Budget, get_budget
+from .methods.common import MethodResult
+from .train import TrainConfig, resolve_device
+
+
+@dataclass
+class Experiment:
+    """One prepared dataset under one budget: what every method in a notebook shares."""
+
+    dataset: D.Interactions       # the tidy interactions after k-core and user sampling
+    split: D.Split                # leave-one-out split (after cold-start truncation)
+    groups: D.UserGroups          # all / head / tail / cold masks over users
+    data: D.SeqData               # padded tensors on the CPU (the loop moves them)
+    budget: Budget
+    device: torch.device
+    seed: int                     # data seed; model seeds are ``seeds``
+    cold_users: np.ndarray        # (U,) users whose histories were truncated
+    progress: bool = True
+
+    @property
+    def seeds(self) -> list[int]:
+        """The model seeds of this budget: ``seed, seed + 1, ...`` (``budget.n_seeds`` of them)."""
+        return [self.seed + i for i in range(self.budget.n_seeds)]
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """Training settings from the budget (epochs, steps, patience, batch) and the device."""
+        b = self.budget
+        cfg = TrainConfig(epochs=b.epochs, max_steps=b.max_steps, patience=b.patience,
+                          eval_every=b.eval_every, batch_size=b.batch_size,
+                          device=str(self.device), progress=self.progress)
+        return replace(cfg, **overrides)
+
+    def config(self, cls, **values):
+        """A method config (any dataclass with ``backbone_kwargs`` and ``train`` fields) with
+        the budget's hidden size and training settings filled in; ``values`` override."""
+        names = {f.name for f in fields(cls)}
+        base = {}
+        if "backbone_kwargs" in names:
+            base["backbone_kwargs"] = {"dim": self.budget.dim, **values.pop("backbone_kwargs", {})}
+        if "train" in names and "train" not in values:
+            base["train"] = self.train_config()
+        return cls(**base, **values)
+
+    def run(self, runs: dict[str, tuple[Callable, object]], seeds: list[int] | None = None) -> list[MethodResult]:
+        """Fit every ``variant -> (fit, config)`` for every seed; results in that order.
+
+        ``fit`` is a method module's ``fit(data, groups, cfg, seed, variant)``.
+        """
+        out = []
+        for variant, (fit, cfg) in runs.items():
+            for s in self.seeds if seeds is None else seeds:
+                out.append(fit(self.data, self.groups, cfg, seed=s, variant=variant))
+        return out
+
+    def describe(self) -> pd.DataFrame:
+        """Users, share and activeness range of every group."""
+        return self.groups.summary(self.split.activeness)
+
+    def activeness_stats(self) -> pd.DataFrame:
+        """The long-tail figures as a tidy metrics frame (group, metric, k, value) for
+        :func:`seqtransfer.report.record`: each group's share of users and of training
+        interactions, and the Gini coefficient of activeness (group ``all``); ``k`` is 0."""
+        act = self.split.activeness
+        rows = [{"group": "all", "metric": "gini", "k": 0, "value": D.lorenz(act)[2],
+                 "n_users": len(act)}]
+        for name, m in self.groups.masks.items():
+            if name == "all":
+                continue
+            rows += [{"group": name, "metric": "user_share", "k": 0, "value": float(m.mean()),
+                      "n_users": int(m.sum())},
+                     {"group": name, "metric": "interaction_share", "k": 0,
+                      "value": float(act[m].sum() / max(1, act.sum())), "n_users": int(m.sum())}]
+        return pd.DataFrame(rows)
+
+
+def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 0,
+            device: str = "auto", head_frac: float = 0.2, head_threshold: float | None = None,
+            cold_max: int = 5, cold_start_frac: float = 0.0, min_user: int = 5,
+            min_item: int = 5, data_dir: str | None = None, progress: bool = True) -> Experiment:
+    """Load ``dataset`` and build the split, groups and tensors for ``budget``.
+
+    Args:
+        dataset: a known name (``"ml-1m"``, ``"ml-100k"``; fetched on first use) or a path to
+            a GroupLens folder or a CSV/Parquet file (see :func:`seqtransfer.data.load`).
+        budget: ``"smoke"`` | ``"quick"`` | ``"full"`` or a :class:`Budget`.
+        seed: seeds the user sample (smoke budget), the cold-start draw and the first model.
+        device: ``"auto"`` (CUDA when present) | ``"cpu"`` | ``"cuda"``.
+        head_frac, head_threshold: head = top ``head_frac`` of users by activeness, or users
+            with more than ``head_threshold`` training interactions when that is given.
+        cold_max: cold-start users have at most this many training interactions.
+        cold_start_frac: share of users whose histories are cut to ``cold_max`` (0: none).
+        min_user, min_item: k-core filter.
+
+    Returns:
+        An :class:`Experiment`.
+    """
+    b = budget if isinstance(budget, Budget) else get_budget(budget)
+    if not 0.0 <= cold_start_frac < 1.0:
+        raise ValueError(f"cold_start_frac must be in [0, 1), got {cold_start_frac}")
+    dev = resolve_device(device)
+    ds = D.sample_users(D.load(dataset, data_dir=data_dir, min_user=min_user, min_item=min_item),
+                        b.max_users, seed)
+    split = D.leave_one_out(ds)
+    cold = np.zeros(split.n_users, dtype=bool)
+    if cold_start_frac > 0:
+        split, cold = D.truncate_histories(split, cold_start_frac, keep=cold_max, seed=seed)
+    groups = D.activeness_groups(split.activeness, head_frac=head_frac,
+                                 head_threshold=head_threshold, cold_max=cold_max)
+    seqs = D.build_sequences(split, b.max_len)
+    return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress)

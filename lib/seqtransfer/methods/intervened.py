@@ -1,0 +1,305 @@
+"""Personalizing Intervened Network (Lv, Wang, Zhang, Kuang, Yang, Wu, arXiv 2208.09130).
+
+The paper's argument: after joint training, tail users (the many with few interactions) get
+worse recommendations than head users; training on tail users alone is worse still, for lack
+of data. Its answer has two parts, trained one after the other.
+
+1. **Gradient Aggregation.** A backbone learns what all users share. User activeness is a
+   confounder: in the plain mean over interactions, head users contribute most of the terms,
+   so they dominate the gradient. Backdoor adjustment on activeness replaces that mean with
+   ``sum_z P(z) * (mean gradient within activeness stratum z)``.
+2. **Plugins.** Separate plugin prediction networks for head and for tail users sit on top of
+   the shared backbone (frozen); each user is routed by activeness.
+
+The claim to check: tail users improve markedly, head users do at least as well as with the
+base model (``methods.baseline`` with ``train_users="all"``).
+
+What follows the paper: the two stages, the stratification by activeness (the number of
+training interactions), the per-stratum mean gradient weighted by the confounder's prior
+P(z), a frozen shared backbone, and head/tail plugins routed by activeness.
+
+Our reading, where the paper leaves details open (every choice is a config field):
+
+* Strata: ``n_strata`` equal-population activeness quantiles (``data.split.strata``), default 5
+  so the top stratum is about the Pareto head group; or explicit ``boundaries``.
+* Prior: ``"users"`` (default), P(z) = share of users in stratum z, the population distribution
+  of the confounder. ``"uniform"`` gives every non-empty stratum the same weight.
+  ``"interactions"`` weights a stratum by its share of training positions, which gives back
+  the plain mean in expectation: a sanity check that should match the base model.
+* Mini-batches: the adjusted loss of a batch is ``sum_z P(z) L_z / sum_z P(z)`` over the
+  strata present in the batch, where ``L_z`` is the mean per-position loss over stratum z's
+  real positions in the batch (see :func:`adjusted_loss`). One backward pass then gives
+  exactly the prior-weighted sum of per-stratum mean gradients, by linearity. Batches are the
+  usual shuffled windows; we do not sample per stratum.
+* Plugins: residual heads ``h + f(h)`` on the backbone's hidden state, before the tied item
+  embeddings score it (``models.plugins.PluginHead``: a small MLP or a linear map, zero at
+  initialisation, so stage 2 starts from the backbone's exact predictions). Routes: two
+  plugins by the head/tail groups (route 0 = tail, 1 = head), or one per stratum.
+* Stage 2 trains the plugins (and the backbone when ``freeze_backbone=False``) with the same
+  loss rule as stage 1: backdoor-adjusted when ``use_aggregation``, else the plain mean. A
+  frozen backbone runs in eval mode (no dropout), so plugins learn on the features they see
+  at test time. Model selection in both stages: validation NDCG@10 of all users.
+
+With ``use_aggregation=False`` and ``use_plugins=False`` a run is the base model, bit for bit
+(same seed and ``TrainConfig`` as ``methods.baseline.fit``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.batches import SeqData
+from ..data.split import UserGroups, strata
+from ..diagnostics import ConflictProbe
+from ..models import make_backbone
+from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
+from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
+                     resolve_device, seed_everything)
+from .common import MethodResult, evaluate_both
+
+PRIORS = ("users", "uniform", "interactions")
+ROUTES = ("head_tail", "strata")
+
+
+@dataclass
+class IntervenedConfig:
+    backbone: str = "sasrec"           # "sasrec" | "gru4rec"
+    backbone_kwargs: dict = field(default_factory=dict)   # overrides of the backbone's config
+    train: TrainConfig = field(default_factory=TrainConfig)  # stage 1 (backbone)
+    plugin_train: TrainConfig | None = None  # stage 2 (plugins); None: stage 1's settings, with
+                                             # checkpoints under <train.checkpoint_dir>/plugins
+    use_aggregation: bool = True       # stage 1 with backdoor-adjusted gradients (False: plain mean)
+    n_strata: int = 5                  # activeness strata, equal-population quantiles
+    boundaries: list[float] | None = None  # explicit increasing activeness boundaries; stratum z
+                                           # holds b[z-1] < a <= b[z]; overrides n_strata
+    prior: str = "users"               # P(z): "users" (share of users) | "uniform" | "interactions"
+    use_plugins: bool = True           # stage 2: routed plugin networks on the backbone
+    plugin_kind: str = "mlp"           # "mlp" | "linear" residual head
+    plugin_hidden: int | None = None   # MLP hidden size (None: the backbone's dim)
+    plugin_dropout: float = 0.1        # dropout inside each plugin
+    freeze_backbone: bool = True       # stage 2 trains the plugins only
+    routes: str = "head_tail"          # "head_tail": 2 plugins by groups["head"] | "strata": one per stratum
+    conflict_every: int = 0            # probe head-vs-tail gradient conflict every N stage-1 steps (0: off)
+    conflict_batch: int = 64           # windows per group in each probe
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError naming the field and its choices on an invalid setting."""
+        if self.boundaries is None and self.n_strata < 1:
+            raise ValueError(f"n_strata must be >= 1, got {self.n_strata}")
+        if self.boundaries is not None and np.any(np.diff(np.asarray(self.boundaries, dtype=float)) <= 0):
+            raise ValueError(f"boundaries must be strictly increasing, got {list(self.boundaries)}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.routes not in ROUTES:
+            raise ValueError(f"routes must be one of {ROUTES}, got {self.routes!r}")
+        if self.plugin_kind not in PLUGIN_KINDS:
+            raise ValueError(f"plugin_kind must be one of {PLUGIN_KINDS}, got {self.plugin_kind!r}")
+
+    @property
+    def n_strata_used(self) -> int:
+        """Number of strata: ``len(boundaries) + 1`` when boundaries are given, else ``n_strata``."""
+        return len(self.boundaries) + 1 if self.boundaries is not None else self.n_strata
+
+
+def adjusted_loss(position_losses: torch.Tensor, targets: torch.Tensor,
+                  window_strata: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Backdoor-adjusted batch loss ``sum_z P(z) L_z / sum_z P(z)`` over strata present.
+
+    Args:
+        position_losses: (B, T) loss per position (0 on padding), e.g. ``model.position_losses``.
+        targets: (B, T) next-item targets; positions with ``targets > 0`` are real.
+        window_strata: (B,) long, stratum of each window's user.
+        prior: (Z,) P(z).
+
+    ``L_z`` is the mean loss over stratum z's real positions in the batch. The prior is
+    renormalised over the strata with at least one real position in the batch, so the weights
+    of a batch always sum to one. The gradient of the result is the prior-weighted sum of the
+    per-stratum mean gradients. A batch without real positions gives 0.
+    """
+    if position_losses.shape != targets.shape:
+        raise ValueError(f"position_losses {tuple(position_losses.shape)} and targets "
+                         f"{tuple(targets.shape)} must have the same shape")
+    if window_strata.shape != targets.shape[:1]:
+        raise ValueError(f"window_strata must have shape ({targets.shape[0]},), "
+                         f"got {tuple(window_strata.shape)}")
+    real = (targets > 0).to(position_losses.dtype)                          # (B, T)
+    zeros = position_losses.new_zeros(prior.numel())                        # (Z,)
+    sums = zeros.index_add(0, window_strata, (position_losses * real).sum(1))   # (Z,) loss per stratum
+    counts = zeros.index_add(0, window_strata, real.sum(1))                 # (Z,) real positions
+    w = prior.to(sums) * (counts > 0)                                       # (Z,) prior of present strata
+    w = w / w.sum().clamp(min=torch.finfo(w.dtype).tiny)
+    return (w * sums / counts.clamp(min=1)).sum()
+
+
+def user_strata(activeness: np.ndarray, cfg: IntervenedConfig) -> np.ndarray:
+    """(U,) stratum per user (0 = least active), from ``cfg.n_strata`` or ``cfg.boundaries``."""
+    return strata(activeness, cfg.n_strata, cfg.boundaries)
+
+
+def user_positions(data: SeqData) -> np.ndarray:
+    """(U,) training positions (next-item targets) per user over all its windows."""
+    per_window = (data.train_targets > 0).sum(1).cpu().numpy()
+    return np.bincount(data.train_users.cpu().numpy(), weights=per_window, minlength=data.n_users)
+
+
+def stratum_prior(kind: str, stratum: np.ndarray, n_strata: int,
+                  positions: np.ndarray | None = None) -> np.ndarray:
+    """(Z,) P(z) over strata.
+
+    ``"users"``: share of users in z; ``"uniform"``: 1/(non-empty strata) for each non-empty
+    stratum; ``"interactions"``: share of training positions in z (``positions`` (U,) per user
+    is then required).
+    """
+    if kind not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {kind!r}")
+    users = np.bincount(stratum, minlength=n_strata).astype(float)          # (Z,)
+    if kind == "users":
+        p = users
+    elif kind == "uniform":
+        p = (users > 0).astype(float)
+    else:
+        if positions is None:
+            raise ValueError("prior='interactions' needs the training positions per user")
+        p = np.bincount(stratum, weights=positions, minlength=n_strata)
+    return p / p.sum()
+
+
+def strata_table(activeness: np.ndarray, stratum: np.ndarray, positions: np.ndarray,
+                 prior: np.ndarray, head: np.ndarray) -> pd.DataFrame:
+    """Per stratum: users, their activeness range, interactions, positions, head users, P(z)."""
+    rows = []
+    for z in range(len(prior)):
+        m = stratum == z
+        a = activeness[m]
+        rows.append({"stratum": z, "users": int(m.sum()), "share of users": m.mean(),
+                     "min activeness": a.min() if len(a) else np.nan,
+                     "max activeness": a.max() if len(a) else np.nan,
+                     "interactions": int(a.sum()),
+                     "share of interactions": a.sum() / max(1, activeness.sum()),
+                     "positions": int(positions[m].sum()), "head users": int(head[m].sum()),
+                     "prior": float(prior[z])})
+    return pd.DataFrame(rows)
+
+
+def _step_fn(window_strata: torch.Tensor | None, prior: torch.Tensor | None, routed: bool):
+    """A ``Hooks.step``: adjusted loss when ``window_strata`` is given, else the plain mean;
+    ``routed`` passes each window's user to the model."""
+    def step(ctx: StepContext) -> float:
+        x, y = ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch]   # (B, T)
+        extra = (ctx.data.train_users[ctx.batch],) if routed else ()
+        ctx.optimizer.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            if window_strata is None:
+                loss = ctx.model.loss(x, y, *extra)
+            else:
+                pl = ctx.model.position_losses(x, y, *extra)                         # (B, T)
+                loss = adjusted_loss(pl, y, window_strata[ctx.batch], prior)
+        loss.backward()
+        clip_and_step(ctx)
+        return loss.item()
+    return step
+
+
+def _on_device(stratum: np.ndarray, prior: np.ndarray, data: SeqData,
+               tcfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) stratum of every training window and (Z,) prior, on the device training will use."""
+    dev = resolve_device(tcfg.device)
+    window_strata = torch.as_tensor(stratum, device=dev)[data.train_users.to(dev)]   # (N,)
+    return window_strata, torch.as_tensor(prior, dtype=torch.float32, device=dev)
+
+
+def _plugin_train_cfg(cfg: IntervenedConfig, seed: int) -> TrainConfig:
+    if cfg.plugin_train is None:
+        ckpt = str(Path(cfg.train.checkpoint_dir) / "plugins") if cfg.train.checkpoint_dir else None
+        return replace(cfg.train, seed=seed, checkpoint_dir=ckpt)
+    a, b = cfg.train.checkpoint_dir, cfg.plugin_train.checkpoint_dir
+    if a and b and Path(a).resolve() == Path(b).resolve():
+        raise ValueError("plugin_train.checkpoint_dir must differ from train.checkpoint_dir: the two "
+                         "stages train different models")
+    return replace(cfg.plugin_train, seed=seed)
+
+
+def _variant(cfg: IntervenedConfig) -> str:
+    parts = (["GA"] if cfg.use_aggregation else []) + (["plugins"] if cfg.use_plugins else [])
+    return f"{cfg.backbone} intervened ({'+'.join(parts) or 'plain'})"
+
+
+def _stage_row(stage: str, r) -> dict:
+    return {"stage": stage, "best_epoch": r.best_epoch, "best_valid_ndcg10": r.best_valid,
+            "stopped": r.stopped, "steps": r.steps, "seconds": r.seconds, "device": r.device}
+
+
+def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
+        variant: str | None = None) -> MethodResult:
+    """Stage 1: train the backbone (backdoor-adjusted when ``cfg.use_aggregation``); stage 2
+    (when ``cfg.use_plugins``): train routed plugins on it. Evaluate on validation and test,
+    all groups.
+
+    Returns ``MethodResult("intervened", variant, ...)``: ``history`` holds both stages (column
+    ``stage``: "backbone" | "plugins"; epochs and steps restart in each stage), ``train`` is the
+    last stage's ``TrainResult``, ``diagnostics`` holds ``"strata"`` (per-stratum users,
+    interactions, positions, prior), ``"stages"``, ``"conflict"`` when probed (stage 1), and
+    with plugins ``"routes"`` and ``"backbone_metrics"`` (the stage-1 model alone, same layout
+    as ``metrics`` plus ``stage="backbone"``: what the plugins add within one run).
+    """
+    cfg.check()
+    variant = variant or _variant(cfg)
+    Z = cfg.n_strata_used
+    stratum = user_strata(data.activeness, cfg)                             # (U,)
+    positions = user_positions(data)                                        # (U,)
+    prior = stratum_prior(cfg.prior, stratum, Z, positions)                 # (Z,)
+    head = np.asarray(groups["head"], dtype=bool)
+
+    seed_everything(seed)
+    model = make_backbone(cfg.backbone, data.n_items, **{"max_len": data.max_len, **cfg.backbone_kwargs})
+    tcfg = replace(cfg.train, seed=seed)
+    hooks = Hooks()
+    if cfg.use_aggregation:
+        hooks.step = _step_fn(*_on_device(stratum, prior, data, tcfg), routed=False)
+    probe = None
+    if cfg.conflict_every:
+        probe = ConflictProbe(data, groups["head"], groups["tail"], every=cfg.conflict_every,
+                              batch=cfg.conflict_batch, seed=seed)
+        hooks.after_step = probe
+    result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})
+    history = [result.history.assign(stage="backbone")]
+    stages = [_stage_row("backbone", result)]
+    diagnostics = {"strata": strata_table(data.activeness, stratum, positions, prior, head)}
+    if probe:
+        diagnostics["conflict"] = probe.frame()
+
+    if cfg.use_plugins:
+        backbone_metrics, _ = evaluate_both(result.model, data, groups, variant, seed)
+        diagnostics["backbone_metrics"] = backbone_metrics.assign(stage="backbone")
+        if cfg.routes == "head_tail":
+            route, n_routes, names = head.astype(np.int64), 2, ["tail", "head"]
+        else:
+            route, n_routes, names = stratum.astype(np.int64), Z, [f"stratum {z}" for z in range(Z)]
+        model = RoutedRecommender(result.model, n_routes, torch.as_tensor(route), kind=cfg.plugin_kind,
+                                  hidden=cfg.plugin_hidden, dropout=cfg.plugin_dropout,
+                                  freeze_backbone=cfg.freeze_backbone)
+        pcfg = _plugin_train_cfg(cfg, seed)
+        phooks = Hooks()
+        strata_and_prior = _on_device(stratum, prior, data, pcfg) if cfg.use_aggregation else (None, None)
+        phooks.step = _step_fn(*strata_and_prior, routed=True)
+        result = train_fit(model, data, pcfg, phooks, groups={"all": groups["all"]})
+        history.append(result.history.assign(stage="plugins"))
+        stages.append(_stage_row("plugins", result))
+        diagnostics["routes"] = pd.DataFrame({
+            "route": range(n_routes), "name": names,
+            "users": np.bincount(route, minlength=n_routes),
+            "head users": np.bincount(route, weights=head, minlength=n_routes).astype(int)})
+
+    metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
+    diagnostics["stages"] = pd.DataFrame(stages)
+    diagnostics = {k: v.assign(variant=variant) for k, v in diagnostics.items()}
+    return MethodResult("intervened", variant, seed, metrics,
+                        pd.concat(history, ignore_index=True).assign(variant=variant),
+                        result.model, result, diagnostics, ranks)

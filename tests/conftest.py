@@ -1,0 +1,45 @@
+"""Shared fixtures: a headless browser, and the notebook marker on nbval's items."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    """nbval collects ``tests/notebooks/*.ipynb`` itself; tag those items as notebook tests so
+    ``-m 'not notebook'`` leaves them out like the papermill ones."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebook)
+
+
+@pytest.fixture
+def chromium_dom(tmp_path_factory):
+    """``chromium_dom(path)``: the DOM of an HTML file after headless chromium ran its scripts
+    (offline, 5 s of virtual time).
+
+    Skips when chromium is missing, unless SEQTRANSFER_REQUIRE_BROWSER=1 makes that a failure;
+    checked before the test body so that a skip costs no notebook runs.
+    """
+    exe = shutil.which("chromium")
+    if exe is None:
+        reason = "chromium not found on PATH (Debian package `chromium`)"
+        if os.environ.get("SEQTRANSFER_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " and SEQTRANSFER_REQUIRE_BROWSER=1")
+        pytest.skip(reason + "; set SEQTRANSFER_REQUIRE_BROWSER=1 to fail instead")
+
+    def dom(path: Path) -> str:
+        profile = tmp_path_factory.mktemp("chromium-profile")
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+               "--dump-dom", path.resolve().as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    return dom

@@ -1,0 +1,236 @@
+"""Gradient alignment + adversarial discriminator (Yin et al., KDD 2020): the meta update, the
+gradient reversal, the discriminator, and equivalence with the baseline when switched off."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from seqtransfer import data
+from seqtransfer.diagnostics import pca_2d, representations
+from seqtransfer.methods import baseline
+from seqtransfer.methods import gradient_alignment as ga
+from seqtransfer.models.adversarial import ActivenessDiscriminator, grad_reverse
+from seqtransfer.train import TrainConfig
+
+pytestmark = pytest.mark.unit
+
+SMALL = dict(dim=8, n_heads=1, n_layers=1)
+
+
+def _split() -> data.Split:
+    """12 users over 15 items: users 0-2 have 14 training items (head), the rest 4 (tail)."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([14] * 3 + [4] * 9)
+    seqs = [rng.integers(1, 16, size=n) for n in lengths]
+    ptr = np.concatenate([[0], np.cumsum(lengths)])
+    return data.Split("toy", 12, 15, ptr, np.concatenate(seqs), rng.integers(1, 16, 12),
+                      rng.integers(1, 16, 12))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    sp = _split()
+    sd = data.build_sequences(sp, max_len=5)
+    groups = data.activeness_groups(sp.activeness, head_frac=0.25)
+    assert groups["head"].sum() == 3
+    return sd, groups
+
+
+def _train(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "batch_size": 4, "lr": 1e-2, "progress": False,
+                          "patience": 100, "device": "cpu", **kw})
+
+
+def _weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _quadratic_steps(w: torch.nn.Parameter, centres, lr):
+    """Inner steps on L_i(w) = 0.5 * ||w - c_i||^2, whose gradient is w - c_i."""
+    opt = torch.optim.SGD([w], lr=lr)
+
+    def step(c):
+        opt.zero_grad()
+        (0.5 * ((w - c) ** 2).sum()).backward()
+        opt.step()
+        return None
+    return [lambda c=c: step(c) for c in centres]
+
+
+def test_outer_step_matches_hand_computed_reptile_update():
+    theta0 = np.array([1.0, -2.0, 0.5])
+    centres = [np.array([0.0, 1.0, 2.0]), np.array([3.0, 0.0, -1.0]), np.array([-1.0, 2.0, 0.0])]
+    lr, outer = 0.3, 0.4
+    theta = theta0.copy()
+    for c in centres:                       # theta_{j+1} = theta_j - lr * (theta_j - c_j)
+        theta = theta - lr * (theta - c)
+    expected = theta0 + outer * (theta - theta0)
+
+    w = torch.nn.Parameter(torch.tensor(theta0))
+    ga.reptile_step([w], _quadratic_steps(w, [torch.tensor(c) for c in centres], lr), outer)
+    np.testing.assert_allclose(w.detach().numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_outer_lr_one_is_k_plain_sgd_steps():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    plain.load_state_dict(net.state_dict())
+    xs = [torch.randn(5, 4) for _ in range(3)]
+
+    def steps(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def one(x):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        return [lambda x=x: one(x) for x in xs]
+
+    ga.reptile_step(list(net.parameters()), steps(net), outer_lr=1.0)
+    for s in steps(plain):
+        s()
+    assert _weights_equal(net, plain)
+
+
+def test_gradient_reversal_flips_and_scales_the_encoder_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = grad_reverse(x, 0.5)
+    assert torch.equal(y, x)
+    (y * torch.arange(3.0)).sum().backward()
+    assert torch.equal(x.grad, -0.5 * torch.arange(3.0).expand(4, 3))
+
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(6, 5)
+    disc = ActivenessDiscriminator(5, hidden=7, dropout=0.0, scale=2.0)
+    inputs, labels = torch.randn(8, 6), torch.randint(0, 2, (8,))
+
+    def grads(through_reversal: bool):
+        enc.zero_grad()
+        disc.zero_grad()
+        h = enc(inputs)
+        logits = disc(h) if through_reversal else disc.net(h)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return [p.grad.clone() for p in enc.parameters()], [p.grad.clone() for p in disc.parameters()]
+
+    enc_rev, disc_rev = grads(True)
+    enc_plain, disc_plain = grads(False)
+    for a, b in zip(enc_rev, enc_plain):
+        torch.testing.assert_close(a, -2.0 * b)
+    for a, b in zip(disc_rev, disc_plain):            # the discriminator's own gradient is untouched
+        torch.testing.assert_close(a, b)
+
+
+def test_discriminator_learns_a_linearly_encoded_label():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 2, (256,))
+    h = torch.randn(256, 8)
+    h[:, 0] += 3.0 * (2 * labels - 1)                 # the label lives in one direction
+    disc = ActivenessDiscriminator(8, hidden=16, scale=1.0)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(disc(h), labels).backward()
+        opt.step()
+    disc.eval()
+    assert ga.balanced_accuracy(disc(h), labels) > 0.97
+    assert ga.balanced_accuracy(torch.zeros(256, 2), labels) == pytest.approx(0.5)
+
+
+def test_alternating_batches_alternate_groups_and_match_baseline_length(toy):
+    sd, groups = toy
+    head, tail = sd.windows_of(groups["head"]), sd.windows_of(groups["tail"])
+    gen = torch.Generator().manual_seed(0)
+    metas = list(ga.alternating_batches(head, tail, len(sd.train_inputs), 4, 3, gen))
+    inner = [b for m in metas for b in m.split(4)]
+    assert len(inner) == -(-len(sd.train_inputs) // 4)           # as many as baseline steps
+    is_head = torch.as_tensor(groups["head"])[sd.train_users]
+    for j, b in enumerate(inner):
+        assert len(b) == 4 and bool(is_head[b].all() if j % 2 == 0 else (~is_head[b]).all())
+
+
+def test_both_switches_off_equals_baseline_bit_for_bit(toy):
+    sd, groups = toy
+    base = baseline.fit(sd, groups, baseline.BaselineConfig(backbone_kwargs=SMALL, train=_train()), seed=3)
+    cfg = ga.GradientAlignmentConfig(backbone_kwargs=SMALL, train=_train(), use_alignment=False,
+                                     use_adversarial=False)
+    res = ga.fit(sd, groups, cfg, seed=3)
+    assert res.method == "gradient_alignment" and res.variant == "sasrec GA off"
+    assert _weights_equal(res.model, base.model)
+    assert res.history["loss"].tolist() == base.history["loss"].tolist()
+
+
+def test_random_grouping_with_outer_lr_one_is_sequential_training(toy):
+    sd, groups = toy
+    base = baseline.fit(sd, groups, baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs=SMALL,
+                                                            train=_train()), seed=1)
+    cfg = ga.GradientAlignmentConfig(backbone="gru4rec", backbone_kwargs=SMALL, train=_train(),
+                                     use_adversarial=False, grouping="random", outer_lr=1.0,
+                                     inner_steps=3)
+    res = ga.fit(sd, groups, cfg, seed=1)
+    assert res.variant == "gru4rec +align"
+    assert _weights_equal(res.model, base.model)
+
+
+@pytest.mark.parametrize("inner_optimizer", ["adam", "sgd"])
+def test_fit_end_to_end_with_both_parts(toy, inner_optimizer):
+    sd, groups = toy
+    cfg = ga.GradientAlignmentConfig(backbone_kwargs=SMALL, train=_train(), inner_steps=2,
+                                     inner_optimizer=inner_optimizer, conflict_every=2,
+                                     conflict_batch=4)
+    res = ga.fit(sd, groups, cfg, seed=0)
+    assert res.variant == "sasrec GA" and res.method == "gradient_alignment"
+    disc = res.diagnostics["discriminator"]
+    assert {"step", "epoch", "accuracy", "loss"} <= set(disc.columns)
+    assert len(disc) == res.train.steps and disc["accuracy"].between(0, 1).all()
+    assert np.isfinite(disc["loss"]).all()
+    assert {"step", "epoch", "layer", "cosine"} <= set(res.diagnostics["conflict"].columns)
+    assert np.isfinite(res.ndcg10("tail"))
+
+
+def test_resume_restores_discriminator_and_logs(toy, tmp_path):
+    sd, groups = toy
+
+    def run(epochs, ckpt):
+        cfg = ga.GradientAlignmentConfig(backbone_kwargs=SMALL, inner_steps=2,
+                                         train=_train(epochs=epochs, checkpoint_dir=str(ckpt)))
+        return ga.fit(sd, groups, cfg, seed=0)
+
+    full = run(2, tmp_path / "a")
+    run(1, tmp_path / "b")
+    resumed = run(2, tmp_path / "b")
+    assert _weights_equal(full.model, resumed.model)
+    assert full.diagnostics["discriminator"].equals(resumed.diagnostics["discriminator"])
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("inner_steps", 0, ["inner_steps", ">= 1"]),
+    ("grouping", "by_user", ["grouping", "alternate", "random"]),
+    ("inner_optimizer", "rmsprop", ["inner_optimizer", "adam", "sgd"]),
+    ("outer_lr", 1.5, ["outer_lr", "(0, 1]"]),
+    ("adv_scale", -1.0, ["adv_scale"]),
+    ("backbone", "bert4rec", ["backbone", "sasrec"]),
+])
+def test_invalid_config_raises_naming_field_and_choices(toy, field, value, words):
+    sd, groups = toy
+    cfg = replace(ga.GradientAlignmentConfig(train=_train()), **{field: value})
+    with pytest.raises(ValueError) as err:
+        ga.fit(sd, groups, cfg)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_representations_and_pca_shapes(toy):
+    sd, groups = toy
+    torch.manual_seed(0)
+    from seqtransfer.models import make_backbone
+    model = make_backbone("sasrec", sd.n_items, max_len=5, **SMALL).train()
+    reps = representations(model, sd, "test", batch_size=5)
+    assert reps.shape == (sd.n_users, 8) and torch.isfinite(reps).all()
+    assert model.training                                   # mode restored
+    xy = pca_2d(reps)
+    assert xy.shape == (sd.n_users, 2)
+    np.testing.assert_allclose(xy.mean(0), 0.0, atol=1e-9)
+    line = np.outer(np.arange(6.0), [1.0, 2.0, 0.0])        # points on a line: one component
+    np.testing.assert_allclose(np.abs(pca_2d(line)[:, 0]), np.abs(np.arange(6.0) - 2.5) * np.sqrt(5))

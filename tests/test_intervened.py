@@ -1,0 +1,182 @@
+"""Personalizing Intervened Network (methods.intervened, models.plugins): the backdoor-adjusted
+gradient against hand-computed per-stratum gradients, plugin routing, and the two stages."""
+import numpy as np
+import pytest
+import torch
+
+from seqtransfer import data
+from seqtransfer.diagnostics import stratum_gradients
+from seqtransfer.evaluate import rank_targets
+from seqtransfer.methods import baseline, intervened
+from seqtransfer.methods.intervened import IntervenedConfig, adjusted_loss, stratum_prior
+from seqtransfer.models import make_backbone
+from seqtransfer.models.plugins import PluginHead, RoutedRecommender
+from seqtransfer.train import TrainConfig
+
+pytestmark = pytest.mark.unit
+
+SMALL = dict(dim=8, n_heads=1, n_layers=1)
+FAST = dict(epochs=2, batch_size=4, progress=False, patience=100, device="cpu", lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """16 users with 4, 7, 10 or 13 interactions (distinct items), windows of at most 6."""
+    rows = [f"u{u},i{(3 * u + t) % 17},{100 * t + u}"
+            for u in range(16) for t in range(4 + 3 * (u % 4))]
+    p = tmp_path_factory.mktemp("toy") / "inter.csv"
+    p.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    sp = data.leave_one_out(data.load(p, min_user=1, min_item=1))
+    sd = data.build_sequences(sp, max_len=6)
+    return sd, data.activeness_groups(sp.activeness, head_frac=0.25)
+
+
+def _model(sd, seed=0, backbone="sasrec"):
+    torch.manual_seed(seed)
+    return make_backbone(backbone, sd.n_items, max_len=sd.max_len, **SMALL).eval()
+
+
+def _grad(model, loss):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+
+def test_adjusted_gradient_is_prior_weighted_sum_of_stratum_mean_gradients(toy):
+    sd, _ = toy
+    m = _model(sd)
+    x, y = sd.train_inputs, sd.train_targets                        # (N, T)
+    ws = torch.arange(len(x)) % 3                                   # strata 0..2 present, 3 absent
+    prior = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    got = _grad(m, adjusted_loss(m.position_losses(x, y), y, ws, prior))
+    weights = prior[:3] / prior[:3].sum()                           # renormalised over present strata
+    want = sum(w * _grad(m, m.loss(x[ws == z], y[ws == z])) for z, w in enumerate(weights))
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, _grad(m, m.loss(x, y)), atol=1e-4)   # not the plain mean
+
+
+def test_one_stratum_gives_the_plain_mean(toy):
+    sd, _ = toy
+    m = _model(sd)
+    x, y = sd.train_inputs, sd.train_targets
+    adj = adjusted_loss(m.position_losses(x, y), y, torch.zeros(len(x), dtype=torch.long), torch.ones(1))
+    assert torch.allclose(adj, m.loss(x, y), atol=1e-6)
+    assert torch.allclose(_grad(m, adj), _grad(m, m.loss(x, y)), atol=1e-6)
+
+
+def test_priors_compute_as_documented(toy):
+    stratum = np.array([0, 0, 0, 2])                                # stratum 1 is empty
+    positions = np.array([1.0, 1.0, 1.0, 9.0])
+    assert stratum_prior("users", stratum, 3).tolist() == [0.75, 0.0, 0.25]
+    assert stratum_prior("uniform", stratum, 3).tolist() == [0.5, 0.0, 0.5]
+    assert stratum_prior("interactions", stratum, 3, positions).tolist() == [0.25, 0.0, 0.75]
+    # the "interactions" prior of a batch gives back the plain mean over its positions
+    sd, _ = toy
+    m = _model(sd)
+    x, y = sd.train_inputs, sd.train_targets
+    ws = (sd.train_users % 2)
+    share = torch.stack([(y[ws == z] > 0).sum() for z in (0, 1)]).float()
+    pl = m.position_losses(x, y)
+    assert torch.allclose(adjusted_loss(pl, y, ws, share / share.sum()), m.loss(x, y), atol=1e-6)
+
+
+def test_plugin_head_is_identity_at_init():
+    h = torch.randn(3, 5, 8)
+    for kind in ("mlp", "linear"):
+        assert torch.equal(PluginHead(8, 16, kind, dropout=0.5).train()(h), h)
+
+
+def test_routed_model_at_init_scores_exactly_like_its_backbone(toy):
+    sd, _ = toy
+    m = _model(sd)
+    routed = RoutedRecommender(m, 2, torch.arange(sd.n_users) % 2).eval()
+    x, y, users = sd.train_inputs, sd.train_targets, sd.train_users
+    assert torch.equal(routed.position_losses(x, y, users), m.position_losses(x, y))
+    assert np.array_equal(rank_targets(routed, sd, "test"), rank_targets(m, sd, "test"))
+
+
+def test_each_user_goes_through_its_plugin(toy):
+    sd, _ = toy
+    m = _model(sd)
+    route = torch.arange(sd.n_users) % 3
+    routed = RoutedRecommender(m, 3, route, kind="linear").eval()
+    with torch.no_grad():
+        for k, plugin in enumerate(routed.plugins):
+            plugin.f[-1].bias.fill_(k + 1.0)                        # plugin k adds k+1 everywhere
+    seqs, lengths = sd.eval_inputs["valid"], sd.eval_lengths["valid"]
+    users = torch.arange(sd.n_users).flip(0)                        # rows in any order
+    shift = routed.represent(seqs[users], lengths[users], users) - m.represent(seqs[users], lengths[users])
+    assert torch.allclose(shift, (route[users] + 1.0)[:, None].expand_as(shift), atol=1e-6)
+    enc = routed.encode(seqs[users], users) - m.encode(seqs[users])  # every position, not only the last
+    assert torch.allclose(enc, (route[users] + 1.0)[:, None, None].expand_as(enc), atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        RoutedRecommender(m, 2, route)
+
+
+def test_both_switches_off_is_the_baseline_bit_for_bit(toy):
+    sd, groups = toy
+    kw = dict(backbone="sasrec", backbone_kwargs=SMALL, train=TrainConfig(**FAST))
+    base = baseline.fit(sd, groups, baseline.BaselineConfig(**kw), seed=3)
+    off = IntervenedConfig(use_aggregation=False, use_plugins=False, **kw)
+    ours = intervened.fit(sd, groups, off, seed=3)
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(v, ours.model.state_dict()[k]), k
+    assert base.history["loss"].tolist() == ours.history["loss"].tolist()
+    assert base.metrics["value"].tolist() == ours.metrics["value"].tolist()
+    assert ours.variant == "sasrec intervened (plain)"
+
+
+def test_aggregation_changes_training_and_frozen_backbone_stays_put(toy):
+    sd, groups = toy
+    kw = dict(backbone="gru4rec", backbone_kwargs=SMALL, n_strata=2,
+              train=TrainConfig(**{**FAST, "epochs": 1}))
+    plain = intervened.fit(sd, groups, IntervenedConfig(use_aggregation=False, use_plugins=False, **kw))
+    ga = intervened.fit(sd, groups, IntervenedConfig(use_plugins=False, **kw))
+    both = intervened.fit(sd, groups, IntervenedConfig(plugin_kind="linear", **kw))
+    assert ga.history["loss"].tolist() != plain.history["loss"].tolist()
+    for k, v in ga.model.state_dict().items():                      # stage 2 left the backbone alone
+        assert torch.equal(v, both.model.backbone.state_dict()[k]), k
+    assert all(p.f[-1].weight.abs().sum() > 0 for p in both.model.plugins)   # the plugins trained
+
+
+def test_fit_end_to_end_with_everything_on(toy):
+    sd, groups = toy
+    cfg = IntervenedConfig(backbone="sasrec", backbone_kwargs=SMALL, train=TrainConfig(**FAST),
+                           n_strata=3, routes="strata", conflict_every=2, conflict_batch=4)
+    res = intervened.fit(sd, groups, cfg, seed=1)
+    assert res.method == "intervened" and res.variant == "sasrec intervened (GA+plugins)"
+    test = res.metrics.query("split == 'test'")
+    assert {"all", "head", "tail"} <= set(test["group"])
+    assert np.isfinite(test["value"]).all()
+    assert set(res.history["stage"]) == {"backbone", "plugins"}
+    assert {"strata", "conflict", "stages", "routes", "backbone_metrics"} <= set(res.diagnostics)
+    st = res.diagnostics["strata"]
+    assert st["users"].sum() == sd.n_users and st["prior"].sum() == pytest.approx(1.0)
+    assert st["prior"].tolist() == pytest.approx((st["users"] / sd.n_users).tolist())
+    assert res.diagnostics["routes"]["users"].tolist() == st["users"].tolist()
+    assert len(res.diagnostics["conflict"]) > 0
+
+
+def test_stratum_gradients_frame(toy):
+    sd, _ = toy
+    m = _model(sd)
+    ws = sd.train_users % 2
+    share = np.array([float((sd.train_targets[ws == z] > 0).sum()) for z in (0, 1)])
+    df = stratum_gradients(m, sd, ws, share / share.sum(), batch=1000)
+    assert df["gradient"].tolist() == ["stratum 0", "stratum 1", "plain", "adjusted"]
+    # with every window sampled and the position-share prior, plain and adjusted coincide
+    assert df.set_index("gradient").loc["plain", "cos_adjusted"] == pytest.approx(1.0, abs=1e-5)
+    df = stratum_gradients(m, sd, ws, [0.9, 0.1], batch=2)
+    assert (df["norm"] > 0).all() and df["windows"].iloc[:2].tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("kw, field, choice", [
+    (dict(n_strata=0), "n_strata", ">= 1"),
+    (dict(prior="heads"), "prior", "uniform"),
+    (dict(routes="users"), "routes", "head_tail"),
+    (dict(boundaries=[5, 3]), "boundaries", "increasing"),
+    (dict(plugin_kind="deep"), "plugin_kind", "mlp"),
+])
+def test_invalid_config_is_a_clear_error(kw, field, choice):
+    with pytest.raises(ValueError, match=field) as err:
+        IntervenedConfig(**kw)
+    assert choice in str(err.value)

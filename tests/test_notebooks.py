@@ -1,0 +1,130 @@
+"""The notebooks: clean sources, one template, nbval reference copies in step with them, and
+papermill smoke runs whose recorded metrics are checked.
+
+Tiers: ``unit`` tests read the notebook files only; ``notebook`` tests execute them at the
+smoke budget (numbers are noise there, so assertions are on structure and on relations that
+hold for any model: values in [0, 1], NDCG@K <= HR@K, metrics growing with K). The nbval
+regression itself runs on ``tests/notebooks/*.ipynb`` through pytest's ``--nbval-lax``
+(see ``pyproject.toml``); ``seqtransfer nbval-refs`` re-makes those copies.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill as pm
+import pytest
+
+from seqtransfer import report
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "notebooks"
+REFS = ROOT / "tests" / "notebooks"
+SHARED_PARAMETERS = {"budget": "quick", "seed": 0, "device": "auto", "interactive": True}
+
+
+def _read(path: Path):
+    return nbformat.read(str(path), as_version=4)
+
+
+def _code(nb, skip_injected: bool = False) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"
+            and not (skip_injected and "injected-parameters" in c.metadata.get("tags", []))]
+
+
+def _parameters_cell(nb):
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
+    return tagged[0]
+
+
+@pytest.mark.unit
+def test_every_registered_notebook_exists_and_nothing_else():
+    on_disk = sorted(p.name for p in SOURCES.glob("*.ipynb"))
+    assert on_disk == sorted(report.NOTEBOOKS.values())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", sorted(report.NOTEBOOKS))
+def test_source_notebook_is_clean_and_follows_the_template(name):
+    nb = _read(SOURCES / report.NOTEBOOKS[name])
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, \
+                f"{name}: commit notebooks without outputs (Kernel > Restart and Clear Outputs)"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    params = _parameters_cell(nb)
+    values = {}
+    for line in params.source.splitlines():
+        assert "#" in line, f"{name}: parameter line without a comment: {line!r}"
+        (stmt,) = ast.parse(line).body
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+        target = stmt.targets[0].id
+        assert target == target.lower(), f"{name}: parameter names are snake_case: {target}"
+        values[target] = ast.literal_eval(stmt.value)  # literals only
+    for key, default in SHARED_PARAMETERS.items():
+        assert values.get(key) == default, f"{name}: shared parameter {key} should default to {default!r}"
+    last = nb.cells[-1]
+    assert last.cell_type == "code" and "record(" in last.source
+    assert "NBVAL_CHECK_OUTPUT" in last.source
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", sorted(report.NOTEBOOKS))
+def test_nbval_reference_matches_source(name):
+    ref = REFS / f"{name}.ipynb"
+    assert ref.exists(), f"missing {ref}; run `seqtransfer nbval-refs`"
+    src, copy = _read(SOURCES / report.NOTEBOOKS[name]), _read(ref)
+    assert _code(copy, skip_injected=True) == _code(src), \
+        f"{ref} is out of date with notebooks/{report.NOTEBOOKS[name]}; run `seqtransfer nbval-refs {name}`"
+    injected = [c for c in copy.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'budget = "smoke"' in injected[0].source
+    # the record output is stored, so nbval has something to compare
+    (out,) = copy.cells[-1].outputs
+    assert report.RECORD_KEY in out["metadata"]
+
+
+def _smoke(name: str, tmp_path: Path, **extra) -> pd.DataFrame:
+    out = tmp_path / f"{name}.ipynb"
+    pm.execute_notebook(str(SOURCES / report.NOTEBOOKS[name]), str(out), kernel_name="python3",
+                        parameters={**report.REFERENCE_PARAMETERS, **extra}, progress_bar=False,
+                        execution_timeout=600)
+    return report.read_records(out)
+
+
+def _check_ranking_rows(rows: pd.DataFrame) -> None:
+    assert rows["value"].between(0, 1).all()
+    wide = rows.pivot_table(index=["method", "backbone", "seed", "group", "k"], columns="metric",
+                            values="value")
+    assert (wide["ndcg"] <= wide["hr"] + 1e-9).all()      # NDCG@K <= HR@K for any ranking
+    assert (wide["mrr"] <= wide["ndcg"] + 1e-9).all()     # and MRR@K <= NDCG@K
+    hr = rows[rows["metric"] == "hr"].pivot_table(index=["method", "backbone", "seed", "group"],
+                                                  columns="k", values="value")
+    assert (hr[5] <= hr[10]).all() and (hr[10] <= hr[20]).all()
+
+
+@pytest.mark.notebook
+def test_data_notebook_smoke(tmp_path):
+    rows = _smoke("00_data", tmp_path)
+    assert set(rows["method"]) == {"data"}
+    value = rows.set_index(["group", "metric"])["value"]
+    assert 0.2 < value["all", "gini"] < 0.9                 # MovieLens activeness is unequal
+    assert abs(value["head", "user_share"] - 0.2) < 0.05    # top 20% by activeness
+    assert value["head", "interaction_share"] > 0.4         # ...holding far more than 20%
+    assert value["cold", "user_share"] == pytest.approx(0.1, abs=0.01)  # simulated cold start
+    assert value["head", "user_share"] + value["tail", "user_share"] == pytest.approx(1.0)
+
+
+@pytest.mark.notebook
+def test_backbones_notebook_smoke(tmp_path):
+    rows = _smoke("01_backbones", tmp_path)
+    assert set(rows["method"]) == {f"baseline:{b} {v}" for b in ("sasrec", "gru4rec")
+                                   for v in ("joint", "tail-only")}
+    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
+    assert set(rows["group"]) == {"all", "head", "tail", "cold"}
+    assert set(rows["k"]) == {5, 10, 20}
+    _check_ranking_rows(rows)
+    users = rows.drop_duplicates("group").set_index("group")["n_users"]
+    assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
