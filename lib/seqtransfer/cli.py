@@ -4,7 +4,7 @@
                     [-p NAME VALUE]... [--device cpu|cuda|auto] [--timeout SECONDS]
     seqtransfer fetch NAME [NAME ...] [--data-dir DIR]
     seqtransfer bench ...                 (arguments go to seqtransfer.bench.main)
-    seqtransfer nbval-refs [--only NAME ...] [--dest DIR] [--timeout SECONDS]
+    seqtransfer nbval-refs [NAME ...] [--dest DIR] [--timeout SECONDS]
 
 Library modules are imported inside the commands, so ``seqtransfer fetch`` does not wait for
 papermill and nbconvert to import.
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     refs = commands.add_parser("nbval-refs", help="re-make the nbval reference notebooks "
                                                   "(smoke budget, CPU)")
-    refs.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks")
+    refs.add_argument("names", nargs="*", metavar="NAME", help="only these notebooks (default: all)")
+    refs.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks (same as NAME)")
     refs.add_argument("--dest", default="tests/notebooks", help="folder (default %(default)s)")
     refs.add_argument("--timeout", type=float, help="per-cell timeout in seconds")
     return parser
@@ -120,7 +121,8 @@ def _nbval_refs(args: argparse.Namespace) -> int:
     from seqtransfer import report
 
     try:
-        written = report.make_nbval_refs(names=args.only, dest=args.dest, timeout=args.timeout)
+        names = [*args.names, *(args.only or [])] or None
+        written = report.make_nbval_refs(names=names, dest=args.dest, timeout=args.timeout)
     except report.BatchError as err:
         print(f"seqtransfer nbval-refs: {err}", file=sys.stderr)
         return 2

@@ -206,3 +206,60 @@ def pca_2d(x: np.ndarray | torch.Tensor) -> np.ndarray:
     out = np.zeros((len(x), 2))
     out[:, :len(comps)] = xc @ comps.T
     return out
+
+
+def activeness_probe(reps: np.ndarray | torch.Tensor, head_mask: np.ndarray, test_frac: float = 0.3,
+                     l2: float = 1e-2, seed: int = 0, max_iter: int = 100) -> float:
+    """How much activeness signal frozen representations carry: the balanced accuracy, on
+    held-out users, of a linear probe predicting head vs tail.
+
+    A post-hoc measure that applies to every model alike, unlike the accuracy of a method's own
+    discriminator (which is measured on training batches and depends on how hard that
+    discriminator was trained). Users are split per class with ``default_rng(seed)``: a
+    ``test_frac`` share of head and of tail users is held out. Features are standardised with
+    the training users' mean and std; a logistic regression with class-balanced loss and an L2
+    penalty ``l2 * ||w||^2 / 2`` (bias unpenalised) is fit by L-BFGS in float64.
+
+    Args:
+        reps: (U, D) representations (e.g. :func:`representations`).
+        head_mask: (U,) True for head users; every other user counts as tail.
+
+    Returns:
+        Mean of the head and tail recalls on the held-out users (chance = 0.5).
+    """
+    x = reps.detach().cpu().numpy() if isinstance(reps, torch.Tensor) else np.asarray(reps)
+    y = np.asarray(head_mask, dtype=bool)
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"activeness_probe expects (U, D) reps and (U,) head_mask, got {x.shape} and {y.shape}")
+    if not 0 < test_frac < 1:
+        raise ValueError(f"test_frac must be in (0, 1), got {test_frac}")
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), dtype=bool)
+    for c in (False, True):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        if len(idx) < 2:
+            raise ValueError(f"activeness_probe needs at least 2 {'head' if c else 'tail'} users, got {len(idx)}")
+        test[idx[:min(len(idx) - 1, max(1, round(test_frac * len(idx))))]] = True
+    x = x.astype(np.float64)
+    mean, std = x[~test].mean(0), x[~test].std(0)
+    x = (x - mean) / np.where(std > 0, std, 1.0)
+    xt, yt = torch.as_tensor(x[~test]), torch.as_tensor(y[~test], dtype=torch.float64)
+    pos = float(yt.mean())
+    weight = torch.where(yt > 0, 0.5 / pos, 0.5 / (1 - pos))                  # (n,) class-balanced
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt, weight=weight)
+        loss = loss + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        pred = (torch.as_tensor(x[test]) @ w + b > 0).numpy()
+    truth = y[test]
+    return float(np.mean([(pred[truth == c] == c).mean() for c in (False, True)]))

@@ -13,7 +13,10 @@ recent training interactions (validation and test targets unchanged); those user
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -39,6 +42,7 @@ class Experiment:
     seed: int                     # data seed; model seeds are ``seeds``
     cold_users: np.ndarray        # (U,) users whose histories were truncated
     progress: bool = True
+    cache_dir: Path | None = None # finished runs are kept here and reused (None: no cache)
 
     @property
     def seeds(self) -> list[int]:
@@ -67,13 +71,35 @@ class Experiment:
     def run(self, runs: dict[str, tuple[Callable, object]], seeds: list[int] | None = None) -> list[MethodResult]:
         """Fit every ``variant -> (fit, config)`` for every seed; results in that order.
 
-        ``fit`` is a method module's ``fit(data, groups, cfg, seed, variant)``.
+        ``fit`` is a method module's ``fit(data, groups, cfg, seed, variant)``. With a
+        ``cache_dir``, a finished run is saved there and loaded instead of re-trained when the
+        same fit, config, variant, seed, data and library code come again (a notebook re-run
+        after a crash, or the base model shared by several notebooks).
         """
         out = []
         for variant, (fit, cfg) in runs.items():
             for s in self.seeds if seeds is None else seeds:
-                out.append(fit(self.data, self.groups, cfg, seed=s, variant=variant))
+                path = self._cache_path(fit, cfg, variant, s)
+                if path is not None and path.exists():
+                    out.append(torch.load(path, map_location="cpu", weights_only=False))
+                    continue
+                result = fit(self.data, self.groups, cfg, seed=s, variant=variant)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    torch.save(result, tmp)
+                    os.replace(tmp, path)      # atomic: a killed run never leaves half a file
+                out.append(result)
         return out
+
+    def _cache_path(self, fit: Callable, cfg, variant: str, seed: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256()
+        for part in (fit.__module__, fit.__qualname__, repr(cfg), variant, seed, self.groups.head_threshold,
+                     self.groups.cold_max, _fingerprint(self.data), _code_fingerprint()):
+            key.update(repr(part).encode())
+        return self.cache_dir / f"{variant.replace(' ', '_').replace('/', '_')}-{seed}-{key.hexdigest()[:16]}.pt"
 
     def describe(self) -> pd.DataFrame:
         """Users, share and activeness range of every group."""
@@ -99,7 +125,8 @@ class Experiment:
 def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 0,
             device: str = "auto", head_frac: float = 0.2, head_threshold: float | None = None,
             cold_max: int = 5, cold_start_frac: float = 0.0, min_user: int = 5,
-            min_item: int = 5, data_dir: str | None = None, progress: bool = True) -> Experiment:
+            min_item: int = 5, data_dir: str | None = None, progress: bool = True,
+            cache: bool | str = False) -> Experiment:
     """Load ``dataset`` and build the split, groups and tensors for ``budget``.
 
     Args:
@@ -113,6 +140,9 @@ def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 
         cold_max: cold-start users have at most this many training interactions.
         cold_start_frac: share of users whose histories are cut to ``cold_max`` (0: none).
         min_user, min_item: k-core filter.
+        progress: show progress bars while training.
+        cache: keep finished runs and reuse them (``True``: ``runs/`` inside the data folder;
+            a path: there; ``False``: always train).
 
     Returns:
         An :class:`Experiment`.
@@ -130,4 +160,30 @@ def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 
     groups = D.activeness_groups(split.activeness, head_frac=head_frac,
                                  head_threshold=head_threshold, cold_max=cold_max)
     seqs = D.build_sequences(split, b.max_len)
-    return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress)
+    cache_dir = None
+    if cache:
+        cache_dir = Path(data_dir or D.default_data_dir()) / "runs" if cache is True else Path(cache)
+    return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress, cache_dir)
+
+
+def _fingerprint(data: D.SeqData) -> str:
+    """A digest of the tensors a run trains and is evaluated on."""
+    h = hashlib.sha256()
+    for t in (data.train_inputs, data.train_users, data.eval_targets["valid"], data.eval_targets["test"],
+              data.history_items["test"]):
+        h.update(t.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+_CODE_DIGEST: str | None = None
+
+
+def _code_fingerprint() -> str:
+    """A digest of the library's source: any code change invalidates cached runs."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        h = hashlib.sha256()
+        for f in sorted(Path(__file__).parent.rglob("*.py")):
+            h.update(f.read_bytes())
+        _CODE_DIGEST = h.hexdigest()
+    return _CODE_DIGEST

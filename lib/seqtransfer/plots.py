@@ -124,3 +124,59 @@ def domain_bars(table: pd.DataFrame, title: str = "Domains") -> go.Figure:
 def _palette(i: int) -> str:
     colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
     return colors[i % len(colors)]
+
+
+def discriminator_curves(disc: pd.DataFrame, smooth: int = 1,
+                         title: str = "Head-vs-tail discriminator during training") -> go.Figure:
+    """Balanced accuracy (left) and loss (right) of an activeness discriminator per training
+    step, one line per variant (mean over seeds, then a trailing mean over ``smooth`` logged
+    steps). Dotted lines mark chance: accuracy 0.5 and loss ln 2 (a coin flip under the
+    class-balanced cross-entropy). An encoder that hides activeness pushes both there.
+
+    ``disc`` has columns step, accuracy, loss and optionally variant, seed (the
+    ``"discriminator"`` diagnostic of :mod:`seqtransfer.methods.gradient_alignment`)."""
+    d = disc if "variant" in disc else disc.assign(variant="model")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("balanced accuracy (training batches)",
+                                                        "discriminator loss"))
+    for i, (variant, part) in enumerate(d.groupby("variant", sort=False)):
+        curve = part.groupby("step")[["accuracy", "loss"]].mean()
+        curve = curve.rolling(max(1, smooth), min_periods=1).mean()
+        for col, column in enumerate(("accuracy", "loss"), start=1):
+            fig.add_scatter(x=curve.index, y=curve[column], name=variant, legendgroup=variant,
+                            showlegend=col == 1, mode="lines+markers", marker=dict(size=4),
+                            line=dict(color=_palette(i)), row=1, col=col,
+                            hovertemplate="step %{x}<br>" + column + " %{y:.3f}<extra>" + variant + "</extra>")
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance", row=1, col=1)
+    fig.add_hline(y=float(np.log(2)), line_dash="dot", line_color="grey", annotation_text="ln 2", row=1, col=2)
+    fig.update_xaxes(title="training step")
+    return fig.update_layout(title=title, template="plotly_white", height=380)
+
+
+def projection_scatter(points: dict[str, np.ndarray], head_mask: np.ndarray, max_points: int = 2000,
+                       seed: int = 0, title: str = "Sequence representations, first two principal components"
+                       ) -> go.Figure:
+    """One scatter panel per variant of (U, 2) user points (e.g. ``pca_2d`` of each model's
+    representations), head users and tail users in their group colours.
+
+    The same users appear in every panel: at most ``max_points`` of them, drawn without
+    replacement by ``numpy.random.default_rng(seed)``. Tail points are drawn first so the
+    fewer head points stay visible. Each panel keeps its own axes (each model's projection has
+    its own coordinates)."""
+    head = np.asarray(head_mask, dtype=bool)
+    n = len(head)
+    for variant, xy in points.items():
+        if np.shape(xy) != (n, 2):
+            raise ValueError(f"points[{variant!r}] must have shape ({n}, 2), got {np.shape(xy)}")
+    keep = np.sort(np.random.default_rng(seed).choice(n, size=min(max_points, n), replace=False))
+    variants = list(points)
+    fig = make_subplots(rows=1, cols=max(1, len(variants)), subplot_titles=variants)
+    for col, variant in enumerate(variants, start=1):
+        xy = np.asarray(points[variant])[keep]
+        for group, mask in (("tail", ~head[keep]), ("head", head[keep])):
+            fig.add_scatter(x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=group, legendgroup=group,
+                            showlegend=col == 1, marker=dict(color=GROUP_COLORS[group], size=4, opacity=0.6),
+                            hovertemplate=group + " user<extra>" + variant + "</extra>", row=1, col=col)
+        fig.update_xaxes(title="PC 1", row=1, col=col)
+    fig.update_yaxes(title="PC 2", row=1, col=1)
+    return fig.update_layout(title=f"{title} ({len(keep)} of {n} users)", template="plotly_white",
+                             height=400, legend_title_text="users")

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 NOTEBOOKS: dict[str, str] = {
     "00_data": "00_data.ipynb",
     "01_backbones": "01_backbones.ipynb",
+    "02_gradient_alignment": "02_gradient_alignment.ipynb",
+    "03_intervened_network": "03_intervened_network.ipynb",
 }
 
 BUDGETS = tuple(_BUDGET_SETTINGS)  # smoke, quick, full: the size switch of every notebook
@@ -65,7 +67,7 @@ REQUIRED_METRIC_COLUMNS = ("group", "metric", "k", "value")
 BATCH_RENDERER = "plotly_mimetype+notebook"
 # Reference copies for nbval keep plotly's JSON only: no 5 MB of plotly.js in tests/.
 REFERENCE_RENDERER = "plotly_mimetype"
-REFERENCE_PARAMETERS = {"budget": "smoke", "device": "cpu", "interactive": False}
+REFERENCE_PARAMETERS = {"budget": "smoke", "device": "cpu", "interactive": False, "cache_runs": False}
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
