@@ -234,3 +234,38 @@ def test_representations_and_pca_shapes(toy):
     np.testing.assert_allclose(xy.mean(0), 0.0, atol=1e-9)
     line = np.outer(np.arange(6.0), [1.0, 2.0, 0.0])        # points on a line: one component
     np.testing.assert_allclose(np.abs(pca_2d(line)[:, 0]), np.abs(np.arange(6.0) - 2.5) * np.sqrt(5))
+
+
+def test_activeness_probe_finds_a_linear_signal_and_not_noise():
+    from seqtransfer.diagnostics import activeness_probe
+    rng = np.random.default_rng(0)
+    head = rng.random(600) < 0.2                            # imbalanced, like head vs tail
+    noise = rng.normal(size=(600, 8))
+    chance = activeness_probe(noise, head, seed=0)
+    assert 0.35 < chance < 0.65                             # balanced accuracy: chance is 0.5
+    signal = noise.copy()
+    signal[:, 2] += 4.0 * head                              # one direction encodes activeness
+    assert activeness_probe(torch.as_tensor(signal), head, seed=0) > 0.95
+    assert activeness_probe(signal, head, seed=3) == activeness_probe(signal, head, seed=3)
+    with pytest.raises(ValueError, match="head"):
+        activeness_probe(noise, np.zeros(600, dtype=bool))
+
+
+def test_discriminator_curves_and_projection_scatter():
+    import pandas as pd
+
+    from seqtransfer import plots
+    disc = pd.DataFrame({"step": [0, 1, 2] * 2, "accuracy": [0.9, 0.7, 0.5, 0.8, 0.6, 0.5],
+                         "loss": [0.4, 0.6, 0.69, 0.5, 0.6, 0.7], "variant": ["a"] * 3 + ["b"] * 3})
+    fig = plots.discriminator_curves(disc, smooth=2)
+    assert len(fig.data) == 4                               # accuracy and loss per variant
+    np.testing.assert_allclose(fig.data[0].y, [0.9, 0.8, 0.6])   # trailing mean over 2 steps
+    head = np.arange(5000) % 5 == 0
+    points = {"x": np.random.default_rng(1).normal(size=(5000, 2)), "y": np.zeros((5000, 2))}
+    fig = plots.projection_scatter(points, head, max_points=2000, seed=0)
+    assert sum(len(t.x) for t in fig.data) == 2 * 2000       # the same 2000 users per panel
+    assert [t.name for t in fig.data] == ["tail", "head"] * 2
+    again = plots.projection_scatter(points, head, max_points=2000, seed=0)
+    np.testing.assert_array_equal(fig.data[0].x, again.data[0].x)   # fixed seed, same sample
+    with pytest.raises(ValueError, match="shape"):
+        plots.projection_scatter({"bad": np.zeros((10, 2))}, head)

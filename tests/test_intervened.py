@@ -180,3 +180,66 @@ def test_invalid_config_is_a_clear_error(kw, field, choice):
     with pytest.raises(ValueError, match=field) as err:
         IntervenedConfig(**kw)
     assert choice in str(err.value)
+
+
+def test_describe_strata_is_the_table_fit_records(toy):
+    sd, groups = toy
+    cfg = IntervenedConfig(backbone="gru4rec", backbone_kwargs=SMALL, n_strata=3, use_plugins=False,
+                           train=TrainConfig(**{**FAST, "epochs": 1}))
+    table = intervened.describe_strata(sd, groups, cfg)
+    recorded = intervened.fit(sd, groups, cfg).diagnostics["strata"].drop(columns="variant")
+    assert table.equals(recorded)
+
+
+def test_gradient_view_stacks_one_frame_per_model(toy):
+    sd, _ = toy
+    cfg = IntervenedConfig(n_strata=2)
+    view = intervened.gradient_view({"a": _model(sd, 0), "b": _model(sd, 1)}, sd, cfg, batch=4)
+    assert view["variant"].tolist() == ["a"] * 4 + ["b"] * 4
+    assert view["gradient"].tolist()[:4] == ["stratum 0", "stratum 1", "plain", "adjusted"]
+    assert view.loc[view["gradient"] == "adjusted", "weight_adjusted"].tolist() == [1.0, 1.0]
+
+
+def test_sensitivity_reuses_retrains_plugins_only_and_matches_full_fits(toy):
+    sd, groups = toy
+    kw = dict(backbone="gru4rec", backbone_kwargs=SMALL, n_strata=2, plugin_kind="linear",
+              train=TrainConfig(**{**FAST, "epochs": 1}))
+    cfg = IntervenedConfig(**kw)
+    base = intervened.fit(sd, groups, IntervenedConfig(use_aggregation=False, use_plugins=False, **kw), seed=2)
+    ref = intervened.fit(sd, groups, cfg, seed=2)
+    sens = intervened.sensitivity(sd, groups, cfg, base, n_strata_grid=[2, 3], head_frac_grid=[0.25, 0.5],
+                                  seed=2, reference=ref)
+    trained = sens.drop_duplicates(["sweep", "setting"]).set_index(["sweep", "setting"])["trained"]
+    assert trained.to_dict() == {("n_strata", 2): "reused", ("n_strata", 3): "both stages",
+                                 ("head_frac", 0.25): "reused", ("head_frac", 0.5): "plugins"}
+    # stage 2 alone on the reference's backbone gives exactly what a full fit with those groups gives
+    wide = data.activeness_groups(sd.activeness, head_frac=0.5, cold_max=groups.cold_max)
+    full = intervened.fit(sd, wide, cfg, seed=2)
+    got = sens.query("sweep == 'head_frac' and setting == 0.5").set_index("group")
+    for group in ("all", "head", "tail"):
+        assert got.loc[group, "method"] == full.ndcg10(group)
+        assert got.loc[group, "n_users"] == int(wide[group].sum())
+    # the base model is re-scored under each point's groups; the reused point is the reference
+    same = sens.query("sweep == 'n_strata' and setting == 2").set_index("group")
+    for group in ("all", "head", "tail"):
+        assert same.loc[group, "base"] == base.ndcg10(group)
+        assert same.loc[group, "method"] == ref.ndcg10(group)
+    assert np.allclose(sens["change"].dropna(), (sens["method"] / sens["base"] - 1)[sens["base"] > 0])
+    with pytest.raises(ValueError, match="seed"):
+        intervened.sensitivity(sd, groups, cfg, base, [2], seed=0, reference=ref)
+
+
+def test_claim_verdict_says_when_the_claim_holds_and_when_not():
+    import pandas as pd
+    def table(tail, head, ci=np.nan, n=1):
+        rows = [(v, g, val) for v, (t, h) in (("m", (tail, head)), ("b", (0.10, 0.20)))
+                for g, val in (("tail", t), ("head", h))]
+        return pd.DataFrame([{"variant": v, "group": g, "metric": "ndcg", "k": 10, "mean": val,
+                              "std": 0.0, "n_seeds": n, "ci95": ci} for v, g, val in rows])
+    holds = intervened.claim_verdict(table(0.12, 0.20), "m", "b")
+    assert "claim holds" in holds and "+20.0%" in holds and "one seed" in holds
+    assert "head users fall below" in intervened.claim_verdict(table(0.12, 0.19), "m", "b")
+    assert "tail users do not improve" in intervened.claim_verdict(table(0.09, 0.21), "m", "b")
+    noisy = intervened.claim_verdict(table(0.12, 0.19, ci=0.05, n=3), "m", "b")
+    assert "within the seed noise" in noisy and "head users" not in noisy and "one seed" not in noisy
+    assert "cannot check" in intervened.claim_verdict(table(0.12, 0.2), "m", "missing")

@@ -128,3 +128,52 @@ def test_backbones_notebook_smoke(tmp_path):
     _check_ranking_rows(rows)
     users = rows.drop_duplicates("group").set_index("group")["n_users"]
     assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
+
+
+@pytest.mark.unit
+def test_gradient_alignment_notebook_shares_the_base_runs_of_notebook_01():
+    # the run cache shares the base and tail-only models only when config and variant match
+    def base_block(name):
+        lines = _code(_read(SOURCES / report.NOTEBOOKS[name]))[2].splitlines()
+        start = next(i for i, line in enumerate(lines) if 'runs[f"{name} joint"]' in line)
+        return lines[start:start + 5]
+    block = base_block("01_backbones")
+    assert 'runs[f"{name} tail-only"]' in "\n".join(block)
+    assert base_block("02_gradient_alignment") == block
+
+
+@pytest.mark.notebook
+def test_gradient_alignment_notebook_smoke(tmp_path):
+    rows = _smoke("02_gradient_alignment", tmp_path)
+    assert set(rows["method"]) == {f"gradient_alignment:{b} {v}" for b in ("sasrec", "gru4rec")
+                                   for v in ("joint", "tail-only", "+align", "+adv", "GA")}
+    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
+    assert set(rows["group"]) == {"all", "head", "tail", "cold"}
+    assert set(rows["k"]) == {5, 10, 20}
+    _check_ranking_rows(rows)
+    users = rows.drop_duplicates("group").set_index("group")["n_users"]
+    assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
+
+
+@pytest.mark.unit
+def test_intervened_notebook_shares_the_base_runs_of_notebook_01():
+    # same config and variant names as notebook 01, so the run cache serves both notebooks
+    def base_block(name):
+        lines = _code(_read(SOURCES / report.NOTEBOOKS[name]))[2].splitlines()
+        start = next(i for i, line in enumerate(lines) if 'runs[f"{name} joint"]' in line)
+        return lines[start:start + 5]
+    assert base_block("03_intervened_network") == base_block("01_backbones")
+
+
+@pytest.mark.notebook
+def test_intervened_notebook_smoke(tmp_path):
+    rows = _smoke("03_intervened_network", tmp_path)
+    variants = ("joint", "tail-only", "intervened (GA)", "intervened (plugins)", "intervened (GA+plugins)")
+    assert set(rows["method"]) == {f"intervened:{b} {v}" for b in ("sasrec", "gru4rec") for v in variants}
+    assert not rows["method"].str.contains(r"\[").any()          # sensitivity runs are not recorded
+    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
+    assert set(rows["group"]) == {"all", "head", "tail", "cold"}
+    assert set(rows["k"]) == {5, 10, 20}
+    _check_ranking_rows(rows)
+    users = rows.drop_duplicates("group").set_index("group")["n_users"]
+    assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample

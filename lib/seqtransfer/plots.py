@@ -180,3 +180,83 @@ def projection_scatter(points: dict[str, np.ndarray], head_mask: np.ndarray, max
     fig.update_yaxes(title="PC 2", row=1, col=1)
     return fig.update_layout(title=f"{title} ({len(keep)} of {n} users)", template="plotly_white",
                              height=400, legend_title_text="users")
+
+
+def strata_bars(table: pd.DataFrame, title: str = "Activeness strata and their weight in the gradient"
+                ) -> go.Figure:
+    """Per activeness stratum: share of users, share of training positions (the stratum's weight
+    in the plain mean gradient) and prior P(z) (its weight in the backdoor-adjusted gradient).
+
+    ``table`` is ``methods.intervened.describe_strata`` (or a run's ``"strata"`` diagnostic):
+    columns stratum, min/max activeness, share of users, positions, prior."""
+    labels = [f"{z} ({lo:.0f}-{hi:.0f})" for z, lo, hi in
+              zip(table["stratum"], table["min activeness"], table["max activeness"])]
+    positions = table["positions"] / max(1, table["positions"].sum())
+    fig = go.Figure()
+    for i, (name, values) in enumerate((("share of users", table["share of users"]),
+                                        ("share of training positions: plain mean", positions),
+                                        ("prior P(z): adjusted", table["prior"]))):
+        fig.add_bar(x=labels, y=values, name=name, marker_color=_palette(i),
+                    hovertemplate="stratum %{x}<br>" + name + ": %{y:.3f}<extra></extra>")
+    fig.update_xaxes(title="stratum (activeness range, training interactions)")
+    fig.update_yaxes(title="share", rangemode="tozero")
+    return fig.update_layout(barmode="group", title=title, template="plotly_white", height=380)
+
+
+def stratum_gradient_bars(frame: pd.DataFrame,
+                          title: str = "Per-stratum mean gradients against the two aggregates") -> go.Figure:
+    """Three panels over activeness strata, one colour per model: the norm of each stratum's
+    mean gradient, and its cosine with the plain-mean and with the backdoor-adjusted aggregate.
+    The legend gives each model's cosine between the two aggregates.
+
+    ``frame`` is ``diagnostics.stratum_gradients`` output (rows "stratum z", "plain",
+    "adjusted"), optionally stacked with a ``variant`` column
+    (``methods.intervened.gradient_view``)."""
+    f = frame if "variant" in frame else frame.assign(variant="model")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("gradient norm", "cosine with the plain mean",
+                                                        "cosine with the adjusted aggregate"))
+    for i, (variant, part) in enumerate(f.groupby("variant", sort=False)):
+        per = part[part["gradient"].str.startswith("stratum")]
+        agg = part.set_index("gradient")
+        cross = float(agg.loc["plain", "cos_adjusted"]) if "plain" in agg.index else np.nan
+        name = f"{variant} (plain vs adjusted: cos {cross:.3f})"
+        for col, column in enumerate(("norm", "cos_plain", "cos_adjusted"), start=1):
+            fig.add_scatter(x=per["stratum"].astype(int), y=per[column], name=name, legendgroup=variant,
+                            showlegend=col == 1, mode="lines+markers", line=dict(color=_palette(i)),
+                            hovertemplate="stratum %{x}<br>" + column + " %{y:.3f}<extra>" + variant + "</extra>",
+                            row=1, col=col)
+        fig.update_xaxes(title="stratum (0 = least active)", dtick=1)
+    fig.update_yaxes(range=[-1, 1.05], row=1, col=2)
+    fig.update_yaxes(range=[-1, 1.05], row=1, col=3)
+    return fig.update_layout(title=title, template="plotly_white", height=380,
+                             legend=dict(orientation="h", y=-0.25))
+
+
+def sensitivity_lines(frame: pd.DataFrame, groups=("head", "tail"), metric: str = "NDCG@10",
+                      title: str = "Sensitivity: the method against the base model") -> go.Figure:
+    """One panel per sweep (number of strata, head share): the method's test metric (solid) and
+    the base model's (dashed) per setting, one colour per user group; a red marker where the
+    method falls below the base model (negative transfer).
+
+    ``frame`` is ``methods.intervened.sensitivity`` output (sweep, setting, group, base, method)."""
+    sweeps = list(dict.fromkeys(frame["sweep"]))
+    names = {"n_strata": "number of strata", "head_frac": "head share (head_frac)"}
+    fig = make_subplots(rows=1, cols=max(1, len(sweeps)), subplot_titles=[names.get(s, s) for s in sweeps],
+                        shared_yaxes=True)
+    for col, sweep in enumerate(sweeps, start=1):
+        part = frame[frame["sweep"] == sweep]
+        for group in groups:
+            g = part[part["group"] == group].sort_values("setting")
+            color = GROUP_COLORS.get(group)
+            worse = g["method"] < g["base"]
+            fig.add_scatter(x=g["setting"], y=g["method"], name=f"{group}: method", legendgroup=f"{group}m",
+                            showlegend=col == 1, mode="lines+markers", line=dict(color=color),
+                            marker=dict(size=9, color=color, line=dict(color=[NEGATIVE if w else color for w in worse],
+                                                                       width=2)),
+                            hovertemplate="%{x}<br>" + group + " method %{y:.4f}<extra></extra>", row=1, col=col)
+            fig.add_scatter(x=g["setting"], y=g["base"], name=f"{group}: base model", legendgroup=f"{group}b",
+                            showlegend=col == 1, mode="lines", line=dict(color=color, dash="dash"),
+                            hovertemplate="%{x}<br>" + group + " base %{y:.4f}<extra></extra>", row=1, col=col)
+        fig.update_xaxes(title=names.get(sweep, sweep), tickvals=sorted(part["setting"].unique()), row=1, col=col)
+    fig.update_yaxes(title=f"test {metric}", row=1, col=1)
+    return fig.update_layout(title=title, template="plotly_white", height=380)

@@ -38,13 +38,14 @@ Our reading, where the paper leaves details open (every choice is a config field
 * Stage 2 trains the plugins (and the backbone when ``freeze_backbone=False``) with the same
   loss rule as stage 1: backdoor-adjusted when ``use_aggregation``, else the plain mean. A
   frozen backbone runs in eval mode (no dropout), so plugins learn on the features they see
-  at test time. Model selection in both stages: validation NDCG@10 of all users.
+  at test time. Stage 2 is seeded afresh, so it depends only on the stage-1 backbone. Model selection in both stages: validation NDCG@10 of all users.
 
 With ``use_aggregation=False`` and ``use_plugins=False`` a run is the base model, bit for bit
 (same seed and ``TrainConfig`` as ``methods.baseline.fit``).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -53,8 +54,9 @@ import pandas as pd
 import torch
 
 from ..data.batches import SeqData
-from ..data.split import UserGroups, strata
-from ..diagnostics import ConflictProbe
+from ..data.split import UserGroups, activeness_groups, strata
+from ..diagnostics import ConflictProbe, stratum_gradients
+from ..evaluate import metrics_from_ranks, rank_targets
 from ..models import make_backbone
 from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
 from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
@@ -236,6 +238,34 @@ def _stage_row(stage: str, r) -> dict:
             "stopped": r.stopped, "steps": r.steps, "seconds": r.seconds, "device": r.device}
 
 
+def _plugin_stage(backbone: torch.nn.Module, data: SeqData, groups: UserGroups, cfg: IntervenedConfig,
+                  seed: int, variant: str, stratum: np.ndarray, prior: np.ndarray):
+    """Stage 2: routed plugins on the trained ``backbone`` (frozen in place when
+    ``cfg.freeze_backbone``). Seeded on its own, so that it depends only on the backbone, the
+    groups, ``cfg`` and ``seed``. Returns the ``TrainResult`` and the diagnostics
+    ``"backbone_metrics"`` (the backbone alone) and ``"routes"``."""
+    head = np.asarray(groups["head"], dtype=bool)
+    Z = len(prior)
+    backbone_metrics, _ = evaluate_both(backbone, data, groups, variant, seed)
+    if cfg.routes == "head_tail":
+        route, n_routes, names = head.astype(np.int64), 2, ["tail", "head"]
+    else:
+        route, n_routes, names = stratum.astype(np.int64), Z, [f"stratum {z}" for z in range(Z)]
+    seed_everything(seed)
+    model = RoutedRecommender(backbone, n_routes, torch.as_tensor(route), kind=cfg.plugin_kind,
+                              hidden=cfg.plugin_hidden, dropout=cfg.plugin_dropout,
+                              freeze_backbone=cfg.freeze_backbone)
+    pcfg = _plugin_train_cfg(cfg, seed)
+    hooks = Hooks()
+    strata_and_prior = _on_device(stratum, prior, data, pcfg) if cfg.use_aggregation else (None, None)
+    hooks.step = _step_fn(*strata_and_prior, routed=True)
+    result = train_fit(model, data, pcfg, hooks, groups={"all": groups["all"]})
+    routes = pd.DataFrame({"route": range(n_routes), "name": names,
+                           "users": np.bincount(route, minlength=n_routes),
+                           "head users": np.bincount(route, weights=head, minlength=n_routes).astype(int)})
+    return result, {"backbone_metrics": backbone_metrics.assign(stage="backbone"), "routes": routes}
+
+
 def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
         variant: str | None = None) -> MethodResult:
     """Stage 1: train the backbone (backdoor-adjusted when ``cfg.use_aggregation``); stage 2
@@ -247,14 +277,13 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
     last stage's ``TrainResult``, ``diagnostics`` holds ``"strata"`` (per-stratum users,
     interactions, positions, prior), ``"stages"``, ``"conflict"`` when probed (stage 1), and
     with plugins ``"routes"`` and ``"backbone_metrics"`` (the stage-1 model alone, same layout
-    as ``metrics`` plus ``stage="backbone"``: what the plugins add within one run).
+    as ``metrics`` plus ``stage="backbone"``: what the plugins add within one run). Stage 2 is
+    seeded afresh with ``seed``, so it depends only on the stage-1 backbone, not on how many
+    random numbers stage 1 drew.
     """
     cfg.check()
     variant = variant or _variant(cfg)
-    Z = cfg.n_strata_used
-    stratum = user_strata(data.activeness, cfg)                             # (U,)
-    positions = user_positions(data)                                        # (U,)
-    prior = stratum_prior(cfg.prior, stratum, Z, positions)                 # (Z,)
+    stratum, positions, prior = _strata_and_prior(data, cfg)                # (U,), (U,), (Z,)
     head = np.asarray(groups["head"], dtype=bool)
 
     seed_everything(seed)
@@ -276,26 +305,10 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
         diagnostics["conflict"] = probe.frame()
 
     if cfg.use_plugins:
-        backbone_metrics, _ = evaluate_both(result.model, data, groups, variant, seed)
-        diagnostics["backbone_metrics"] = backbone_metrics.assign(stage="backbone")
-        if cfg.routes == "head_tail":
-            route, n_routes, names = head.astype(np.int64), 2, ["tail", "head"]
-        else:
-            route, n_routes, names = stratum.astype(np.int64), Z, [f"stratum {z}" for z in range(Z)]
-        model = RoutedRecommender(result.model, n_routes, torch.as_tensor(route), kind=cfg.plugin_kind,
-                                  hidden=cfg.plugin_hidden, dropout=cfg.plugin_dropout,
-                                  freeze_backbone=cfg.freeze_backbone)
-        pcfg = _plugin_train_cfg(cfg, seed)
-        phooks = Hooks()
-        strata_and_prior = _on_device(stratum, prior, data, pcfg) if cfg.use_aggregation else (None, None)
-        phooks.step = _step_fn(*strata_and_prior, routed=True)
-        result = train_fit(model, data, pcfg, phooks, groups={"all": groups["all"]})
+        result, extra = _plugin_stage(result.model, data, groups, cfg, seed, variant, stratum, prior)
         history.append(result.history.assign(stage="plugins"))
         stages.append(_stage_row("plugins", result))
-        diagnostics["routes"] = pd.DataFrame({
-            "route": range(n_routes), "name": names,
-            "users": np.bincount(route, minlength=n_routes),
-            "head users": np.bincount(route, weights=head, minlength=n_routes).astype(int)})
+        diagnostics.update(extra)
 
     metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
     diagnostics["stages"] = pd.DataFrame(stages)
@@ -303,3 +316,152 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
     return MethodResult("intervened", variant, seed, metrics,
                         pd.concat(history, ignore_index=True).assign(variant=variant),
                         result.model, result, diagnostics, ranks)
+
+
+# Views and sweeps for the notebook (notebooks/03_intervened_network.ipynb): the strata before
+# training, the per-stratum gradients of trained models, the sensitivity to the two settings the
+# paper leaves to the reader, and the paper's claim in one sentence.
+
+def _strata_and_prior(data: SeqData, cfg: IntervenedConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U,) stratum, (U,) training positions and (Z,) prior of ``cfg``, as ``fit`` builds them."""
+    stratum = user_strata(data.activeness, cfg)
+    positions = user_positions(data)
+    return stratum, positions, stratum_prior(cfg.prior, stratum, cfg.n_strata_used, positions)
+
+
+def describe_strata(data: SeqData, groups: UserGroups, cfg: IntervenedConfig) -> pd.DataFrame:
+    """The strata table that ``fit`` records as ``diagnostics["strata"]``, before any training."""
+    stratum, positions, prior = _strata_and_prior(data, cfg)
+    return strata_table(data.activeness, stratum, positions, prior, np.asarray(groups["head"], dtype=bool))
+
+
+def gradient_view(models: dict[str, torch.nn.Module], data: SeqData, cfg: IntervenedConfig,
+                  batch: int = 128, seed: int = 0) -> pd.DataFrame:
+    """Each model's per-stratum mean gradients against the plain and the adjusted aggregate.
+
+    ``diagnostics.stratum_gradients`` with the strata and prior of ``cfg``, for every
+    ``name -> model`` (e.g. the base model and the GA backbone); ``batch`` windows per stratum.
+    The data follow each model's device. For a routed model with a frozen backbone only the
+    plugins have gradients. Returns the frames stacked, with a ``variant`` column (the name).
+    """
+    stratum, _, prior = _strata_and_prior(data, cfg)
+    frames = []
+    for name, model in models.items():
+        device = next(model.parameters()).device
+        d = data if data.device == device else data.to(device)
+        window_strata = torch.as_tensor(stratum)[d.train_users.cpu()]              # (N,)
+        frames.append(stratum_gradients(model, d, window_strata, prior, batch, seed).assign(variant=name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _point_cfg(cfg: IntervenedConfig, tag: str, **changes) -> IntervenedConfig:
+    """``cfg`` with ``changes``; checkpoints, if any, go to a sub-folder per sweep point so that a
+    point never resumes from another run's checkpoint."""
+    out = replace(cfg, **changes)
+    if cfg.train.checkpoint_dir:
+        out.train = replace(cfg.train, checkpoint_dir=str(Path(cfg.train.checkpoint_dir) / tag))
+    if cfg.plugin_train is not None and cfg.plugin_train.checkpoint_dir:
+        out.plugin_train = replace(cfg.plugin_train,
+                                   checkpoint_dir=str(Path(cfg.plugin_train.checkpoint_dir) / tag))
+    return out
+
+
+def sensitivity(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, base: MethodResult,
+                n_strata_grid=(), head_frac_grid=(), seed: int = 0,
+                reference: MethodResult | None = None, metric: str = "ndcg", k: int = 10) -> pd.DataFrame:
+    """How the method's test metric, and its change against the base model, move with the number
+    of strata and with the head/tail boundary: two one-at-a-time sweeps around ``cfg``.
+
+    * ``n_strata`` over ``n_strata_grid`` (equal-population quantiles, replacing any
+      ``boundaries``), head/tail groups fixed at ``groups``: both stages are trained again.
+    * the head share over ``head_frac_grid``: groups rebuilt by
+      ``data.activeness_groups(activeness, head_frac, cold_max=groups.cold_max)``, ``cfg`` fixed.
+      This moves the plugins' routes and the groups every number is reported for. Stage 1 does
+      not depend on the groups, so with a ``reference`` only stage 2 is trained again (on a copy
+      of the reference's backbone, frozen), or nothing at all without plugins.
+
+    ``base`` is the base model (trained on all users, so independent of both settings),
+    re-scored from its test ranks under each point's groups. ``reference``, the run of ``cfg`` on
+    ``groups`` with this ``seed``, is reused for the points identical to it. Without a reference
+    every point is a full ``fit(data, point_groups, point_cfg, seed)``.
+
+    Returns one row per point and group: sweep ("n_strata" | "head_frac"), setting, variant,
+    head_share, group, n_users, base, method (test ``metric@k``), change (method / base - 1),
+    trained ("reused" | "plugins" | "both stages").
+    """
+    if reference is not None and reference.seed != seed:
+        raise ValueError(f"reference was trained with seed {reference.seed}, the sweep uses seed {seed}")
+    activeness = np.asarray(data.activeness)
+    points = []                                       # (sweep, setting, cfg, groups, same groups)
+    for n in n_strata_grid:
+        same = cfg.boundaries is None and int(n) == cfg.n_strata
+        points.append(("n_strata", int(n), _point_cfg(cfg, f"n_strata-{n}", n_strata=int(n), boundaries=None),
+                       groups, same, same))
+    for h in head_frac_grid:
+        g = activeness_groups(activeness, head_frac=float(h), cold_max=groups.cold_max)
+        points.append(("head_frac", float(h), _point_cfg(cfg, f"head_frac-{h}"), g,
+                       np.array_equal(g["head"], groups["head"]), True))
+    rows = []
+    for sweep, setting, point_cfg, g, same, same_stage1 in points:
+        variant = f"{_variant(point_cfg)} [{sweep} {setting}]"
+        if reference is not None and (same or (same_stage1 and not cfg.use_plugins)):
+            trained, ranks = "reused", reference.ranks["test"]
+        elif reference is not None and same_stage1 and cfg.freeze_backbone:
+            stratum, _, prior = _strata_and_prior(data, point_cfg)
+            backbone = copy.deepcopy(reference.model.backbone)
+            result, _ = _plugin_stage(backbone, data, g, point_cfg, seed, variant, stratum, prior)
+            trained, ranks = "plugins", rank_targets(result.model, data, "test")
+        else:
+            trained, ranks = "both stages", fit(data, g, point_cfg, seed, variant).ranks["test"]
+        for name, mask in g.masks.items():
+            mask = np.asarray(mask, dtype=bool)
+            b = metrics_from_ranks(base.ranks["test"][mask], (k,))[(metric, k)]
+            m = metrics_from_ranks(ranks[mask], (k,))[(metric, k)]
+            rows.append({"sweep": sweep, "setting": setting, "variant": variant,
+                         "head_share": float(g["head"].mean()), "group": name, "n_users": int(mask.sum()),
+                         "base": b, "method": m, "change": m / b - 1 if b > 0 else np.nan,
+                         "trained": trained})
+    out = pd.DataFrame(rows)
+    out["setting"] = pd.Series([r["setting"] for r in rows], dtype=object)   # 2 stays 2, 0.1 stays 0.1
+    return out
+
+
+def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str = "ndcg", k: int = 10) -> str:
+    """The paper's claim in one sentence: tail users improve markedly over the base model and
+    head users do at least as well.
+
+    ``table`` is ``methods.summarize`` output. With several seeds a difference counts only when it
+    exceeds the combined 95% half-widths ``sqrt(ci_a**2 + ci_b**2)`` (tail: a gain beyond that;
+    head: no loss beyond that). With one seed there is no interval: any tail gain counts, any head
+    loss counts, and the sentence says that it cannot tell a gain from noise.
+    """
+    def pick(variant, group):
+        row = table[(table["variant"] == variant) & (table["group"] == group) &
+                    (table["metric"] == metric) & (table["k"] == k)]
+        if row.empty:
+            return None
+        ci = float(row["ci95"].iloc[0])
+        return float(row["mean"].iloc[0]), 0.0 if np.isnan(ci) else ci, int(row["n_seeds"].iloc[0])
+
+    label = f"{metric.upper()}@{k}"
+    values = {(v, g): pick(v, g) for v in (method, baseline) for g in ("tail", "head")}
+    missing = [f"{v} {g}" for (v, g), x in values.items() if x is None]
+    if missing:
+        return f"No {label} for {', '.join(missing)}: cannot check the claim."
+    parts, failures, noise = [], [], {}
+    for group in ("tail", "head"):
+        (a, ca, na), (b, cb, nb) = values[method, group], values[baseline, group]
+        noise[group] = float(np.hypot(ca, cb))
+        rel = f" ({(a - b) / b * 100:+.1f}%)" if b else ""
+        parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}")
+        if group == "tail" and a - b <= noise["tail"]:
+            failures.append("tail users do not improve" if a <= b else "the tail gain is within the seed noise")
+        if group == "head" and b - a > noise["head"]:
+            failures.append("head users fall below the base model")
+    seeds = min(x[2] for x in values.values())
+    out = f"{method} vs {baseline}: {', '.join(parts)}. "
+    out += ("The paper's claim holds" if not failures
+            else f"The paper's claim does NOT hold: {' and '.join(failures)}")
+    if seeds < 2:
+        out += " (one seed, no interval: a difference this size may be noise)"
+    return out + "."
