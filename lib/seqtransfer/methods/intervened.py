@@ -38,7 +38,8 @@ Our reading, where the paper leaves details open (every choice is a config field
 * Stage 2 trains the plugins (and the backbone when ``freeze_backbone=False``) with the same
   loss rule as stage 1: backdoor-adjusted when ``use_aggregation``, else the plain mean. A
   frozen backbone runs in eval mode (no dropout), so plugins learn on the features they see
-  at test time. Stage 2 is seeded afresh, so it depends only on the stage-1 backbone. Model selection in both stages: validation NDCG@10 of all users.
+  at test time. Stage 2 is seeded afresh, so it depends only on the stage-1 backbone. Model
+  selection in both stages: validation NDCG@10 of all users.
 
 With ``use_aggregation=False`` and ``use_plugins=False`` a run is the base model, bit for bit
 (same seed and ``TrainConfig`` as ``methods.baseline.fit``).
