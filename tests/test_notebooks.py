@@ -105,6 +105,17 @@ def _check_ranking_rows(rows: pd.DataFrame) -> None:
     assert (hr[5] <= hr[10]).all() and (hr[10] <= hr[20]).all()
 
 
+def _check_method_rows(rows: pd.DataFrame) -> None:
+    """What every method notebook records at the smoke budget: both backbones, every group and
+    cut-off, coherent rankings, and group sizes of the 300-user sample."""
+    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
+    assert set(rows["group"]) == {"all", "head", "tail", "cold"}
+    assert set(rows["k"]) == {5, 10, 20}
+    _check_ranking_rows(rows)
+    users = rows.drop_duplicates("group").set_index("group")["n_users"]
+    assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
+
+
 @pytest.mark.notebook
 def test_data_notebook_smoke(tmp_path):
     rows = _smoke("00_data", tmp_path)
@@ -122,24 +133,23 @@ def test_backbones_notebook_smoke(tmp_path):
     rows = _smoke("01_backbones", tmp_path)
     assert set(rows["method"]) == {f"baseline:{b} {v}" for b in ("sasrec", "gru4rec")
                                    for v in ("joint", "tail-only")}
-    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
-    assert set(rows["group"]) == {"all", "head", "tail", "cold"}
-    assert set(rows["k"]) == {5, 10, 20}
-    _check_ranking_rows(rows)
-    users = rows.drop_duplicates("group").set_index("group")["n_users"]
-    assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
+    _check_method_rows(rows)
+
+
+def _base_block(name: str) -> list[str]:
+    """The setup cell's lines that configure the joint and tail-only base runs."""
+    lines = _code(_read(SOURCES / report.NOTEBOOKS[name]))[2].splitlines()
+    start = next(i for i, line in enumerate(lines) if 'runs[f"{name} joint"]' in line)
+    return lines[start:start + 5]
 
 
 @pytest.mark.unit
-def test_gradient_alignment_notebook_shares_the_base_runs_of_notebook_01():
+@pytest.mark.parametrize("name", ["02_gradient_alignment", "03_intervened_network"])
+def test_method_notebook_shares_the_base_runs_of_notebook_01(name):
     # the run cache shares the base and tail-only models only when config and variant match
-    def base_block(name):
-        lines = _code(_read(SOURCES / report.NOTEBOOKS[name]))[2].splitlines()
-        start = next(i for i, line in enumerate(lines) if 'runs[f"{name} joint"]' in line)
-        return lines[start:start + 5]
-    block = base_block("01_backbones")
+    block = _base_block("01_backbones")
     assert 'runs[f"{name} tail-only"]' in "\n".join(block)
-    assert base_block("02_gradient_alignment") == block
+    assert _base_block(name) == block
 
 
 @pytest.mark.notebook
@@ -147,22 +157,7 @@ def test_gradient_alignment_notebook_smoke(tmp_path):
     rows = _smoke("02_gradient_alignment", tmp_path)
     assert set(rows["method"]) == {f"gradient_alignment:{b} {v}" for b in ("sasrec", "gru4rec")
                                    for v in ("joint", "tail-only", "+align", "+adv", "GA")}
-    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
-    assert set(rows["group"]) == {"all", "head", "tail", "cold"}
-    assert set(rows["k"]) == {5, 10, 20}
-    _check_ranking_rows(rows)
-    users = rows.drop_duplicates("group").set_index("group")["n_users"]
-    assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
-
-
-@pytest.mark.unit
-def test_intervened_notebook_shares_the_base_runs_of_notebook_01():
-    # same config and variant names as notebook 01, so the run cache serves both notebooks
-    def base_block(name):
-        lines = _code(_read(SOURCES / report.NOTEBOOKS[name]))[2].splitlines()
-        start = next(i for i, line in enumerate(lines) if 'runs[f"{name} joint"]' in line)
-        return lines[start:start + 5]
-    assert base_block("03_intervened_network") == base_block("01_backbones")
+    _check_method_rows(rows)
 
 
 @pytest.mark.notebook
@@ -171,9 +166,4 @@ def test_intervened_notebook_smoke(tmp_path):
     variants = ("joint", "tail-only", "intervened (GA)", "intervened (plugins)", "intervened (GA+plugins)")
     assert set(rows["method"]) == {f"intervened:{b} {v}" for b in ("sasrec", "gru4rec") for v in variants}
     assert not rows["method"].str.contains(r"\[").any()          # sensitivity runs are not recorded
-    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
-    assert set(rows["group"]) == {"all", "head", "tail", "cold"}
-    assert set(rows["k"]) == {5, 10, 20}
-    _check_ranking_rows(rows)
-    users = rows.drop_duplicates("group").set_index("group")["n_users"]
-    assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
+    _check_method_rows(rows)

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import torch
 
 from ..data.batches import SeqData
 from ..data.split import UserGroups
-from ..diagnostics import ConflictProbe
-from ..models import make_backbone
-from ..train import Hooks, TrainConfig, fit as train_fit, seed_everything, shuffled_batches
-from .common import MethodResult, evaluate_both
+from ..train import Hooks, TrainConfig, fit as train_fit, shuffled_batches
+from .common import MethodResult, conflict_probe, evaluate_both, seeded_backbone
 
 TRAIN_USERS = ("all", "head", "tail")
 
@@ -37,18 +34,14 @@ def fit(data: SeqData, groups: UserGroups, cfg: BaselineConfig, seed: int = 0,
     if cfg.train_users not in TRAIN_USERS:
         raise ValueError(f"train_users must be one of {TRAIN_USERS}, got {cfg.train_users!r}")
     variant = variant or f"{cfg.backbone} " + ("joint" if cfg.train_users == "all" else f"{cfg.train_users}-only")
-    seed_everything(seed)
-    model = make_backbone(cfg.backbone, data.n_items, **{"max_len": data.max_len, **cfg.backbone_kwargs})
+    model = seeded_backbone(cfg, data, seed)
     tcfg = replace(cfg.train, seed=seed)
     hooks = Hooks()
     if cfg.train_users != "all":
         windows = data.windows_of(groups[cfg.train_users])
         hooks.batches = lambda d, c, g: shuffled_batches(d, c, g, windows)
-    probe = None
-    if cfg.conflict_every:
-        probe = ConflictProbe(data, groups["head"], groups["tail"], every=cfg.conflict_every,
-                              batch=cfg.conflict_batch, seed=seed)
-        hooks.after_step = probe
+    probe = conflict_probe(cfg, data, groups, seed)
+    hooks.after_step = probe
     result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})
     metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
     diagnostics = {"conflict": probe.frame().assign(variant=variant)} if probe else {}

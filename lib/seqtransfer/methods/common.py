@@ -9,8 +9,10 @@ import torch
 
 from ..data.batches import SeqData
 from ..data.split import UserGroups
+from ..diagnostics import ConflictProbe
 from ..evaluate import evaluate, rank_targets
-from ..train import TrainResult
+from ..models import SequentialRecommender, make_backbone
+from ..train import TrainResult, seed_everything
 
 
 @dataclass
@@ -33,6 +35,22 @@ class MethodResult:
         return float(m.loc[sel, "value"].iloc[0])
 
 
+def seeded_backbone(cfg, data: SeqData, seed: int) -> SequentialRecommender:
+    """``cfg.backbone`` with ``cfg.backbone_kwargs``, built right after seeding: every method
+    that does this first starts from the baseline's initial weights for the same seed."""
+    seed_everything(seed)
+    return make_backbone(cfg.backbone, data.n_items, **{"max_len": data.max_len, **cfg.backbone_kwargs})
+
+
+def conflict_probe(cfg, data: SeqData, groups: UserGroups | dict, seed: int) -> ConflictProbe | None:
+    """The head-vs-tail gradient probe a config asks for (``cfg.conflict_every`` steps apart,
+    ``cfg.conflict_batch`` windows per group), or ``None`` when it asks for none."""
+    if not cfg.conflict_every:
+        return None
+    return ConflictProbe(data, groups["head"], groups["tail"], every=cfg.conflict_every,
+                         batch=cfg.conflict_batch, seed=seed)
+
+
 def evaluate_both(model: torch.nn.Module, data: SeqData, groups: UserGroups | dict,
                   variant: str, seed: int) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Full-ranking metrics on validation and test for every group, labelled by variant/seed."""
@@ -48,7 +66,7 @@ def evaluate_both(model: torch.nn.Module, data: SeqData, groups: UserGroups | di
 def backbone_name(model: torch.nn.Module) -> str:
     """The backbone key ("sasrec", "gru4rec") of a model, looking through wrappers that keep
     their backbone in a ``backbone`` attribute."""
-    from ..models import BACKBONES  # models do not import methods; the import is one-way
+    from ..models import BACKBONES
     while isinstance(getattr(model, "backbone", None), torch.nn.Module):
         model = model.backbone
     for key, (cls, _) in BACKBONES.items():

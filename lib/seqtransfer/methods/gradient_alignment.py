@@ -62,11 +62,11 @@ import torch.nn.functional as F
 from ..data.batches import SeqData
 from ..data.split import UserGroups
 from ..diagnostics import ConflictProbe
-from ..models import BACKBONES, make_backbone
+from ..models import BACKBONES
 from ..models.adversarial import ActivenessDiscriminator
 from ..train import (Hooks, StepContext, TrainConfig, fit as train_fit, resolve_device,
-                     seed_everything, shuffled_batches)
-from .common import MethodResult, evaluate_both
+                     shuffled_batches)
+from .common import MethodResult, conflict_probe, evaluate_both, seeded_backbone
 
 GROUPINGS = ("alternate", "random")
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -266,8 +266,7 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
     if needs_both and (len(head_windows) == 0 or len(tail_windows) == 0):
         raise ValueError("the adversarial discriminator and grouping='alternate' need training "
                          f"windows of both head ({len(head_windows)}) and tail ({len(tail_windows)}) users")
-    seed_everything(seed)
-    model = make_backbone(cfg.backbone, data.n_items, **{"max_len": data.max_len, **cfg.backbone_kwargs})
+    model = seeded_backbone(cfg, data, seed)
     tcfg = replace(cfg.train, seed=seed)
     disc = None
     if cfg.use_adversarial:   # built after the backbone, so the backbone's init matches baseline's
@@ -285,11 +284,8 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
     elif cfg.use_alignment:   # the baseline's shuffle, k batches at a time: same inner batches
         hooks.batches = lambda d, c, g: shuffled_batches(
             d, replace(c, batch_size=c.batch_size * cfg.inner_steps), g)
-    probe = None
-    if cfg.conflict_every:
-        probe = ConflictProbe(data, groups["head"], groups["tail"], every=cfg.conflict_every,
-                              batch=cfg.conflict_batch, seed=seed)
-        hooks.after_step = probe
+    probe = conflict_probe(cfg, data, groups, seed)
+    hooks.after_step = probe
     if disc is not None or probe is not None:
         hooks.state = lambda: _hook_state(step, probe)
         hooks.load_state = lambda saved: _load_hook_state(saved, step, probe)

@@ -56,13 +56,12 @@ import torch
 
 from ..data.batches import SeqData
 from ..data.split import UserGroups, activeness_groups, strata
-from ..diagnostics import ConflictProbe, stratum_gradients
+from ..diagnostics import stratum_gradients
 from ..evaluate import metrics_from_ranks, rank_targets
-from ..models import make_backbone
 from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
 from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
                      resolve_device, seed_everything)
-from .common import MethodResult, evaluate_both
+from .common import MethodResult, conflict_probe, evaluate_both, seeded_backbone
 
 PRIORS = ("users", "uniform", "interactions")
 ROUTES = ("head_tail", "strata")
@@ -287,17 +286,13 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
     stratum, positions, prior = _strata_and_prior(data, cfg)                # (U,), (U,), (Z,)
     head = np.asarray(groups["head"], dtype=bool)
 
-    seed_everything(seed)
-    model = make_backbone(cfg.backbone, data.n_items, **{"max_len": data.max_len, **cfg.backbone_kwargs})
+    model = seeded_backbone(cfg, data, seed)
     tcfg = replace(cfg.train, seed=seed)
     hooks = Hooks()
     if cfg.use_aggregation:
         hooks.step = _step_fn(*_on_device(stratum, prior, data, tcfg), routed=False)
-    probe = None
-    if cfg.conflict_every:
-        probe = ConflictProbe(data, groups["head"], groups["tail"], every=cfg.conflict_every,
-                              batch=cfg.conflict_batch, seed=seed)
-        hooks.after_step = probe
+    probe = conflict_probe(cfg, data, groups, seed)
+    hooks.after_step = probe
     result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})
     history = [result.history.assign(stage="backbone")]
     stages = [_stage_row("backbone", result)]
@@ -451,7 +446,7 @@ def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str =
         return f"No {label} for {', '.join(missing)}: cannot check the claim."
     parts, failures, noise = [], [], {}
     for group in ("tail", "head"):
-        (a, ca, na), (b, cb, nb) = values[method, group], values[baseline, group]
+        (a, ca, _), (b, cb, _) = values[method, group], values[baseline, group]
         noise[group] = float(np.hypot(ca, cb))
         rel = f" ({(a - b) / b * 100:+.1f}%)" if b else ""
         parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}")

@@ -47,7 +47,12 @@ class SequentialRecommender(nn.Module):
 
     def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, T) loss per position; zero where ``targets == 0``."""
-        h = self.encode(seqs)                                         # (B, T, D)
+        return self.hidden_losses(self.encode(seqs), targets)
+
+    def hidden_losses(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, T) next-item loss of hidden states ``h`` (B, T, D); zero where ``targets == 0``.
+
+        Wrappers that transform the hidden states (e.g. routed plugins) score through here."""
         mask = targets > 0
         out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         hm = h[mask]                                                  # (P, D) real positions only

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 PLUGIN_KINDS = ("mlp", "linear")
 
@@ -129,23 +128,9 @@ class RoutedRecommender(nn.Module):
     def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """(B, T) next-item loss per position (0 on padding), the backbone's loss type.
 
-        Mirrors ``SequentialRecommender.position_losses`` on the routed hidden states.
+        The backbone's ``hidden_losses`` on the routed hidden states.
         """
-        h = self.encode(seqs, users)                                  # (B, T, D)
-        bb = self.backbone
-        mask = targets > 0
-        out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
-        hm, tm = h[mask], targets[mask]                               # (P, D), (P,)
-        if bb.loss_type == "ce":
-            out[mask] = F.cross_entropy(self.score(hm).float(), tm, reduction="none")
-        else:
-            w = self.item_weights()
-            pos = (hm * w[tm]).sum(-1).float()                        # (P,)
-            neg_ids = torch.randint(1, bb.n_items + 1, (tm.size(0), bb.n_negatives),
-                                    device=tm.device)                 # (P, n_neg)
-            neg = torch.einsum("pd,pkd->pk", hm, w[neg_ids]).float()  # (P, n_neg)
-            out[mask] = F.softplus(-pos) + F.softplus(neg).sum(-1)
-        return out
+        return self.backbone.hidden_losses(self.encode(seqs, users), targets)
 
     def sequence_losses(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """(B,) mean loss over each sequence's real positions."""
