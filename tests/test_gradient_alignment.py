@@ -174,6 +174,17 @@ def test_random_grouping_with_outer_lr_one_is_sequential_training(toy):
     assert _weights_equal(res.model, base.model)
 
 
+@pytest.mark.parametrize("in_batches, outer_updates", [(True, 2), (False, 9)])
+def test_step_cap_counts_batches_unless_told_otherwise(toy, in_batches, outer_updates):
+    """A cap of 9 steps with 4 inner batches: 2 outer updates (8 batches, like the base model's
+    9 at most), or 9 outer updates when the cap counts outer updates."""
+    sd, groups = toy
+    cfg = ga.GradientAlignmentConfig(backbone_kwargs=SMALL, train=_train(epochs=50, max_steps=9),
+                                     inner_steps=4, use_adversarial=False, grouping="random",
+                                     max_steps_in_batches=in_batches)
+    assert ga.fit(sd, groups, cfg, seed=0).train.steps == outer_updates
+
+
 @pytest.mark.parametrize("inner_optimizer", ["adam", "sgd"])
 def test_fit_end_to_end_with_both_parts(toy, inner_optimizer):
     sd, groups = toy

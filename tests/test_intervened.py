@@ -138,12 +138,44 @@ def test_aggregation_changes_training_and_frozen_backbone_stays_put(toy):
     assert all(p.f[-1].weight.abs().sum() > 0 for p in both.model.plugins)   # the plugins trained
 
 
+def test_plugins_on_a_finished_stage1_equal_training_it_again(toy):
+    sd, groups = toy
+    kw = dict(backbone="gru4rec", backbone_kwargs=SMALL, n_strata=2, train=TrainConfig(**FAST))
+    agg = intervened.fit(sd, groups, IntervenedConfig(use_plugins=False, **kw), seed=2)
+    before = {k: v.clone() for k, v in agg.model.state_dict().items()}
+    both = IntervenedConfig(**kw)
+    reused = intervened.fit(sd, groups, both, seed=2, stage1=agg)
+    scratch = intervened.fit(sd, groups, both, seed=2)
+    assert reused.metrics["value"].tolist() == scratch.metrics["value"].tolist()
+    assert reused.history.drop(columns="seconds").equals(scratch.history.drop(columns="seconds"))
+    for k, v in agg.model.state_dict().items():                     # the finished run is not changed
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in agg.model.parameters())
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(seed=5), ["seed 2", "seed 5"]),
+    (dict(use_plugins=False), ["use_plugins=False"]),
+    (dict(use_aggregation=False), ["'baseline'", "use_aggregation=False"]),
+    (dict(backbone="sasrec"), ["gru4rec", "'sasrec'"]),
+    (dict(n_strata=3), ["prior", "same strata"]),
+])
+def test_a_stage1_that_does_not_fit_the_config_is_refused(toy, change, words):
+    sd, groups = toy
+    kw = dict(backbone="gru4rec", backbone_kwargs=SMALL, n_strata=2, train=TrainConfig(**{**FAST, "epochs": 1}))
+    agg = intervened.fit(sd, groups, IntervenedConfig(use_plugins=False, **kw), seed=2)
+    seed = change.pop("seed", 2)
+    with pytest.raises(ValueError) as err:
+        intervened.fit(sd, groups, IntervenedConfig(**{**kw, **change}), seed=seed, stage1=agg)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
 def test_fit_end_to_end_with_everything_on(toy):
     sd, groups = toy
     cfg = IntervenedConfig(backbone="sasrec", backbone_kwargs=SMALL, train=TrainConfig(**FAST),
                            n_strata=3, routes="strata", conflict_every=2, conflict_batch=4)
     res = intervened.fit(sd, groups, cfg, seed=1)
-    assert res.method == "intervened" and res.variant == "sasrec intervened (GA+plugins)"
+    assert res.method == "intervened" and res.variant == "sasrec intervened (aggregation+plugins)"
     test = res.metrics.query("split == 'test'")
     assert {"all", "head", "tail"} <= set(test["group"])
     assert np.isfinite(test["value"]).all()

@@ -89,6 +89,18 @@ def test_record_keeps_test_split_and_labels_variants_protocols_seeds():
 
 
 @pytest.mark.unit
+def test_rows_with_their_own_method_keep_it_and_count_once_on_the_leaderboard():
+    """A method notebook records its base run as baseline:..., like notebook 01 does."""
+    base = tidy_metrics(split="test", variant="joint", method="baseline")
+    ours = tidy_metrics(split="test", variant="GA", method=None)
+    rows = pd.DataFrame(report.record(pd.concat([base, ours]), **META)["rows"])
+    assert set(rows["method"]) == {"baseline:joint", "toy:GA"}
+    again = pd.DataFrame(report.record(base, **{**META, "notebook": "00_other"})["rows"])
+    board = report.leaderboard(pd.concat([rows, again]).reindex(columns=list(report.RESULT_COLUMNS)))
+    assert sorted(board["method"]) == ["baseline:joint", "toy:GA"] and set(board["seeds"]) == {1}
+
+
+@pytest.mark.unit
 def test_record_display_bundle_is_text_only_and_metadata_has_rows(monkeypatch):
     shown = []
     monkeypatch.setattr(report, "get_ipython", lambda: object())

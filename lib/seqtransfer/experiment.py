@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,7 @@ class Experiment:
     cold_users: np.ndarray        # (U,) users whose histories were truncated
     progress: bool = True
     cache_dir: Path | None = None # finished runs are kept here and reused (None: no cache)
+    _data_digest: str | None = field(default=None, repr=False)   # of ``data``, for cache keys
 
     @property
     def seeds(self) -> list[int]:
@@ -68,38 +69,57 @@ class Experiment:
             base["train"] = self.train_config()
         return cls(**base, **values)
 
-    def run(self, runs: dict[str, tuple[Callable, object]], seeds: list[int] | None = None) -> list[MethodResult]:
+    def run(self, runs: dict[str, tuple], seeds: list[int] | None = None) -> list[MethodResult]:
         """Fit every ``variant -> (fit, config)`` for every seed; results in that order.
 
-        ``fit`` is a method module's ``fit(data, groups, cfg, seed, variant)``. With a
-        ``cache_dir``, a finished run is saved there and loaded instead of re-trained when the
-        same fit, config, variant, seed, data and library code come again (a notebook re-run
-        after a crash, or the base model shared by several notebooks).
+        ``fit`` is a method module's ``fit(data, groups, cfg, seed, variant)``. A run that
+        builds on an earlier one is ``variant -> (fit, config, {argument: earlier variant})``:
+        ``fit`` then also gets, as that keyword argument, the earlier variant's result for the
+        same seed (e.g. ``{"stage1": "sasrec joint"}`` puts plugins on the trained base model).
+        The earlier variant must come before it in ``runs``.
+
+        With a ``cache_dir``, a finished run is saved there and loaded instead of re-trained when
+        the same fit, config, variant, seed, data, library code and inputs come again (a
+        notebook re-run after a crash, or the base model shared by several notebooks).
         """
+        seeds = self.seeds if seeds is None else seeds
+        done: dict[tuple[str, int], tuple[MethodResult, str]] = {}   # (variant, seed) -> result, key
         out = []
-        for variant, (fit, cfg) in runs.items():
-            for s in self.seeds if seeds is None else seeds:
-                path = self._cache_path(fit, cfg, variant, s)
+        for variant, spec in runs.items():
+            if len(spec) not in (2, 3):
+                raise ValueError(f"run {variant!r} must be (fit, config) or (fit, config, inputs), "
+                                 f"got a tuple of {len(spec)}")
+            fit, cfg = spec[:2]
+            inputs = dict(spec[2]) if len(spec) == 3 else {}
+            for arg, source in inputs.items():
+                if (source, seeds[0]) not in done:
+                    raise ValueError(f"run {variant!r} takes {arg}={source!r}, which must be a variant "
+                                     f"listed before it in runs; earlier: {list(dict.fromkeys(v for v, _ in done))}")
+            for s in seeds:
+                given = {arg: done[source, s][0] for arg, source in inputs.items()}
+                key = self._cache_key(fit, cfg, variant, s, [done[source, s][1] for source in inputs.values()])
+                path = None if self.cache_dir is None else self.cache_dir / f"{_safe(variant)}-{s}-{key[:16]}.pt"
                 if path is not None and path.exists():
-                    out.append(torch.load(path, map_location="cpu", weights_only=False))
-                    continue
-                result = fit(self.data, self.groups, cfg, seed=s, variant=variant)
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    torch.save(result, tmp)
-                    os.replace(tmp, path)      # atomic: a killed run never leaves half a file
+                    result = torch.load(path, map_location="cpu", weights_only=False)
+                else:
+                    result = fit(self.data, self.groups, cfg, seed=s, variant=variant, **given)
+                    if path is not None:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = path.with_suffix(".tmp")
+                        torch.save(result, tmp)
+                        os.replace(tmp, path)      # atomic: a killed run never leaves half a file
+                done[variant, s] = result, key
                 out.append(result)
         return out
 
-    def _cache_path(self, fit: Callable, cfg, variant: str, seed: int) -> Path | None:
-        if self.cache_dir is None:
-            return None
+    def _cache_key(self, fit: Callable, cfg, variant: str, seed: int, upstream: list[str]) -> str:
+        if self._data_digest is None:
+            self._data_digest = _fingerprint(self.data)
         key = hashlib.sha256()
         for part in (fit.__module__, fit.__qualname__, repr(cfg), variant, seed, self.groups.head_threshold,
-                     self.groups.cold_max, _fingerprint(self.data), _code_fingerprint()):
+                     self.groups.cold_max, self._data_digest, _code_fingerprint(), *upstream):
             key.update(repr(part).encode())
-        return self.cache_dir / f"{variant.replace(' ', '_').replace('/', '_')}-{seed}-{key.hexdigest()[:16]}.pt"
+        return key.hexdigest()
 
     def describe(self) -> pd.DataFrame:
         """Users, share and activeness range of every group."""
@@ -164,6 +184,11 @@ def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 
     if cache:
         cache_dir = Path(data_dir or D.default_data_dir()) / "runs" if cache is True else Path(cache)
     return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress, cache_dir)
+
+
+def _safe(variant: str) -> str:
+    """A variant name as part of a file name."""
+    return variant.replace(" ", "_").replace("/", "_")
 
 
 def _fingerprint(data: D.SeqData) -> str:

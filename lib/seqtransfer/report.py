@@ -108,7 +108,10 @@ def record(metrics: pd.DataFrame, *, notebook: str, method: str, dataset: str, b
             numbers stay labelled and never enter the full-ranking leaderboard;
             ``seed``: a row's own seed (several seeds in one notebook) instead of ``seed``;
             ``n_users``: how many users the group holds, kept beside each value;
-            ``backbone``: a row's own backbone (several backbones in one notebook).
+            ``backbone``: a row's own backbone (several backbones in one notebook);
+            ``method``: a row's own method (a method notebook's base-model rows stay
+            ``baseline:...``, the same label as in notebook 01, so the leaderboard counts them
+            once).
         notebook, method, dataset, backbone, seed: what produced the numbers.
         extra: optional JSON-able dict stored with the record (e.g. the method's config).
 
@@ -212,10 +215,13 @@ def _present(label) -> bool:
 
 
 def _method_labels(df: pd.DataFrame, method: str) -> list[str]:
-    """``method`` per row, ``f"{method}:{variant}"`` where the row names a variant."""
+    """The row's ``method`` (else ``method``), as ``f"{method}:{variant}"`` where the row names
+    a variant."""
+    own = [str(m) if _present(m) else method for m in df["method"]] if "method" in df.columns \
+        else [method] * len(df)
     if "variant" not in df.columns:
-        return [method] * len(df)
-    return [f"{method}:{v}" if _present(v) else method for v in df["variant"]]
+        return own
+    return [f"{m}:{v}" if _present(v) else m for m, v in zip(own, df["variant"])]
 
 
 def _metric_labels(df: pd.DataFrame) -> list[str]:

@@ -76,8 +76,9 @@ def backbone_name(model: torch.nn.Module) -> str:
 
 
 def combine_results(results: list[MethodResult]) -> pd.DataFrame:
-    """All metrics of several runs in one tidy frame, with a ``backbone`` column."""
-    return pd.concat([r.metrics.assign(backbone=backbone_name(r.model)) for r in results],
+    """All metrics of several runs in one tidy frame, with ``method`` (the run's, e.g.
+    ``"baseline"`` for the base model inside a method notebook) and ``backbone`` columns."""
+    return pd.concat([r.metrics.assign(method=r.method, backbone=backbone_name(r.model)) for r in results],
                      ignore_index=True)
 
 

@@ -32,8 +32,11 @@ Both parts wrap any backbone (SASRec, GRU4Rec).
   the expansion above holds only loosely. ``"sgd"`` takes plain SGD steps of ``inner_lr`` (the
   setting the expansion describes exactly) and leaves the shared optimizer unused.
 * *Budget.* One step of the training loop is one outer update over k inner batches, so
-  ``TrainConfig.max_steps`` and ``conflict_every`` count outer updates. An epoch passes as many
-  inner batches as the baseline has steps, so epochs cost about the same.
+  ``conflict_every`` and the logged steps count outer updates. An epoch passes as many inner
+  batches as the baseline has steps, so epochs cost about the same. A step cap
+  (``TrainConfig.max_steps``) counts batches by default (``max_steps_in_batches``): an
+  alignment run then stops after ``max_steps // inner_steps`` outer updates and sees as many
+  batches as the base model under the same cap.
 * *Discriminator.* It reads the representation at each window's last real position, the same
   vector ``represent`` scores at evaluation (each prefix of a head user is not itself "head").
   Its input is behind a constant gradient reversal of strength ``adv_scale`` (no DANN warm-up
@@ -83,6 +86,8 @@ class GradientAlignmentConfig:
     inner_optimizer: str = "adam"      # "adam": shared AdamW at train.lr | "sgd": plain SGD at inner_lr
     inner_lr: float = 0.1              # plain-SGD inner step size (inner_optimizer="sgd" only)
     outer_lr: float = 0.5              # theta0 + outer_lr * (theta_k - theta0); 1 = sequential training
+    max_steps_in_batches: bool = True  # train.max_steps counts inner batches (a cap of max_steps //
+                                       # inner_steps outer updates); False: it counts outer updates
     grouping: str = "alternate"        # "alternate": inner batches alternate head / tail users | "random"
     # adversarial activeness discriminator (gradient reversal)
     use_adversarial: bool = True       # train a head-vs-tail discriminator against the encoder
@@ -268,6 +273,8 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
                          f"windows of both head ({len(head_windows)}) and tail ({len(tail_windows)}) users")
     model = seeded_backbone(cfg, data, seed)
     tcfg = replace(cfg.train, seed=seed)
+    if cfg.use_alignment and cfg.max_steps_in_batches and tcfg.max_steps is not None:
+        tcfg = replace(tcfg, max_steps=max(1, tcfg.max_steps // cfg.inner_steps))
     disc = None
     if cfg.use_adversarial:   # built after the backbone, so the backbone's init matches baseline's
         disc = ActivenessDiscriminator(model.dim, cfg.adv_hidden, scale=cfg.adv_scale)

@@ -42,7 +42,14 @@ Our reading, where the paper leaves details open (every choice is a config field
   selection in both stages: validation NDCG@10 of all users.
 
 With ``use_aggregation=False`` and ``use_plugins=False`` a run is the base model, bit for bit
-(same seed and ``TrainConfig`` as ``methods.baseline.fit``).
+(same seed and ``TrainConfig`` as ``methods.baseline.fit``). The paper puts its plugins on an
+already trained backbone; ``fit(..., stage1=run)`` does that with a finished run (the base
+model for ``use_aggregation=False``, an aggregation-only run for ``True``) instead of training
+stage 1 again, which gives the same model as retraining it (for the CE loss; the BCE loss draws
+its negatives from the global random stream, which a probe-free retrain consumes differently).
+
+Variant names: ``"<backbone> intervened (aggregation)"``, ``"(plugins)"``,
+``"(aggregation+plugins)"``; "GA" stays the name of gradient *alignment* (notebook 02).
 """
 from __future__ import annotations
 
@@ -61,7 +68,7 @@ from ..evaluate import metrics_from_ranks, rank_targets
 from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
 from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
                      resolve_device, seed_everything)
-from .common import MethodResult, conflict_probe, evaluate_both, seeded_backbone
+from .common import MethodResult, backbone_name, conflict_probe, evaluate_both, seeded_backbone
 
 PRIORS = ("users", "uniform", "interactions")
 ROUTES = ("head_tail", "strata")
@@ -229,7 +236,7 @@ def _plugin_train_cfg(cfg: IntervenedConfig, seed: int) -> TrainConfig:
 
 
 def _variant(cfg: IntervenedConfig) -> str:
-    parts = (["GA"] if cfg.use_aggregation else []) + (["plugins"] if cfg.use_plugins else [])
+    parts = (["aggregation"] if cfg.use_aggregation else []) + (["plugins"] if cfg.use_plugins else [])
     return f"{cfg.backbone} intervened ({'+'.join(parts) or 'plain'})"
 
 
@@ -267,10 +274,16 @@ def _plugin_stage(backbone: torch.nn.Module, data: SeqData, groups: UserGroups, 
 
 
 def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
-        variant: str | None = None) -> MethodResult:
+        variant: str | None = None, stage1: MethodResult | None = None) -> MethodResult:
     """Stage 1: train the backbone (backdoor-adjusted when ``cfg.use_aggregation``); stage 2
     (when ``cfg.use_plugins``): train routed plugins on it. Evaluate on validation and test,
     all groups.
+
+    ``stage1``: a finished run whose model is the backbone stage 1 would train (the base model,
+    ``methods.baseline`` on all users, when ``use_aggregation`` is off; a run of this ``fit``
+    with ``use_plugins=False`` when it is on), with the same ``seed``. Its model is copied, not
+    changed, and stage 1 is not trained again; its history, stage row and conflict probe stand
+    for stage 1's.
 
     Returns ``MethodResult("intervened", variant, ...)``: ``history`` holds both stages (column
     ``stage``: "backbone" | "plugins"; epochs and steps restart in each stage), ``train`` is the
@@ -285,20 +298,27 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
     variant = variant or _variant(cfg)
     stratum, positions, prior = _strata_and_prior(data, cfg)                # (U,), (U,), (Z,)
     head = np.asarray(groups["head"], dtype=bool)
-
-    model = seeded_backbone(cfg, data, seed)
-    tcfg = replace(cfg.train, seed=seed)
-    hooks = Hooks()
-    if cfg.use_aggregation:
-        hooks.step = _step_fn(*_on_device(stratum, prior, data, tcfg), routed=False)
-    probe = conflict_probe(cfg, data, groups, seed)
-    hooks.after_step = probe
-    result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})
-    history = [result.history.assign(stage="backbone")]
-    stages = [_stage_row("backbone", result)]
     diagnostics = {"strata": strata_table(data.activeness, stratum, positions, prior, head)}
-    if probe:
-        diagnostics["conflict"] = probe.frame()
+
+    if stage1 is None:
+        model = seeded_backbone(cfg, data, seed)
+        tcfg = replace(cfg.train, seed=seed)
+        hooks = Hooks()
+        if cfg.use_aggregation:
+            hooks.step = _step_fn(*_on_device(stratum, prior, data, tcfg), routed=False)
+        probe = conflict_probe(cfg, data, groups, seed)
+        hooks.after_step = probe
+        result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})
+        history = [result.history.assign(stage="backbone")]
+        if probe:
+            diagnostics["conflict"] = probe.frame()
+    else:
+        _check_stage1(stage1, cfg, seed, prior)
+        result = replace(stage1.train, model=copy.deepcopy(stage1.model))
+        history = [stage1.history.drop(columns=["variant", "stage"], errors="ignore").assign(stage="backbone")]
+        if "conflict" in stage1.diagnostics:
+            diagnostics["conflict"] = stage1.diagnostics["conflict"].drop(columns="variant", errors="ignore")
+    stages = [_stage_row("backbone", result)]
 
     if cfg.use_plugins:
         result, extra = _plugin_stage(result.model, data, groups, cfg, seed, variant, stratum, prior)
@@ -312,6 +332,27 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
     return MethodResult("intervened", variant, seed, metrics,
                         pd.concat(history, ignore_index=True).assign(variant=variant),
                         result.model, result, diagnostics, ranks)
+
+
+def _check_stage1(stage1: MethodResult, cfg: IntervenedConfig, seed: int, prior: np.ndarray) -> None:
+    """Raise ValueError when ``stage1`` cannot be the backbone ``cfg``'s stage 1 would train."""
+    if not cfg.use_plugins:
+        raise ValueError("stage1 is only used under plugins: with use_plugins=False the run would be "
+                         "stage1 itself; use that run instead")
+    if stage1.seed != seed:
+        raise ValueError(f"stage1 was trained with seed {stage1.seed}, this run uses seed {seed}")
+    want = "intervened" if cfg.use_aggregation else "baseline"
+    if stage1.method != want or isinstance(stage1.model, RoutedRecommender) or stage1.train is None:
+        raise ValueError(f"stage1 must be a finished {want!r} run without plugins (use_aggregation="
+                         f"{cfg.use_aggregation}), got {stage1.method!r} run {stage1.variant!r}")
+    if backbone_name(stage1.model) != cfg.backbone:
+        raise ValueError(f"stage1 trained a {backbone_name(stage1.model)} backbone, cfg.backbone is "
+                         f"{cfg.backbone!r}")
+    used = stage1.diagnostics.get("strata")
+    if cfg.use_aggregation and used is not None and (
+            len(used) != len(prior) or not np.allclose(used["prior"].to_numpy(), prior)):
+        raise ValueError(f"stage1 aggregated over the prior {np.round(used['prior'].to_numpy(), 3).tolist()}, "
+                         f"cfg gives {np.round(prior, 3).tolist()}: train stage1 with the same strata and prior")
 
 
 # Views and sweeps for the notebook (notebooks/03_intervened_network.ipynb): the strata before
@@ -336,7 +377,7 @@ def gradient_view(models: dict[str, torch.nn.Module], data: SeqData, cfg: Interv
     """Each model's per-stratum mean gradients against the plain and the adjusted aggregate.
 
     ``diagnostics.stratum_gradients`` with the strata and prior of ``cfg``, for every
-    ``name -> model`` (e.g. the base model and the GA backbone); ``batch`` windows per stratum.
+    ``name -> model`` (e.g. the base model and the aggregation backbone); ``batch`` windows per stratum.
     The data follow each model's device. For a routed model with a frozen backbone only the
     plugins have gradients. Returns the frames stacked, with a ``variant`` column (the name).
     """

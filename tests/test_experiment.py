@@ -1,0 +1,72 @@
+"""experiment.prepare and Experiment.run: the run cache and runs that build on earlier runs."""
+import pandas as pd
+import pytest
+import torch
+
+from seqtransfer import experiment
+from seqtransfer.budget import get_budget
+from seqtransfer.methods import baseline, intervened
+from seqtransfer.methods.common import MethodResult
+
+pytestmark = pytest.mark.unit
+
+CALLS: list[tuple] = []
+
+
+def fake_fit(data, groups, cfg, seed=0, variant=None, stage1=None):
+    """Records its calls; the result's metric is the config's value plus stage1's."""
+    CALLS.append((variant, seed, None if stage1 is None else stage1.variant))
+    value = cfg["value"] + (0 if stage1 is None else stage1.metrics["value"].iloc[0])
+    return MethodResult("fake", variant, seed, pd.DataFrame({"value": [value]}), pd.DataFrame(),
+                        torch.nn.Linear(1, 1))
+
+
+@pytest.fixture
+def exp(tmp_path):
+    rows = [f"u{u},i{(3 * u + t) % 17},{100 * t + u}" for u in range(16) for t in range(4 + 3 * (u % 4))]
+    p = tmp_path / "inter.csv"
+    p.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    budget = get_budget("smoke", max_users=None, max_len=6, dim=8, n_seeds=2)
+    CALLS.clear()
+    return experiment.prepare(str(p), budget, seed=0, device="cpu", head_frac=0.25, min_user=1,
+                              min_item=1, progress=False, cache=str(tmp_path / "runs"))
+
+
+def test_finished_runs_are_loaded_not_retrained(exp):
+    first = exp.run({"a": (fake_fit, {"value": 1.0})})
+    assert CALLS == [("a", 0, None), ("a", 1, None)]
+    again = exp.run({"a": (fake_fit, {"value": 1.0})})
+    assert len(CALLS) == 2 and [r.metrics["value"].iloc[0] for r in again] == [1.0, 1.0]
+    exp.run({"a": (fake_fit, {"value": 2.0})})                        # another config: trained
+    assert len(CALLS) == 4 and len(first) == 2
+
+
+def test_a_run_gets_the_same_seed_result_of_the_run_it_builds_on(exp):
+    runs = {"a": (fake_fit, {"value": 1.0}), "b": (fake_fit, {"value": 10.0}, {"stage1": "a"})}
+    out = exp.run(runs)
+    assert CALLS == [("a", 0, None), ("a", 1, None), ("b", 0, "a"), ("b", 1, "a")]
+    assert [(r.variant, r.seed, r.metrics["value"].iloc[0]) for r in out] == [
+        ("a", 0, 1.0), ("a", 1, 1.0), ("b", 0, 11.0), ("b", 1, 11.0)]
+    # a changed upstream run invalidates the cached downstream run
+    out = exp.run({"a": (fake_fit, {"value": 2.0}), "b": (fake_fit, {"value": 10.0}, {"stage1": "a"})})
+    assert out[-1].metrics["value"].iloc[0] == 12.0 and CALLS[-1] == ("b", 1, "a")
+
+
+def test_bad_run_specs_are_clear_errors(exp):
+    with pytest.raises(ValueError, match=r"'b' takes stage1='a', which must be a variant listed before"):
+        exp.run({"b": (fake_fit, {"value": 1.0}, {"stage1": "a"}), "a": (fake_fit, {"value": 1.0})})
+    with pytest.raises(ValueError, match=r"\(fit, config\) or \(fit, config, inputs\)"):
+        exp.run({"a": (fake_fit,)})
+
+
+def test_plugins_on_the_cached_base_model_match_plugins_trained_from_scratch(exp):
+    """The notebook's wiring: plugins on the finished joint run equal a full two-stage fit."""
+    kw = dict(backbone="sasrec", backbone_kwargs={"n_heads": 1, "n_layers": 1})
+    runs = {"joint": (baseline.fit, exp.config(baseline.BaselineConfig, conflict_every=2, conflict_batch=4, **kw)),
+            "plugins": (intervened.fit, exp.config(intervened.IntervenedConfig, use_aggregation=False, **kw),
+                        {"stage1": "joint"})}
+    joint, _, plugins, _ = exp.run(runs)
+    scratch = intervened.fit(exp.data, exp.groups, runs["plugins"][1], seed=0, variant="plugins")
+    assert plugins.metrics["value"].tolist() == scratch.metrics["value"].tolist()
+    assert "conflict" in plugins.diagnostics and set(plugins.history["stage"]) == {"backbone", "plugins"}
+    assert all(p.requires_grad for p in joint.model.parameters())      # the joint model is untouched
