@@ -149,3 +149,34 @@ def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str
         return f"{method} beats {baseline} for {group} users: {numbers}."
     return (f"{method} does NOT beat {baseline} for {group} users: {numbers}"
             + (" -- negative transfer." if a < b else " (a tie)."))
+
+
+def still_improving(results: list[MethodResult]) -> list[str]:
+    """Variants whose training (any stage) ended with its best validation NDCG@10 at its last
+    evaluation: the epoch, step or time cap stopped a model that was still getting better."""
+    out = []
+    for r in results:
+        h = r.history
+        stages = h.groupby("stage", sort=False) if "stage" in h.columns else [(None, h)]
+        for _, part in stages:
+            valid = part["valid_ndcg10"].dropna() if "valid_ndcg10" in part.columns else pd.Series(dtype=float)
+            if len(valid) and valid.iloc[-1] >= valid.max():
+                out.append(r.variant)
+                break
+    return list(dict.fromkeys(out))
+
+
+def convergence_sentence(results: list[MethodResult]) -> str:
+    """One sentence on whether the compared models were trained to convergence (early stopping)
+    or cut off while still improving, in which case a comparison partly measures how fast each
+    variant learns per epoch rather than where it ends up."""
+    rising = still_improving(results)
+    if not rising:
+        return "Every model stopped early on validation NDCG@10: the comparison is between converged models."
+    n = len({r.variant for r in results})
+    share = ("The model was" if n == 1 else f"All {n} models were" if len(rising) == n
+             else f"{len(rising)} of {n} models were")
+    return (f"{share} still improving when training stopped (best validation at the "
+            f"last evaluation: {', '.join(rising)}). The comparison is between under-trained models and "
+            "partly measures how fast each variant learns per epoch; the full budget trains to early "
+            "stopping and decides the claim.")
