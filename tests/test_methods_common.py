@@ -39,6 +39,8 @@ def test_verdicts_name_negative_transfer_and_the_gap():
         "ours beats base for tail users: NDCG@10 0.1200 vs 0.1000 (+20.0%).")
     assert transfer_verdict(table, "ours", "base", "head").endswith("(-25.0%) -- negative transfer.")
     assert "has no cold" in transfer_verdict(table, "ours", "base", "cold")
+    tie = summarize(pd.concat([_metrics("base", {"head": [0.07331]}), _metrics("ours", {"head": [0.07330]})]))
+    assert "(-0.01%) -- negative transfer" in transfer_verdict(tie, "ours", "base", "head")
     assert gap_sentence(table, "base") == "base: head NDCG@10 0.2000, tail 0.1000 (tail/head = 0.50)."
 
 

@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="execute the notebooks, write HTML reports and an index")
     # budget, device and names are checked by report.run_batch, the one place that knows them
     run.add_argument("--budget", default="quick",
-                     help="size of every run: smoke (seconds), quick (minutes on CPU, the "
-                          "default) or full (paper scale, for a GPU)")
+                     help="size of every run: smoke (seconds), quick (the default: 4 epochs a "
+                          "model, hours for the whole batch on a 2-core CPU) or full (early stopping, "
+                          "3 seeds, for a GPU)")
     run.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks")
     run.add_argument("--out", default="reports/latest", help="output folder (default %(default)s)")
     run.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1)")

@@ -134,6 +134,13 @@ def gap_sentence(table: pd.DataFrame, variant: str, metric: str = "ndcg", k: int
     return out + "."
 
 
+def relative_change(a: float, b: float) -> str:
+    """``a`` against ``b`` in percent, with enough digits that a non-zero change never reads
+    as 0.0% (``+1.3%``, ``-0.004%``)."""
+    rel = (a - b) / b * 100
+    return f"{rel:+.1f}%" if rel == 0 or abs(rel) >= 0.05 else f"{rel:+.1g}%"
+
+
 def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
                      metric: str = "ndcg", k: int = 10) -> str:
     """One sentence: did ``method`` beat ``baseline`` for ``group``? Negative transfer named."""
@@ -143,7 +150,7 @@ def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str
     if a.empty or b.empty:
         return f"{method} or {baseline} has no {group} {metric}@{k} to compare."
     a, b = float(a.iloc[0]), float(b.iloc[0])
-    rel = f" ({(a - b) / b * 100:+.1f}%)" if b else ""
+    rel = f" ({relative_change(a, b)})" if b else ""
     numbers = f"{metric.upper()}@{k} {a:.4f} vs {b:.4f}{rel}"
     if a > b:
         return f"{method} beats {baseline} for {group} users: {numbers}."

@@ -68,7 +68,8 @@ from ..evaluate import metrics_from_ranks, rank_targets
 from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
 from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
                      resolve_device, seed_everything)
-from .common import MethodResult, backbone_name, conflict_probe, evaluate_both, seeded_backbone
+from .common import (MethodResult, backbone_name, conflict_probe, evaluate_both, relative_change,
+                     seeded_backbone)
 
 PRIORS = ("users", "uniform", "interactions")
 ROUTES = ("head_tail", "strata")
@@ -489,7 +490,7 @@ def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str =
     for group in ("tail", "head"):
         (a, ca, _), (b, cb, _) = values[method, group], values[baseline, group]
         noise[group] = float(np.hypot(ca, cb))
-        rel = f" ({(a - b) / b * 100:+.1f}%)" if b else ""
+        rel = f" ({relative_change(a, b)})" if b else ""
         parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}")
         if group == "tail" and a - b <= noise["tail"]:
             failures.append("tail users do not improve" if a <= b else "the tail gain is within the seed noise")
