@@ -1,4 +1,5 @@
-"""Shared fixtures: a headless browser, and the notebook marker on nbval's items."""
+"""Shared fixtures: a tiny interactions file, a headless browser, and the notebook marker on
+nbval's items."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.notebook)
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory) -> Path:
+    """A user,item,timestamp CSV: 16 users with 4, 7, 10 or 13 interactions over 17 items
+    (distinct items per user)."""
+    rows = [f"u{u},i{(3 * u + t) % 17},{100 * t + u}" for u in range(16) for t in range(4 + 3 * (u % 4))]
+    path = tmp_path_factory.mktemp("toy") / "inter.csv"
+    path.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    return path
 
 
 @pytest.fixture

@@ -22,13 +22,10 @@ def fake_fit(data, groups, cfg, seed=0, variant=None, stage1=None):
 
 
 @pytest.fixture
-def exp(tmp_path):
-    rows = [f"u{u},i{(3 * u + t) % 17},{100 * t + u}" for u in range(16) for t in range(4 + 3 * (u % 4))]
-    p = tmp_path / "inter.csv"
-    p.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+def exp(toy_csv, tmp_path):
     budget = get_budget("smoke", max_users=None, max_len=6, dim=8, n_seeds=2)
     CALLS.clear()
-    return experiment.prepare(str(p), budget, seed=0, device="cpu", head_frac=0.25, min_user=1,
+    return experiment.prepare(str(toy_csv), budget, seed=0, device="cpu", head_frac=0.25, min_user=1,
                               min_item=1, progress=False, cache=str(tmp_path / "runs"))
 
 

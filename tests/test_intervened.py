@@ -20,13 +20,9 @@ FAST = dict(epochs=2, batch_size=4, progress=False, patience=100, device="cpu", 
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    """16 users with 4, 7, 10 or 13 interactions (distinct items), windows of at most 6."""
-    rows = [f"u{u},i{(3 * u + t) % 17},{100 * t + u}"
-            for u in range(16) for t in range(4 + 3 * (u % 4))]
-    p = tmp_path_factory.mktemp("toy") / "inter.csv"
-    p.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
-    sp = data.leave_one_out(data.load(p, min_user=1, min_item=1))
+def toy(toy_csv):
+    """``toy_csv`` (16 users with 4, 7, 10 or 13 interactions), windows of at most 6."""
+    sp = data.leave_one_out(data.load(toy_csv, min_user=1, min_item=1))
     sd = data.build_sequences(sp, max_len=6)
     return sd, data.activeness_groups(sp.activeness, head_frac=0.25)
 

@@ -11,7 +11,7 @@ from ..data.batches import SeqData
 from ..data.split import UserGroups
 from ..diagnostics import ConflictProbe
 from ..evaluate import evaluate, rank_targets
-from ..models import SequentialRecommender, make_backbone
+from ..models import BACKBONES, SequentialRecommender, make_backbone
 from ..train import TrainResult, seed_everything
 
 
@@ -66,7 +66,6 @@ def evaluate_both(model: torch.nn.Module, data: SeqData, groups: UserGroups | di
 def backbone_name(model: torch.nn.Module) -> str:
     """The backbone key ("sasrec", "gru4rec") of a model, looking through wrappers that keep
     their backbone in a ``backbone`` attribute."""
-    from ..models import BACKBONES
     while isinstance(getattr(model, "backbone", None), torch.nn.Module):
         model = model.backbone
     for key, (cls, _) in BACKBONES.items():
@@ -118,12 +117,18 @@ def _t95(n: int) -> float:
     return table[min(table, key=lambda d: (abs(d - df), -d))]
 
 
+def summary_row(table: pd.DataFrame, variant: str, group: str, metric: str = "ndcg", k: int = 10) -> pd.Series | None:
+    """The row of ``summarize`` output for one variant, group and metric@k (None when absent)."""
+    rows = table[(table["variant"] == variant) & (table["group"] == group) &
+                 (table["metric"] == metric) & (table["k"] == k)]
+    return None if rows.empty else rows.iloc[0]
+
+
 def gap_sentence(table: pd.DataFrame, variant: str, metric: str = "ndcg", k: int = 10) -> str:
     """One sentence on how far tail (and cold-start) users trail head users under ``variant``."""
     def value(group):
-        v = table[(table["variant"] == variant) & (table["group"] == group) &
-                  (table["metric"] == metric) & (table["k"] == k)]["mean"]
-        return float(v.iloc[0]) if len(v) else float("nan")
+        row = summary_row(table, variant, group, metric, k)
+        return float("nan") if row is None else float(row["mean"])
     head, tail, cold = value("head"), value("tail"), value("cold")
     label = f"{metric.upper()}@{k}"
     out = f"{variant}: head {label} {head:.4f}, tail {tail:.4f}"
@@ -144,12 +149,10 @@ def relative_change(a: float, b: float) -> str:
 def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
                      metric: str = "ndcg", k: int = 10) -> str:
     """One sentence: did ``method`` beat ``baseline`` for ``group``? Negative transfer named."""
-    sel = lambda v: table[(table["variant"] == v) & (table["group"] == group) &  # noqa: E731
-                          (table["metric"] == metric) & (table["k"] == k)]["mean"]
-    a, b = sel(method), sel(baseline)
-    if a.empty or b.empty:
+    a, b = summary_row(table, method, group, metric, k), summary_row(table, baseline, group, metric, k)
+    if a is None or b is None:
         return f"{method} or {baseline} has no {group} {metric}@{k} to compare."
-    a, b = float(a.iloc[0]), float(b.iloc[0])
+    a, b = float(a["mean"]), float(b["mean"])
     rel = f" ({relative_change(a, b)})" if b else ""
     numbers = f"{metric.upper()}@{k} {a:.4f} vs {b:.4f}{rel}"
     if a > b:

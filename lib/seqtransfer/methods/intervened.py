@@ -69,7 +69,7 @@ from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
 from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
                      resolve_device, seed_everything)
 from .common import (MethodResult, backbone_name, conflict_probe, evaluate_both, relative_change,
-                     seeded_backbone)
+                     seeded_backbone, summary_row)
 
 PRIORS = ("users", "uniform", "interactions")
 ROUTES = ("head_tail", "strata")
@@ -474,12 +474,11 @@ def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str =
     loss counts, and the sentence says that it cannot tell a gain from noise.
     """
     def pick(variant, group):
-        row = table[(table["variant"] == variant) & (table["group"] == group) &
-                    (table["metric"] == metric) & (table["k"] == k)]
-        if row.empty:
+        row = summary_row(table, variant, group, metric, k)
+        if row is None:
             return None
-        ci = float(row["ci95"].iloc[0])
-        return float(row["mean"].iloc[0]), 0.0 if np.isnan(ci) else ci, int(row["n_seeds"].iloc[0])
+        ci = float(row["ci95"])
+        return float(row["mean"]), 0.0 if np.isnan(ci) else ci, int(row["n_seeds"])
 
     label = f"{metric.upper()}@{k}"
     values = {(v, g): pick(v, g) for v in (method, baseline) for g in ("tail", "head")}
