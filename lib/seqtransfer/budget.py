@@ -1,8 +1,8 @@
 """The size switch every notebook shares: ``budget`` = "smoke" | "quick" | "full".
 
 * smoke: under a minute on a CPU, for tests; a user sample, a few steps. Numbers are noise.
-* quick: the default; all users, 4 epochs a model (5-8 min a SASRec model on 2 CPU cores, about
-  40 min for notebook 02 with one backbone). Models are still improving when it stops.
+* quick: the default; all users, 4 epochs a model (3-5 min a model on an idle 2-core CPU, about
+  1.5 hours for the whole batch). Models are still improving when it stops.
 * full: the paper-scale run, meant for a GPU; early stopping on validation, several seeds.
 """
 from __future__ import annotations

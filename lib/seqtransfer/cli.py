@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     # budget, device and names are checked by report.run_batch, the one place that knows them
     run.add_argument("--budget", default="quick",
                      help="size of every run: smoke (seconds), quick (the default: 4 epochs a "
-                          "model, hours for the whole batch on a 2-core CPU) or full (early stopping, "
+                          "model, about 1.5 hours for the whole batch on a 2-core CPU) or full (early stopping, "
                           "3 seeds, for a GPU)")
     run.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks")
     run.add_argument("--out", default="reports/latest", help="output folder (default %(default)s)")
