@@ -66,17 +66,51 @@ def test_groups_and_lorenz():
     assert gini == pytest.approx(0.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
-def test_padded_eval_is_finite_and_causal(backbone):
+@pytest.mark.parametrize("backbone,positions", [("sasrec", "recent"), ("sasrec", "left"), ("gru4rec", None)])
+def test_padded_eval_is_finite_and_causal(backbone, positions):
     torch.manual_seed(0)
-    m = make_backbone(backbone, 20, dim=16, max_len=8).eval()
+    kw = {"positions": positions} if positions else {}
+    m = make_backbone(backbone, 20, dim=16, max_len=8, **kw).eval()
     seqs = torch.tensor([[1, 2, 3, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9, 10, 11]])
     h = m.encode(seqs)
     assert torch.isfinite(h).all()
-    # right padding: the first three outputs of row 0 do not depend on what follows them
+    # causal: an output never depends on which items come after it
     seqs2 = seqs.clone()
-    seqs2[0, 3:] = 7
-    assert torch.allclose(m.encode(seqs2)[0, :3], h[0, :3], atol=1e-5)
+    seqs2[1, 3:] = torch.tensor([12, 13, 14, 15, 16])
+    assert torch.allclose(m.encode(seqs2)[1, :3], h[1, :3], atol=1e-5)
+    assert not torch.allclose(m.encode(seqs2)[1, 3:], h[1, 3:], atol=1e-3)
+    if positions != "recent":
+        # right padding with positions from the left: outputs ignore the padding entirely
+        seqs3 = seqs.clone()
+        seqs3[0, 3:] = 7
+        assert torch.allclose(m.encode(seqs3)[0, :3], h[0, :3], atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["recent", "left"])
+def test_sasrec_represent_equals_encode_at_the_last_item(positions):
+    torch.manual_seed(0)
+    m = make_backbone("sasrec", 20, dim=16, max_len=8, positions=positions).eval()
+    seqs = torch.tensor([[1, 2, 3, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9, 10, 11], [5, 0, 0, 0, 0, 0, 0, 0]])
+    lengths = torch.tensor([3, 8, 1])
+    fast = m.represent(seqs, lengths)                                      # last block at one position
+    full = m.encode(seqs)[torch.arange(3), lengths - 1]
+    assert torch.allclose(fast, full, atol=1e-5)
+
+
+def test_sasrec_scored_position_does_not_reveal_history_length():
+    """Positions count from the most recent item: the same last items read the same whatever
+    came before them, as long as attention ignores those earlier items; with positions from the
+    left the scored position's embedding differs by length."""
+    torch.manual_seed(0)
+    recent = make_backbone("sasrec", 20, dim=16, max_len=8, positions="recent")
+    left = make_backbone("sasrec", 20, dim=16, max_len=8, positions="left")
+    left.load_state_dict(recent.state_dict())
+    short = torch.tensor([[3, 0, 0, 0]])
+    long_ = torch.tensor([[1, 2, 4, 3]])
+    # the input vector of the scored (last) item: item embedding + its position embedding
+    emb = lambda m, s: m._embed(s)[0, int((s > 0).sum()) - 1]             # noqa: E731
+    assert torch.equal(emb(recent.eval(), short), emb(recent.eval(), long_))
+    assert not torch.equal(emb(left.eval(), short), emb(left.eval(), long_))
 
 
 def test_full_ranking_masks_history_and_ranks_perfect_model(tmp_path):
@@ -85,7 +119,7 @@ def test_full_ranking_masks_history_and_ranks_perfect_model(tmp_path):
     m = make_backbone("gru4rec", sd.n_items, dim=8)
     # a model whose score puts each user's target first gets HR@1 = 1
     targets = sd.eval_targets["test"]
-    m.represent = lambda seqs, lengths: torch.nn.functional.one_hot(targets[: len(seqs)], sd.n_items + 1).float()
+    m.represent = lambda seqs, lengths, users=None: torch.nn.functional.one_hot(targets[: len(seqs)], sd.n_items + 1).float()
     m.item_weights = lambda: torch.eye(sd.n_items + 1)
     res = evaluate(m, sd, "test", ks=(1,))
     assert res.query("metric == 'hr'")["value"].iloc[0] == 1.0

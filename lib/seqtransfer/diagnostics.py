@@ -41,8 +41,8 @@ def batch_gradient(model: torch.nn.Module, data: SeqData, windows: torch.Tensor,
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     was_training = model.training
     model.eval()
-    loss_fn = loss_fn or (lambda m, x, y: m.loss(x, y))
-    loss = loss_fn(model, data.train_inputs[windows], data.train_targets[windows])
+    loss_fn = loss_fn or (lambda m, x, y, u: m.loss(x, y, u))
+    loss = loss_fn(model, data.train_inputs[windows], data.train_targets[windows], data.train_users[windows])
     grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
     model.train(was_training)
     out: dict[str, list[torch.Tensor]] = {}
@@ -105,17 +105,15 @@ def stratum_gradient_vectors(model: torch.nn.Module, data: SeqData, window_strat
 
     ``window_strata`` is the (N,) stratum of every training window. Windows are drawn without
     replacement by a seeded generator; strata without windows are left out. Routed models
-    (``routes_users``) get each window's user. ``model`` and ``data`` must share a device.
+    ``model`` and ``data`` must share a device.
     """
     ws = torch.as_tensor(window_strata).cpu()
     gen = torch.Generator().manual_seed(seed)
-    routed = getattr(model, "routes_users", False)
     out = {}
     for z in torch.unique(ws).tolist():
         pool = torch.nonzero(ws == z).squeeze(1)
         pick = pool[torch.randperm(len(pool), generator=gen)[:batch]].to(data.device)
-        loss_fn = (lambda m, x, y, w=pick: m.loss(x, y, data.train_users[w])) if routed else None
-        out[int(z)] = torch.cat(list(batch_gradient(model, data, pick, loss_fn).values()))
+        out[int(z)] = torch.cat(list(batch_gradient(model, data, pick).values()))
     return out
 
 
@@ -169,12 +167,10 @@ def stratum_gradients(model: torch.nn.Module, data: SeqData, window_strata, prio
 def representations(model: torch.nn.Module, data: SeqData, split: str = "test",
                     batch_size: int = 1024) -> torch.Tensor:
     """(U, D) representation of every user's evaluation history for ``split`` (the vector the
-    model scores at evaluation), in eval mode, batched on the model's device, returned on CPU.
-    Routed models (``routes_users``) get each row's user."""
+    model scores at evaluation), in eval mode, batched on the model's device, returned on CPU."""
     if split not in data.eval_inputs:
         raise ValueError(f"split must be one of {sorted(data.eval_inputs)}, got {split!r}")
     device = next(model.parameters()).device
-    routed = getattr(model, "routes_users", False)
     was_training = model.training
     model.eval()
     out = []
@@ -182,10 +178,7 @@ def representations(model: torch.nn.Module, data: SeqData, split: str = "test",
         stop = min(start + batch_size, data.n_users)
         seq = data.eval_inputs[split][start:stop].to(device)                # (B, L)
         lengths = data.eval_lengths[split][start:stop].to(device)           # (B,)
-        if routed:
-            h = model.represent(seq, lengths, users=torch.arange(start, stop, device=device))
-        else:
-            h = model.represent(seq, lengths)                                # (B, D)
+        h = model.represent(seq, lengths, torch.arange(start, stop, device=device))  # (B, D)
         out.append(h.float().cpu())
     model.train(was_training)
     return torch.cat(out)

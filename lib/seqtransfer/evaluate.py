@@ -78,11 +78,8 @@ def rank_targets(model: torch.nn.Module, data: SeqData, split: str = "valid",
         stop = min(start + batch_size, data.n_users)
         seq = inputs[start:stop].to(device)
         tgt = targets[start:stop].to(device)
-        if getattr(model, "routes_users", False):
-            users = torch.arange(start, stop, device=device)                 # rows are users 0..U-1
-            h = model.represent(seq, lengths[start:stop].to(device), users=users)  # (B, D)
-        else:
-            h = model.represent(seq, lengths[start:stop].to(device))        # (B, D)
+        users = torch.arange(start, stop, device=device)                     # rows are users 0..U-1
+        h = model.represent(seq, lengths[start:stop].to(device), users)      # (B, D)
         scores = model.score(h).float()                                      # (B, N+1)
         rows = torch.arange(stop - start, device=device)
         t_score = scores[rows, tgt]                                          # (B,)

@@ -34,7 +34,10 @@ from .evaluate import evaluate
 class TrainConfig:
     epochs: int = 200                 # upper bound on passes over the training windows
     batch_size: int = 128             # windows per optimisation step
-    lr: float = 1e-3                  # Adam learning rate
+    lr: float = 3e-3                  # peak AdamW learning rate
+    warmup_steps: int = 100           # linear warm-up from lr/warmup_steps to lr (0: none)
+    plateau_factor: float = 1.0       # multiply lr by this after each evaluation without a
+                                      # better valid NDCG@10 (1.0: constant lr after warm-up)
     weight_decay: float = 0.0         # AdamW decoupled weight decay
     grad_clip: float | None = 5.0     # max global gradient norm (None: no clipping)
     patience: int = 10                # evaluations without a better valid NDCG@10 before stopping
@@ -78,6 +81,8 @@ class StepContext:
     step: int
     cfg: TrainConfig
     autocast: Callable[[], object]  # context manager factory (bf16 on CUDA, no-op on CPU)
+    lr_scale: float = 1.0           # plateau decay so far: a hook that steps several batches
+                                    # per loop step sets lr_at(cfg, batch, lr_scale) itself
 
 
 def shuffled_batches(data: SeqData, cfg: TrainConfig, gen: torch.Generator,
@@ -93,7 +98,8 @@ def default_step(ctx: StepContext) -> float:
     """Plain step: mean next-item loss over the batch's real positions."""
     ctx.optimizer.zero_grad(set_to_none=True)
     with ctx.autocast():
-        loss = ctx.model.loss(ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch])
+        loss = ctx.model.loss(ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch],
+                              ctx.data.train_users[ctx.batch])
     loss.backward()
     clip_and_step(ctx)
     return loss.item()
@@ -128,6 +134,12 @@ class TrainResult:
     seconds: float                  # training wall time (this call; excludes resumed time)
     steps: int
 
+    @property
+    def early_stopped(self) -> bool:
+        """True when validation stopped improving; False when a cap (epochs, max_steps,
+        max_minutes) ended training, so the model may still have been improving."""
+        return self.stopped.startswith("early stop")
+
 
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
@@ -143,14 +155,25 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def lr_at(cfg: TrainConfig, step: int, scale: float = 1.0) -> float:
+    """The learning rate of optimisation step ``step`` (0-based): linear warm-up over
+    ``cfg.warmup_steps`` steps to ``cfg.lr``, times ``scale`` (the plateau decay so far)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    return cfg.lr * warm * scale
+
+
 def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         hooks: Hooks | None = None, groups: dict[str, np.ndarray] | None = None) -> TrainResult:
     """Train ``model`` on ``data`` and return it with its best validation weights.
 
     Validation always ranks all users; early stopping and model selection read NDCG@10 of the
-    ``"all"`` group on the validation split only (never test).
+    ``"all"`` group on the validation split only (never test). The learning rate follows
+    :func:`lr_at`; every optimiser the step hook uses through ``ctx.optimizer`` gets it.
     """
     cfg = cfg or TrainConfig()
+    if cfg.warmup_steps < 0 or not 0.0 < cfg.plateau_factor <= 1.0:
+        raise ValueError(f"warmup_steps must be >= 0 and plateau_factor in (0, 1], got "
+                         f"{cfg.warmup_steps} and {cfg.plateau_factor}")
     hooks = hooks or Hooks()
     device = resolve_device(cfg.device)
     model.to(device)
@@ -162,7 +185,7 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
     batches_fn = hooks.batches or shuffled_batches
 
     ckpt = Path(cfg.checkpoint_dir) / "last.pt" if cfg.checkpoint_dir else None
-    start_epoch, step, best, best_epoch, bad = 0, 0, -math.inf, -1, 0
+    start_epoch, step, best, best_epoch, bad, scale = 0, 0, -math.inf, -1, 0, 1.0
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict] = []
     if ckpt is not None and cfg.resume and ckpt.exists():
@@ -173,13 +196,14 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, step, best, best_epoch, bad = (saved[k] for k in ("epoch", "step", "best", "best_epoch", "bad"))
+        scale = saved.get("lr_scale", 1.0)
         best_state, history = saved["best_state"], saved["history"]
         _set_rng_state(saved["rng"])
         if hooks.load_state and "hooks" in saved:
             hooks.load_state(saved["hooks"])
 
     t0 = time.perf_counter()
-    stopped = "epochs"
+    stopped = f"epochs={cfg.epochs}"
     if bad >= cfg.patience:
         stopped = "early stop (resumed)"
         start_epoch = cfg.epochs
@@ -189,12 +213,14 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         losses = []
         for batch in batches_fn(data, cfg, gen):
-            ctx = StepContext(model, optimizer, data, batch, epoch, step, cfg, autocast)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step, scale)
+            ctx = StepContext(model, optimizer, data, batch, epoch, step, cfg, autocast, scale)
             loss = step_fn(ctx)
             if not math.isfinite(loss):
                 raise FloatingPointError(
-                    f"loss became {loss} at epoch {epoch}, step {step} (lr={cfg.lr}). Lower the "
-                    "learning rate or set grad_clip; the last good checkpoint is "
+                    f"loss became {loss} at epoch {epoch}, step {step} (lr={lr_at(cfg, step, scale):g}). "
+                    "Lower the learning rate or set grad_clip; the last good checkpoint is "
                     f"{ckpt if ckpt and ckpt.exists() else 'not saved (no checkpoint_dir)'}.")
             losses.append(loss)
             step += 1
@@ -203,15 +229,17 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
         row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else np.nan,
-               "seconds": time.perf_counter() - t0}
+               "lr": lr_at(cfg, max(step - 1, 0), scale), "seconds": time.perf_counter() - t0}
         out_of_steps = cfg.max_steps is not None and step >= cfg.max_steps
         out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) > 60 * cfg.max_minutes
         last = epoch == cfg.epochs - 1 or out_of_steps or out_of_time
         if (epoch + 1) % cfg.eval_every == 0 or last:
+            t_eval = time.perf_counter()
             metrics = evaluate(model, data, "valid", groups, ks=(10,), batch_size=cfg.eval_batch_size)
             ndcg = float(metrics.query("group == 'all' and metric == 'ndcg'")["value"].iloc[0]) \
                 if groups is None or "all" in groups else float(metrics.query("metric == 'ndcg'")["value"].iloc[0])
             row["valid_ndcg10"] = ndcg
+            row["eval_seconds"] = time.perf_counter() - t_eval
             if hooks.after_eval:
                 hooks.after_eval(epoch, metrics)
             if ndcg > best:
@@ -219,9 +247,10 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad += 1
+                scale *= cfg.plateau_factor
             if ckpt is not None:
                 _save(ckpt, model, optimizer, cfg, epoch + 1, step, best, best_epoch, bad,
-                      best_state, history + [row], hooks)
+                      best_state, history + [row], hooks, scale)
         history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}", ndcg10=f"{best:.4f}")
@@ -250,12 +279,12 @@ def _resumable(cfg: TrainConfig) -> dict:
 
 
 def _save(path: Path, model, optimizer, cfg, epoch, step, best, best_epoch, bad, best_state,
-          history, hooks: Hooks) -> None:
+          history, hooks: Hooks, lr_scale: float = 1.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "config": _resumable(cfg), "epoch": epoch, "step": step, "best": best,
                "best_epoch": best_epoch, "bad": bad, "best_state": best_state,
-               "history": history, "rng": _rng_state()}
+               "history": history, "rng": _rng_state(), "lr_scale": lr_scale}
     if hooks.state:
         payload["hooks"] = hooks.state()
     tmp = path.with_suffix(".tmp")

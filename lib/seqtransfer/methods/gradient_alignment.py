@@ -67,7 +67,7 @@ from ..data.split import UserGroups
 from ..diagnostics import ConflictProbe
 from ..models import BACKBONES
 from ..models.adversarial import ActivenessDiscriminator
-from ..train import (Hooks, StepContext, TrainConfig, fit as train_fit, resolve_device,
+from ..train import (Hooks, StepContext, TrainConfig, fit as train_fit, lr_at, resolve_device,
                      shuffled_batches)
 from .common import MethodResult, conflict_probe, evaluate_both, seeded_backbone
 
@@ -203,6 +203,7 @@ class AlignmentStep:
             counts = torch.bincount(labels, minlength=2).float()
             self.class_weight = counts.sum() / (2 * counts)       # (2,) inverse frequency
         self.rows: list[dict] = []
+        self.batches = 0                           # inner batches stepped so far (the lr schedule's clock)
 
     def __call__(self, ctx: StepContext) -> float:
         if self.labels.device != ctx.batch.device:
@@ -210,7 +211,8 @@ class AlignmentStep:
             self.class_weight = None if self.class_weight is None else self.class_weight.to(ctx.batch.device)
         if self.cfg.use_alignment:
             params = [p for p in ctx.model.parameters() if p.requires_grad]
-            inner = [lambda idx=idx: self._inner(ctx, idx) for idx in ctx.batch.split(ctx.cfg.batch_size)]
+            inner = [lambda idx=idx: self._inner(ctx, idx, scheduled=True)
+                     for idx in ctx.batch.split(ctx.cfg.batch_size)]
             stats = reptile_step(params, inner, self.cfg.outer_lr)
         else:
             stats = [self._inner(ctx, ctx.batch)]
@@ -224,19 +226,28 @@ class AlignmentStep:
             self.rows.append({"step": ctx.step, "epoch": ctx.epoch, "accuracy": acc, "loss": d_loss})
         return loss if math.isfinite(d_loss) else d_loss   # a diverging adversary stops the run too
 
-    def _inner(self, ctx: StepContext, idx: torch.Tensor) -> dict:
+    def _inner(self, ctx: StepContext, idx: torch.Tensor, scheduled: bool = False) -> dict:
         """One gradient step on the windows ``idx``: recommendation loss, plus the reversed
-        discriminator loss when adversarial; the discriminator steps on the same backward."""
+        discriminator loss when adversarial; the discriminator steps on the same backward.
+
+        ``scheduled``: an inner step of an outer update sets the shared optimizer's learning
+        rate from the loop's schedule counted in inner batches, so warm-up and decay follow the
+        batches seen exactly as in the baseline (the loop sets it once per outer update)."""
         opt = self.sgd or ctx.optimizer
+        if scheduled and self.sgd is None:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(ctx.cfg, self.batches, ctx.lr_scale)
+        self.batches += 1
         opt.zero_grad(set_to_none=True)
         x, y = ctx.data.train_inputs[idx], ctx.data.train_targets[idx]       # (b, L), (b, L)
+        users = ctx.data.train_users[idx]                                    # (b,)
         out = {}
         with ctx.autocast():
-            loss = ctx.model.loss(x, y)
+            loss = ctx.model.loss(x, y, users)
             total = loss
             if self.disc is not None:
                 self.disc_opt.zero_grad(set_to_none=True)
-                h = ctx.model.represent(x, (x > 0).sum(1))                   # (b, D) last real position
+                h = ctx.model.represent(x, (x > 0).sum(1), users)            # (b, D) last real position
                 logits = self.disc(h).float()                                # (b, 2)
                 labels = self.labels[idx]                                    # (b,)
                 d_loss = F.cross_entropy(logits, labels, weight=self.class_weight)
@@ -293,9 +304,8 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
             d, replace(c, batch_size=c.batch_size * cfg.inner_steps), g)
     probe = conflict_probe(cfg, data, groups, seed)
     hooks.after_step = probe
-    if disc is not None or probe is not None:
-        hooks.state = lambda: _hook_state(step, probe)
-        hooks.load_state = lambda saved: _load_hook_state(saved, step, probe)
+    hooks.state = lambda: _hook_state(step, probe)
+    hooks.load_state = lambda saved: _load_hook_state(saved, step, probe)
 
     result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})
     metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
@@ -310,7 +320,7 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
 
 def _hook_state(step: AlignmentStep, probe: ConflictProbe | None) -> dict:
     """Discriminator, its optimizer and the diagnostic logs, for the loop's checkpoints."""
-    state = {}
+    state = {"batches": step.batches}
     if step.disc is not None:
         state.update(disc=step.disc.state_dict(), disc_opt=step.disc_opt.state_dict(),
                      disc_rows=list(step.rows))
@@ -320,6 +330,7 @@ def _hook_state(step: AlignmentStep, probe: ConflictProbe | None) -> dict:
 
 
 def _load_hook_state(saved: dict, step: AlignmentStep, probe: ConflictProbe | None) -> None:
+    step.batches = saved.get("batches", 0)
     if step.disc is not None and "disc" in saved:
         step.disc.load_state_dict(saved["disc"])
         step.disc_opt.load_state_dict(saved["disc_opt"])

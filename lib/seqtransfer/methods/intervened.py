@@ -198,18 +198,17 @@ def strata_table(activeness: np.ndarray, stratum: np.ndarray, positions: np.ndar
     return pd.DataFrame(rows)
 
 
-def _step_fn(window_strata: torch.Tensor | None, prior: torch.Tensor | None, routed: bool):
-    """A ``Hooks.step``: adjusted loss when ``window_strata`` is given, else the plain mean;
-    ``routed`` passes each window's user to the model."""
+def _step_fn(window_strata: torch.Tensor | None, prior: torch.Tensor | None):
+    """A ``Hooks.step``: adjusted loss when ``window_strata`` is given, else the plain mean."""
     def step(ctx: StepContext) -> float:
         x, y = ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch]   # (B, T)
-        extra = (ctx.data.train_users[ctx.batch],) if routed else ()
+        users = ctx.data.train_users[ctx.batch]                                      # (B,)
         ctx.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
             if window_strata is None:
-                loss = ctx.model.loss(x, y, *extra)
+                loss = ctx.model.loss(x, y, users)
             else:
-                pl = ctx.model.position_losses(x, y, *extra)                         # (B, T)
+                pl = ctx.model.position_losses(x, y, users)                          # (B, T)
                 loss = adjusted_loss(pl, y, window_strata[ctx.batch], prior)
         loss.backward()
         clip_and_step(ctx)
@@ -266,7 +265,7 @@ def _plugin_stage(backbone: torch.nn.Module, data: SeqData, groups: UserGroups, 
     pcfg = _plugin_train_cfg(cfg, seed)
     hooks = Hooks()
     strata_and_prior = _on_device(stratum, prior, data, pcfg) if cfg.use_aggregation else (None, None)
-    hooks.step = _step_fn(*strata_and_prior, routed=True)
+    hooks.step = _step_fn(*strata_and_prior)
     result = train_fit(model, data, pcfg, hooks, groups={"all": groups["all"]})
     routes = pd.DataFrame({"route": range(n_routes), "name": names,
                            "users": np.bincount(route, minlength=n_routes),
@@ -306,7 +305,7 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
         tcfg = replace(cfg.train, seed=seed)
         hooks = Hooks()
         if cfg.use_aggregation:
-            hooks.step = _step_fn(*_on_device(stratum, prior, data, tcfg), routed=False)
+            hooks.step = _step_fn(*_on_device(stratum, prior, data, tcfg))
         probe = conflict_probe(cfg, data, groups, seed)
         hooks.after_step = probe
         result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})

@@ -33,7 +33,7 @@ class GRU4Rec(SequentialRecommender):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         self.item_emb.weight.data[0].zero_()
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+    def encode(self, seqs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         x = self.emb_drop(self.item_emb(seqs))           # (B, T, D)
         h, _ = self.gru(x)                               # (B, T, H)
         return self.proj(h)                              # (B, T, D)

@@ -8,9 +8,9 @@ personalise its hidden state before scoring.
 * :class:`PluginHead` is a residual map ``h -> h + f(h)`` whose last layer starts at zero, so a
   freshly built plugin is exactly the identity and the routed model starts as its backbone.
 * :class:`RoutedRecommender` wraps a backbone and follows the
-  :class:`~seqtransfer.models.base.SequentialRecommender` contract, except that ``encode``,
-  ``represent`` and the losses also take ``users`` (B,), the owner of every sequence; sequence
-  ``b`` goes through plugin ``route[users[b]]`` at every position.
+  :class:`~seqtransfer.models.base.SequentialRecommender` contract; the ``users`` (B,)
+  argument every model takes (the owner of every sequence) is required here: sequence ``b``
+  goes through plugin ``route[users[b]]`` at every position.
 
 Tensors in, tensors out: no device moves, no data loading, no training loop.
 """
@@ -65,8 +65,6 @@ class RoutedRecommender(nn.Module):
             The flags are set on ``backbone`` itself.
     """
 
-    routes_users = True   # evaluation and training pass ``users`` to encode/represent/losses
-
     def __init__(self, backbone: nn.Module, n_routes: int, route: torch.Tensor, kind: str = "mlp",
                  hidden: int | None = None, dropout: float = 0.0, freeze_backbone: bool = True):
         super().__init__()
@@ -99,8 +97,11 @@ class RoutedRecommender(nn.Module):
     def _backbone_grad(self):
         return torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone)
 
-    def apply_plugins(self, h: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def apply_plugins(self, h: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
         """(B, ..., D) backbone states -> (B, ..., D), row b through plugin ``route[users[b]]``."""
+        if users is None:
+            raise ValueError("a routed model needs users (B,), the owner of every sequence; "
+                             "pass users=... (the trainer and evaluator always do)")
         r = self.route[users]                                         # (B,)
         out = torch.zeros_like(h)
         for k, plugin in enumerate(self.plugins):
@@ -108,12 +109,12 @@ class RoutedRecommender(nn.Module):
             out[sel] = plugin(h[sel]).to(out.dtype)
         return out
 
-    def encode(self, seqs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def encode(self, seqs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         with self._backbone_grad():
             h = self.backbone.encode(seqs)                            # (B, T, D)
         return self.apply_plugins(h, users)                           # (B, T, D)
 
-    def represent(self, seqs: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def represent(self, seqs: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         # plugins act position-wise, so routing the last state alone equals routing all of them
         with self._backbone_grad():
             h = self.backbone.represent(seqs, lengths)                # (B, D)
@@ -125,19 +126,19 @@ class RoutedRecommender(nn.Module):
     def score(self, h: torch.Tensor) -> torch.Tensor:
         return self.backbone.score(h)                                 # (..., N+1)
 
-    def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) next-item loss per position (0 on padding), the backbone's loss type.
 
         The backbone's ``hidden_losses`` on the routed hidden states.
         """
         return self.backbone.hidden_losses(self.encode(seqs, users), targets)
 
-    def sequence_losses(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def sequence_losses(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) mean loss over each sequence's real positions."""
         pl = self.position_losses(seqs, targets, users)
         return pl.sum(1) / (targets > 0).sum(1).clamp(min=1)
 
-    def loss(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def loss(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-item loss over the batch's real positions."""
         pl = self.position_losses(seqs, targets, users)
         return pl.sum() / (targets > 0).sum().clamp(min=1)

@@ -5,6 +5,17 @@ recent re-implementations: pre-LayerNorm blocks (more stable than the paper's po
 attention through ``F.scaled_dot_product_attention`` with ``is_causal=True`` (fused kernels on
 GPU; right padding means no extra mask is needed), GELU feed-forward, tied input/output item
 embeddings scaled by sqrt(D) on input as in the paper.
+
+Positions count from the most recent item: in a right-padded row of length n, the item at
+index t gets position embedding ``n - 1 - t``, so the item a representation is read at (the
+last real one) always carries position 0, whatever the history length. This is what the
+reference SASRec's left padding achieves; counting from the left instead would hand the scored
+representation the history length for free (an activeness signal that 02's adversary and 03's
+strata would then fight). ``positions="left"`` keeps the older scheme for comparison.
+
+``represent`` computes the last block only at the read position (its keys and values still
+cover the whole prefix): the same vector as ``encode(...)[b, n - 1]``, at a fraction of the cost
+of evaluating every position of every user.
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ class SASRecConfig:
     attn_dropout: float = 0.0  # on attention probabilities; off by default: on CPU sampling the
                                # (B, H, T, T) mask costs more than the rest of the forward pass
     max_len: int = 200       # longest input sequence T (number of position embeddings)
+    positions: str = "recent"  # "recent": position 0 = most recent item | "left": 0 = first item
     loss_type: str = "ce"    # "ce" full softmax, "bce" sampled negatives
     n_negatives: int = 1     # negatives per position when loss_type == "bce"
 
@@ -52,6 +64,20 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)                                # (B, T, C)
         return self.resid_drop(self.proj(y))
 
+    def forward_at(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Output at one position per row: ``x`` (B, T, C), ``idx`` (B,) -> (B, C); the query
+        at ``idx`` attends to keys 0..idx, exactly as in :meth:`forward`."""
+        B, T, C = x.shape
+        qkv = self.qkv(x)                                                     # (B, T, 3C)
+        q = qkv[torch.arange(B, device=x.device), idx, :C]                    # (B, C)
+        k, v = qkv[..., C:].split(C, dim=2)                                   # (B, T, C) each
+        H = self.n_heads
+        q = q.view(B, H, 1, C // H)                                           # (B, H, 1, C/H)
+        k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (k, v))      # (B, H, T, C/H)
+        open_ = torch.arange(T, device=x.device)[None, :] <= idx[:, None]      # (B, T) causal
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=open_[:, None, None, :])
+        return self.resid_drop(self.proj(y.reshape(B, C)))                    # (B, C)
+
 
 class Block(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float, attn_dropout: float):
@@ -66,10 +92,17 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         return x + self.ffn(self.ln2(x))
 
+    def forward_at(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The block's output at position ``idx[b]`` of each row: (B, T, D) -> (B, D)."""
+        y = x[torch.arange(x.size(0), device=x.device), idx] + self.attn.forward_at(self.ln1(x), idx)
+        return y + self.ffn(self.ln2(y))
+
 
 class SASRec(SequentialRecommender):
     def __init__(self, n_items: int, cfg: SASRecConfig | None = None):
         cfg = cfg or SASRecConfig()
+        if cfg.positions not in ("recent", "left"):
+            raise ValueError(f"positions must be 'recent' or 'left', got {cfg.positions!r}")
         super().__init__(n_items, cfg.dim, cfg.loss_type, cfg.n_negatives)
         self.cfg = cfg
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
@@ -87,13 +120,29 @@ class SASRec(SequentialRecommender):
             if isinstance(m, nn.Embedding) and m.padding_idx is not None:
                 m.weight.data[m.padding_idx].zero_()
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+    def _embed(self, seqs: torch.Tensor) -> torch.Tensor:
         B, T = seqs.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len {self.cfg.max_len}")
-        pos = torch.arange(T, device=seqs.device)
+        t = torch.arange(T, device=seqs.device)
+        if self.cfg.positions == "recent":
+            n = (seqs > 0).sum(1, keepdim=True)                              # (B, 1) real items
+            pos = (n - 1 - t[None, :]).clamp(min=0)                          # (B, T); padding -> 0
+        else:
+            pos = t[None, :]                                                 # (1, T)
         x = self.item_emb(seqs) * math.sqrt(self.dim) + self.pos_emb(pos)    # (B, T, D)
-        x = self.emb_drop(x)
+        return self.emb_drop(x)
+
+    def encode(self, seqs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._embed(seqs)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)                                                  # (B, T, D)
+
+    def represent(self, seqs: torch.Tensor, lengths: torch.Tensor,
+                  users: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._embed(seqs)                                                # (B, T, D)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        idx = (lengths - 1).clamp(min=0)
+        return self.ln_f(self.blocks[-1].forward_at(x, idx))                 # (B, D)
