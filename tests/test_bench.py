@@ -5,8 +5,28 @@ from seqtransfer import bench
 pytestmark = pytest.mark.unit
 
 
-def test_bench_smoke_prints_figures(capsys):
-    assert bench.main(["--budget", "smoke", "--device", "cpu"]) == 0
+def test_bench_compare_prints_every_figure_for_both_recipes(capsys):
+    assert bench.main(["--max-users", "40", "--epochs", "1", "--backbones", "sasrec", "--compare",
+                       "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    for label in ("epoch time", "training positions/s", "full-ranking eval", "test  NDCG@10"):
+    for label in ("valid NDCG@10 >= 0.15", "epoch time", "training positions/s", "full-ranking eval",
+                  "peak RSS", "test  NDCG@10", "test  HR@10", "stopped (sasrec old): epochs=1",
+                  "stopped (sasrec new): epochs=1"):
         assert label in out
+    header = next(line for line in out.splitlines() if "sasrec old" in line and "ratio" in line)
+    assert header.index("sasrec old") < header.index("sasrec new")
+
+
+def test_bench_levers_time_each_lever(capsys):
+    assert bench.main(["--max-users", "40", "--levers", "--no-compile", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for lever in ("windows 200, CE (old)", "windows 50, CE (default)", "sampled softmax, 512", "fused AdamW",
+                  "bf16 autocast", "1 thread"):
+        assert lever in out
+    assert "torch.compile" not in out
+
+
+def test_recipes_differ_where_the_issue_says():
+    new = bench.new_recipe()
+    assert (bench.OLD_RECIPE.max_len, bench.OLD_RECIPE.lr, bench.OLD_RECIPE.epochs) == (200, 1e-3, 4)
+    assert new.max_len == 50 and new.loss_type == "ce" and new.epochs > 4 and new.warmup_steps > 0

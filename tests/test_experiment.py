@@ -67,3 +67,35 @@ def test_plugins_on_the_cached_base_model_match_plugins_trained_from_scratch(exp
     assert plugins.metrics["value"].tolist() == scratch.metrics["value"].tolist()
     assert "conflict" in plugins.diagnostics and set(plugins.history["stage"]) == {"backbone", "plugins"}
     assert all(p.requires_grad for p in joint.model.parameters())      # the joint model is untouched
+
+
+def lr_fit(data, groups, cfg, seed=0, variant=None, stage1=None):
+    """Validation NDCG@10 peaks at lr 3e-3 for "a" and 6e-3 for "b"; test ranks them the other
+    way, so selecting on test would show."""
+    CALLS.append((variant, seed, cfg.train.lr))
+    valid = 0.2 - abs(cfg.train.lr - 3e-3) * 10 + (0.04 if variant == "b" and cfg.train.lr == 6e-3 else 0)
+    metrics = pd.DataFrame({"split": ["valid", "test"], "group": "all", "metric": "ndcg", "k": 10,
+                            "value": [valid, 1.0 - valid]})
+    return MethodResult("fake", variant, seed, metrics, pd.DataFrame(), torch.nn.Linear(1, 1))
+
+
+def test_every_arm_gets_its_learning_rate_from_the_same_grid_on_validation(exp):
+    cfg = baseline.BaselineConfig(train=exp.train_config())
+    out = exp.run({"a": (lr_fit, cfg), "b": (lr_fit, cfg)}, lr_grid=(1.5e-3, 3e-3, 6e-3))
+    # seed 0 searches the grid, seed 1 reuses the chosen value
+    assert CALLS == [("a", 0, 1.5e-3), ("a", 0, 3e-3), ("a", 0, 6e-3), ("a", 1, 3e-3),
+                     ("b", 0, 1.5e-3), ("b", 0, 3e-3), ("b", 0, 6e-3), ("b", 1, 6e-3)]
+    assert [(r.variant, r.seed, r.lr) for r in out] == [("a", 0, 3e-3), ("a", 1, 3e-3), ("b", 0, 6e-3), ("b", 1, 6e-3)]
+    t = out[0].tuning
+    assert t["lr"].tolist() == [1.5e-3, 3e-3, 6e-3] and t["chosen"].tolist() == [False, True, False]
+    assert t["valid_ndcg10"].tolist() == pytest.approx([0.185, 0.2, 0.17])
+    with pytest.raises(ValueError, match="lr_grid must hold positive"):
+        exp.run({"a": (lr_fit, cfg)}, lr_grid=())
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    path = tmp_path / "run.pt"
+    path.with_suffix(".lock").write_text("999999999")                 # no such process
+    with experiment._claim(path, poll=0.01):
+        assert path.with_suffix(".lock").read_text() == str(__import__("os").getpid())
+    assert not path.with_suffix(".lock").exists()

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from seqtransfer.methods import (MethodResult, convergence_sentence, gap_sentence, still_improving,
-                                 summarize, transfer_verdict)
+                                 stopped_by_cap, summarize, transfer_verdict)
+from seqtransfer.train import TrainResult
 
 pytestmark = pytest.mark.unit
 
@@ -44,13 +45,23 @@ def test_verdicts_name_negative_transfer_and_the_gap():
     assert gap_sentence(table, "base") == "base: head NDCG@10 0.2000, tail 0.1000 (tail/head = 0.50)."
 
 
-def test_models_cut_off_while_improving_are_named():
-    converged = _run("early-stopped", [0.1, 0.3, 0.2, 0.2])
-    rising = _run("rising", [0.1, 0.2, 0.3])
-    two_stage = _run("plugins", [0.1, 0.2, 0.3, 0.25], stage=["backbone", "backbone", "plugins", "plugins"])
-    assert still_improving([converged, rising, two_stage]) == ["rising", "plugins"]   # stage 1 still rising
+def _stopped(variant: str, *reasons: str) -> MethodResult:
+    """A run whose training stages ended for ``reasons`` (one: plain; several: staged)."""
+    model = torch.nn.Linear(1, 1)
+    train = TrainResult(model, pd.DataFrame(), 0, 0.1, reasons[-1], "cpu", 1.0, 1)
+    diagnostics = {"stages": pd.DataFrame({"stage": range(len(reasons)), "stopped": reasons})} if len(reasons) > 1 else {}
+    return MethodResult("toy", variant, 0, pd.DataFrame(), pd.DataFrame(), model, train, diagnostics)
+
+
+def test_models_stopped_by_a_cap_are_named():
+    early = "early stop: no better valid NDCG@10 for 5 evaluations"
+    converged = _stopped("early-stopped", early)
+    capped = _stopped("capped", "max_minutes=10.0")
+    two_stage = _stopped("plugins", "epochs=200", early)      # stage 1 hit its epoch cap
+    assert stopped_by_cap(converged) == [] and stopped_by_cap(two_stage) == ["epochs=200"]
+    assert still_improving([converged, capped, two_stage]) == ["capped", "plugins"]
     assert convergence_sentence([converged]).startswith("Every model stopped early")
-    text = convergence_sentence([converged, rising])
-    assert text.startswith("1 of 2 models were still improving") and "rising" in text
-    assert convergence_sentence([rising]).startswith("The model was still improving")
-    assert convergence_sentence([rising, two_stage]).startswith("All 2 models were")
+    text = convergence_sentence([converged, capped])
+    assert text.startswith("1 of 2 models were stopped by a cap (max_minutes=10.0)") and "capped" in text
+    assert convergence_sentence([capped]).startswith("The model was stopped by a cap")
+    assert convergence_sentence([capped, two_stage]).startswith("All 2 models were")

@@ -1,42 +1,78 @@
 """The size switch every notebook shares: ``budget`` = "smoke" | "quick" | "full".
 
-* smoke: under a minute on a CPU, for tests; a user sample, a few steps. Numbers are noise.
-* quick: the default; all users, 4 epochs a model (3-5 min a model on an idle 2-core CPU, about
-  1.5 hours for the whole batch). Models are still improving when it stops.
-* full: the paper-scale run, meant for a GPU; early stopping on validation, several seeds.
+Every budget except smoke trains each model until early stopping on validation NDCG@10, under a
+per-model wall-clock cap that is there for safety and rarely hit; a model stopped by a cap is
+marked as such in its notebook's verdict and in the leaderboard. Every arm of a comparison gets
+its learning rate from the same grid, chosen on validation (``Experiment.run``).
+
+* smoke: seconds a model, for tests: a user sample, a few steps. Numbers are noise.
+* quick: the default, sized so that the batch of notebooks 00-03 finishes within 45 minutes on
+  a 2-core CPU with ``--jobs 2``. To afford early stopping and a 3-point learning-rate grid for
+  every arm it uses the smaller real dataset, MovieLens-100K (943 users, all of them), windows
+  of 50, one seed; notebooks default to one backbone (SASRec) and name the dataset they ran on.
+* full: paper scale: MovieLens-1M, all users, windows of 200, 3 seeds, patience 10, the
+  learning-rate grid searched on the first seed. Meant for a GPU; one notebook of it takes a
+  night on a CPU.
+
+A notebook's ``dataset`` parameter overrides the budget's dataset (``""`` keeps it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(frozen=True)
 class Budget:
     name: str
     max_users: int | None     # subsample this many users (None: all)
-    max_len: int              # longest input sequence
+    max_len: int              # training window and evaluation history length
     dim: int                  # hidden size of the backbones
-    epochs: int               # upper bound on epochs
+    epochs: int               # upper bound on epochs (early stopping ends training first)
     max_steps: int | None     # cap on optimisation steps per model (None: none)
     patience: int             # early-stopping patience in evaluations
     eval_every: int           # epochs between validations
     n_seeds: int              # seeds per configuration in comparisons
     batch_size: int = 128     # training windows per step
+    lr: float = 3e-3          # learning rate when no grid is searched
+    lr_grid: tuple[float, ...] = (3e-3,)  # every arm's lr is chosen on validation from these
+    warmup_steps: int = 100   # linear learning-rate warm-up
+    loss_type: str = "ce"     # "ce" full softmax | "sampled" shared negatives | "bce"
+    n_negatives: int = 512    # shared negatives per batch when loss_type == "sampled"
+    max_minutes: float | None = None   # wall-clock cap per model (a safety net)
+    dataset: str = "ml-1m"    # what notebooks use when their ``dataset`` parameter is empty
 
 
 BUDGETS = {
-    "smoke": Budget("smoke", max_users=300, max_len=50, dim=32, epochs=1, max_steps=4,
-                    patience=1, eval_every=1, n_seeds=1),
-    "quick": Budget("quick", max_users=None, max_len=200, dim=64, epochs=4, max_steps=None,
-                    patience=2, eval_every=1, n_seeds=1),
-    "full": Budget("full", max_users=None, max_len=200, dim=64, epochs=200, max_steps=None,
-                   patience=10, eval_every=2, n_seeds=3),
+    "smoke": Budget("smoke", max_users=300, max_len=20, dim=32, epochs=1, max_steps=4,
+                    patience=1, eval_every=1, n_seeds=1, warmup_steps=2),
+    "quick": Budget("quick", max_users=None, max_len=50, dim=64, epochs=200, max_steps=None,
+                    patience=5, eval_every=1, n_seeds=1, lr_grid=(1.5e-3, 3e-3, 6e-3),
+                    max_minutes=10.0, dataset="ml-100k"),
+    "full": Budget("full", max_users=None, max_len=200, dim=64, epochs=400, max_steps=None,
+                   patience=10, eval_every=1, n_seeds=3, lr_grid=(1.5e-3, 3e-3, 6e-3),
+                   max_minutes=180.0),
 }
+
+def describe(name: str) -> str:
+    """One line on what a budget costs and trains, for notebooks, the CLI and the README."""
+    b = get_budget(name)
+    users = f"{b.dataset}, " + ("all users" if b.max_users is None else f"a sample of {b.max_users} users")
+    if b.max_steps is not None:
+        return f"{name}: {users}, {b.max_steps} steps a model; for tests, the numbers are noise"
+    grid = "/".join(f"{lr:g}" for lr in b.lr_grid)
+    return (f"{name}: {users}, windows of {b.max_len}, every model trained to early stopping "
+            f"(patience {b.patience}, cap {b.max_minutes:g} min a model), learning rate per arm "
+            f"chosen on validation from {grid}, {b.n_seeds} seed{'s' if b.n_seeds > 1 else ''}")
 
 
 def get_budget(name: str, **overrides) -> Budget:
     """The named budget, with optional field overrides."""
     if name not in BUDGETS:
         raise ValueError(f"unknown budget {name!r}; choose one of {list(BUDGETS)} "
-                         "(smoke: tests, quick: 4 epochs a model, full: early stopping and 3 seeds, for a GPU)")
+                         "(smoke: tests; quick: the default, early stopping on a user sample; "
+                         "full: paper scale, 3 seeds)")
+    known = {f.name for f in fields(Budget)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown budget settings {bad}; a budget has {sorted(known - {'name'})}")
     return replace(BUDGETS[name], **overrides)

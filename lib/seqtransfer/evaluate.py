@@ -56,7 +56,7 @@ def _history_mask(ptr: torch.Tensor, items: torch.Tensor, start: int, stop: int,
 
 @torch.no_grad()
 def rank_targets(model: torch.nn.Module, data: SeqData, split: str = "valid",
-                 protocol: str = "full", n_negatives: int = 100, batch_size: int = 1024,
+                 protocol: str = "full", n_negatives: int = 100, batch_size: int = 2048,
                  seed: int = 0) -> np.ndarray:
     """(U,) 0-based rank of every user's target under ``protocol``.
 
@@ -112,7 +112,7 @@ def _sample_unseen(seen: torch.Tensor, n: int, gen: torch.Generator) -> torch.Te
 
 def evaluate(model: torch.nn.Module, data: SeqData, split: str = "valid",
              groups: Mapping[str, np.ndarray] | None = None, ks=KS, protocol: str = "full",
-             n_negatives: int = 100, batch_size: int = 1024, seed: int = 0,
+             n_negatives: int = 100, batch_size: int = 2048, seed: int = 0,
              ranks: np.ndarray | None = None) -> pd.DataFrame:
     """Rank every user's target and aggregate per group.
 

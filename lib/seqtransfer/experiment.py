@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -54,22 +56,26 @@ class Experiment:
         """Training settings from the budget (epochs, steps, patience, batch) and the device."""
         b = self.budget
         cfg = TrainConfig(epochs=b.epochs, max_steps=b.max_steps, patience=b.patience,
-                          eval_every=b.eval_every, batch_size=b.batch_size,
+                          eval_every=b.eval_every, batch_size=b.batch_size, lr=b.lr,
+                          warmup_steps=b.warmup_steps, max_minutes=b.max_minutes,
                           device=str(self.device), progress=self.progress)
         return replace(cfg, **overrides)
 
     def config(self, cls, **values):
         """A method config (any dataclass with ``backbone_kwargs`` and ``train`` fields) with
-        the budget's hidden size and training settings filled in; ``values`` override."""
+        the budget's hidden size, loss and training settings filled in; ``values`` override."""
         names = {f.name for f in fields(cls)}
         base = {}
         if "backbone_kwargs" in names:
-            base["backbone_kwargs"] = {"dim": self.budget.dim, **values.pop("backbone_kwargs", {})}
+            b = self.budget
+            base["backbone_kwargs"] = {"dim": b.dim, "loss_type": b.loss_type, "n_negatives": b.n_negatives,
+                                       **values.pop("backbone_kwargs", {})}
         if "train" in names and "train" not in values:
             base["train"] = self.train_config()
         return cls(**base, **values)
 
-    def run(self, runs: dict[str, tuple], seeds: list[int] | None = None) -> list[MethodResult]:
+    def run(self, runs: dict[str, tuple], seeds: list[int] | None = None,
+            lr_grid: tuple[float, ...] | None = None) -> list[MethodResult]:
         """Fit every ``variant -> (fit, config)`` for every seed; results in that order.
 
         ``fit`` is a method module's ``fit(data, groups, cfg, seed, variant)``. A run that
@@ -78,11 +84,22 @@ class Experiment:
         same seed (e.g. ``{"stage1": "sasrec joint"}`` puts plugins on the trained base model).
         The earlier variant must come before it in ``runs``.
 
+        Fair arms: every variant's learning rate (``config.train.lr``) is chosen on validation
+        NDCG@10 from the same grid, ``lr_grid`` (default: the budget's). The grid is searched
+        with the first seed; the other seeds reuse the chosen value. Each result carries its
+        ``lr`` and the ``tuning`` table (lr, best validation NDCG@10, chosen). A run built on
+        an earlier one gets the earlier variant's chosen run.
+
         With a ``cache_dir``, a finished run is saved there and loaded instead of re-trained when
         the same fit, config, variant, seed, data, library code and inputs come again (a
-        notebook re-run after a crash, or the base model shared by several notebooks).
+        notebook re-run after a crash, or the base model shared by several notebooks). A run
+        that another process is training (notebooks of one batch in parallel) is waited for,
+        not trained twice.
         """
         seeds = self.seeds if seeds is None else seeds
+        grid = tuple(self.budget.lr_grid if lr_grid is None else lr_grid)
+        if not grid or any(not (lr > 0) for lr in grid):
+            raise ValueError(f"lr_grid must hold positive learning rates, got {grid}")
         done: dict[tuple[str, int], tuple[MethodResult, str]] = {}   # (variant, seed) -> result, key
         out = []
         for variant, spec in runs.items():
@@ -95,22 +112,41 @@ class Experiment:
                 if (source, seeds[0]) not in done:
                     raise ValueError(f"run {variant!r} takes {arg}={source!r}, which must be a variant "
                                      f"listed before it in runs; earlier: {list(dict.fromkeys(v for v, _ in done))}")
-            for s in seeds:
+            chosen = None
+            for i, s in enumerate(seeds):
                 given = {arg: done[source, s][0] for arg, source in inputs.items()}
-                key = self._cache_key(fit, cfg, variant, s, [done[source, s][1] for source in inputs.values()])
-                path = None if self.cache_dir is None else self.cache_dir / f"{_safe(variant)}-{s}-{key[:16]}.pt"
-                if path is not None and path.exists():
-                    result = torch.load(path, map_location="cpu", weights_only=False)
-                else:
-                    result = fit(self.data, self.groups, cfg, seed=s, variant=variant, **given)
-                    if path is not None:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = path.with_suffix(".tmp")
-                        torch.save(result, tmp)
-                        os.replace(tmp, path)      # atomic: a killed run never leaves half a file
+                upstream = [done[source, s][1] for source in inputs.values()]
+                lrs = grid if (i == 0 and len(grid) > 1) else ((chosen,) if chosen else (None,))
+                trials = [self._run_one(fit, _with_lr(cfg, lr), variant, s, given, upstream) for lr in lrs]
+                best = 0 if len(trials) == 1 else max(range(len(trials)), key=lambda j: _valid_ndcg(trials[j][0]))
+                result, key = trials[best]
+                used = [_lr_of(cfg) if lr is None else lr for lr in lrs]
+                if i == 0:
+                    chosen = lrs[best]
+                    tuning = pd.DataFrame({"variant": variant, "lr": used,
+                                           "valid_ndcg10": [_valid_ndcg(t[0]) for t in trials],
+                                           "chosen": [j == best for j in range(len(trials))]})
+                result.lr, result.tuning = used[best], tuning
                 done[variant, s] = result, key
                 out.append(result)
         return out
+
+    def _run_one(self, fit: Callable, cfg, variant: str, seed: int, given: dict,
+                 upstream: list[str]) -> tuple[MethodResult, str]:
+        """One (config, seed) run, through the cache when there is one."""
+        key = self._cache_key(fit, cfg, variant, seed, upstream)
+        if self.cache_dir is None:
+            return fit(self.data, self.groups, cfg, seed=seed, variant=variant, **given), key
+        path = self.cache_dir / f"{_safe(variant)}-{seed}-{key[:16]}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _claim(path):
+            if path.exists():
+                return torch.load(path, map_location="cpu", weights_only=False), key
+            result = fit(self.data, self.groups, cfg, seed=seed, variant=variant, **given)
+            tmp = path.with_suffix(".tmp")
+            torch.save(result, tmp)
+            os.replace(tmp, path)      # atomic: a killed run never leaves half a file
+        return result, key
 
     def _cache_key(self, fit: Callable, cfg, variant: str, seed: int, upstream: list[str]) -> str:
         if self._data_digest is None:
@@ -142,7 +178,7 @@ class Experiment:
         return pd.DataFrame(rows)
 
 
-def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 0,
+def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
             device: str = "auto", head_frac: float = 0.2, head_threshold: float | None = None,
             cold_max: int = 5, cold_start_frac: float = 0.0, min_user: int = 5,
             min_item: int = 5, data_dir: str | None = None, progress: bool = True,
@@ -151,7 +187,8 @@ def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 
 
     Args:
         dataset: a known name (``"ml-1m"``, ``"ml-100k"``; fetched on first use) or a path to
-            a GroupLens folder or a CSV/Parquet file (see :func:`seqtransfer.data.load`).
+            a GroupLens folder or a CSV/Parquet file (see :func:`seqtransfer.data.load`);
+            ``""``: the budget's dataset (quick: ML-100K, smoke and full: ML-1M).
         budget: ``"smoke"`` | ``"quick"`` | ``"full"`` or a :class:`Budget`.
         seed: seeds the user sample (smoke budget), the cold-start draw and the first model.
         device: ``"auto"`` (CUDA when present) | ``"cpu"`` | ``"cuda"``.
@@ -168,6 +205,7 @@ def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 
         An :class:`Experiment`.
     """
     b = budget if isinstance(budget, Budget) else get_budget(budget)
+    dataset = dataset or b.dataset
     if not 0.0 <= cold_start_frac < 1.0:
         raise ValueError(f"cold_start_frac must be in [0, 1), got {cold_start_frac}")
     dev = resolve_device(device)
@@ -184,6 +222,58 @@ def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 
     if cache:
         cache_dir = Path(data_dir or D.default_data_dir()) / "runs" if cache is True else Path(cache)
     return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress, cache_dir)
+
+
+def _with_lr(cfg, lr: float | None):
+    """``cfg`` with its training learning rate set to ``lr`` (unchanged for None)."""
+    if lr is None:
+        return cfg
+    if not hasattr(cfg, "train"):
+        raise ValueError(f"{type(cfg).__name__} has no train settings; cannot tune its learning rate "
+                         "(pass lr_grid=(lr,) to run it as configured)")
+    return replace(cfg, train=replace(cfg.train, lr=lr))
+
+
+def _lr_of(cfg) -> float | None:
+    """The training learning rate a method config asks for (None when it has no train settings)."""
+    t = getattr(cfg, "train", None)
+    return None if t is None else t.lr
+
+
+def _valid_ndcg(result: MethodResult) -> float:
+    """Validation NDCG@10 of all users, the selection criterion (NaN when not recorded)."""
+    try:
+        return result.ndcg10("all", "valid")
+    except (KeyError, IndexError):
+        return float("nan")
+
+
+@contextmanager
+def _claim(path: Path, poll: float = 2.0):
+    """Hold ``path``'s lock file while a run is trained or read: another process (a notebook of
+    the same batch) that wants the same run waits, then loads the finished file. A lock left by a
+    process that died is taken over."""
+    lock = path.with_suffix(".lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            break
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or 0)
+                os.kill(owner, 0)                       # raises when the owner is gone
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)
+                continue
+            except PermissionError:
+                pass
+            time.sleep(poll)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _safe(variant: str) -> str:

@@ -28,6 +28,9 @@ class MethodResult:
     train: TrainResult | None = None
     diagnostics: dict[str, pd.DataFrame] = field(default_factory=dict)
     ranks: dict[str, np.ndarray] = field(default_factory=dict)   # split -> (U,) target ranks
+    lr: float | None = None          # the learning rate it trained with (chosen on validation
+                                     # by Experiment.run when a grid is searched)
+    tuning: pd.DataFrame | None = None   # that search: lr, valid_ndcg10, chosen
 
     def ndcg10(self, group: str = "all", split: str = "test") -> float:
         m = self.metrics
@@ -161,32 +164,36 @@ def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str
             + (" -- negative transfer." if a < b else " (a tie)."))
 
 
+def stopped_by_cap(result: MethodResult) -> list[str]:
+    """The stopping reasons of ``result``'s training stages that were a cap (epochs, max_steps,
+    max_minutes) rather than early stopping on validation; empty when every stage converged."""
+    stages = result.diagnostics.get("stages")
+    if stages is not None and "stopped" in stages:
+        reasons = list(stages["stopped"])
+    elif result.train is not None:
+        reasons = [result.train.stopped]
+    else:
+        reasons = []
+    return [r for r in reasons if not str(r).startswith("early stop")]
+
+
 def still_improving(results: list[MethodResult]) -> list[str]:
-    """Variants whose training (any stage) ended with its best validation NDCG@10 at its last
-    evaluation: the epoch, step or time cap stopped a model that was still getting better."""
-    out = []
-    for r in results:
-        h = r.history
-        stages = h.groupby("stage", sort=False) if "stage" in h.columns else [(None, h)]
-        for _, part in stages:
-            valid = part["valid_ndcg10"].dropna() if "valid_ndcg10" in part.columns else pd.Series(dtype=float)
-            if len(valid) and valid.iloc[-1] >= valid.max():
-                out.append(r.variant)
-                break
-    return list(dict.fromkeys(out))
+    """Variants with a training stage ended by a cap (epochs, steps or minutes) rather than by
+    early stopping: such a model may still have been getting better."""
+    return list(dict.fromkeys(r.variant for r in results if stopped_by_cap(r)))
 
 
 def convergence_sentence(results: list[MethodResult]) -> str:
     """One sentence on whether the compared models were trained to convergence (early stopping)
-    or cut off while still improving, in which case a comparison partly measures how fast each
-    variant learns per epoch rather than where it ends up."""
-    rising = still_improving(results)
-    if not rising:
+    or cut off by a cap, in which case a comparison partly measures how fast each variant learns
+    rather than where it ends up."""
+    capped = still_improving(results)
+    if not capped:
         return "Every model stopped early on validation NDCG@10: the comparison is between converged models."
     n = len({r.variant for r in results})
-    share = ("The model was" if n == 1 else f"All {n} models were" if len(rising) == n
-             else f"{len(rising)} of {n} models were")
-    return (f"{share} still improving when training stopped (best validation at the "
-            f"last evaluation: {', '.join(rising)}). The comparison is between under-trained models and "
-            "partly measures how fast each variant learns per epoch; the full budget trains to early "
-            "stopping and decides the claim.")
+    share = ("The model was" if n == 1 else f"All {n} models were" if len(capped) == n
+             else f"{len(capped)} of {n} models were")
+    reasons = sorted({why for r in results for why in stopped_by_cap(r)})
+    return (f"{share} stopped by a cap ({'; '.join(reasons)}), not by early stopping: "
+            f"{', '.join(capped)}. Where a capped model is compared, the comparison is between models that may "
+            "still have been improving and partly measures how fast each variant learns.")
