@@ -162,11 +162,15 @@ def test_both_switches_off_equals_baseline_bit_for_bit(toy):
     assert res.history["loss"].tolist() == base.history["loss"].tolist()
 
 
-def test_random_grouping_with_outer_lr_one_is_sequential_training(toy):
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_random_grouping_with_outer_lr_one_is_sequential_training(toy, warmup):
+    """With outer_lr 1 the alignment variant is plain training on the same batches, including the
+    learning-rate warm-up, which it counts in inner batches as the baseline counts steps."""
     sd, groups = toy
+    train = replace(_train(), warmup_steps=warmup)
     base = baseline.fit(sd, groups, baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs=SMALL,
-                                                            train=_train()), seed=1)
-    cfg = ga.GradientAlignmentConfig(backbone="gru4rec", backbone_kwargs=SMALL, train=_train(),
+                                                            train=train), seed=1)
+    cfg = ga.GradientAlignmentConfig(backbone="gru4rec", backbone_kwargs=SMALL, train=train,
                                      use_adversarial=False, grouping="random", outer_lr=1.0,
                                      inner_steps=3)
     res = ga.fit(sd, groups, cfg, seed=1)

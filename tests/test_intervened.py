@@ -129,9 +129,13 @@ def test_aggregation_changes_training_and_frozen_backbone_stays_put(toy):
     ga = intervened.fit(sd, groups, IntervenedConfig(use_plugins=False, **kw))
     both = intervened.fit(sd, groups, IntervenedConfig(plugin_kind="linear", **kw))
     assert ga.history["loss"].tolist() != plain.history["loss"].tolist()
+    kept = intervened.plugins_kept(both)
+    backbone = both.model.backbone if kept else both.model
     for k, v in ga.model.state_dict().items():                      # stage 2 left the backbone alone
-        assert torch.equal(v, both.model.backbone.state_dict()[k]), k
-    assert all(p.f[-1].weight.abs().sum() > 0 for p in both.model.plugins)   # the plugins trained
+        assert torch.equal(v, backbone.state_dict()[k]), k
+    stages = both.diagnostics["stages"].set_index("stage")
+    assert stages.loc["plugins", "backbone_valid_ndcg10"] == pytest.approx(ga.ndcg10("all", "valid"))
+    assert stages.loc["plugins", "best_valid_ndcg10"] != stages.loc["plugins", "backbone_valid_ndcg10"]  # they trained
 
 
 def test_plugins_on_a_finished_stage1_equal_training_it_again(toy):
@@ -259,15 +263,48 @@ def test_sensitivity_reuses_retrains_plugins_only_and_matches_full_fits(toy):
 
 def test_claim_verdict_says_when_the_claim_holds_and_when_not():
     import pandas as pd
-    def table(tail, head, ci=np.nan, n=1):
-        rows = [(v, g, val) for v, (t, h) in (("m", (tail, head)), ("b", (0.10, 0.20)))
-                for g, val in (("tail", t), ("head", h))]
-        return pd.DataFrame([{"variant": v, "group": g, "metric": "ndcg", "k": 10, "mean": val,
-                              "std": 0.0, "n_seeds": n, "ci95": ci} for v, g, val in rows])
-    holds = intervened.claim_verdict(table(0.12, 0.20), "m", "b")
-    assert "claim holds" in holds and "+20.0%" in holds and "one seed" in holds
-    assert "head users fall below" in intervened.claim_verdict(table(0.12, 0.19), "m", "b")
-    assert "tail users do not improve" in intervened.claim_verdict(table(0.09, 0.21), "m", "b")
-    noisy = intervened.claim_verdict(table(0.12, 0.19, ci=0.05, n=3), "m", "b")
-    assert "within the seed noise" in noisy and "head users" not in noisy and "one seed" not in noisy
-    assert "cannot check" in intervened.claim_verdict(table(0.12, 0.2), "m", "missing")
+    def table(tail, head):
+        """compare-style rows: (diff, lo, hi) per group, the base at tail 0.10, head 0.20."""
+        rows = [{"variant": "m", "baseline": "b", "group": g, "metric": "ndcg", "k": 10, "a": b + d,
+                 "b": b, "diff": d, "lo": lo, "hi": hi} for g, b, (d, lo, hi) in (("tail", 0.10, tail),
+                                                                               ("head", 0.20, head))]
+        return pd.DataFrame(rows)
+    holds = intervened.claim_verdict(table((0.02, 0.01, 0.03), (0.0, -0.01, 0.01)), "m", "b")
+    assert "claim holds" in holds and "+20.0%" in holds and "[+0.0100, +0.0300]" in holds
+    assert "head users fall below" in intervened.claim_verdict(table((0.02, 0.01, 0.03), (-0.01, -0.02, -0.005)), "m", "b")
+    assert "tail users get worse" in intervened.claim_verdict(table((-0.01, -0.02, -0.005), (0.0, -0.01, 0.01)), "m", "b")
+    noisy = intervened.claim_verdict(table((0.02, -0.01, 0.05), (-0.01, -0.04, 0.02)), "m", "b")
+    assert "within the noise" in noisy and "head users" not in noisy
+    one_seed = pd.DataFrame([{"variant": v, "group": g, "metric": "ndcg", "k": 10, "mean": x, "std": 0.0,
+                              "n_seeds": 1, "ci95": np.nan}
+                             for v, g, x in (("m", "tail", 0.12), ("m", "head", 0.2), ("b", "tail", 0.1),
+                                             ("b", "head", 0.2))])
+    assert "cannot be told from noise" in intervened.claim_verdict(one_seed, "m", "b")
+    assert "cannot check" in intervened.claim_verdict(one_seed, "m", "missing")
+
+
+def test_stage2_returns_the_backbone_bit_for_bit_when_plugins_cannot_help(toy):
+    sd, groups = toy
+    kw = dict(backbone="gru4rec", backbone_kwargs=SMALL, train=TrainConfig(**FAST))
+    base = baseline.fit(sd, groups, baseline.BaselineConfig(**kw), seed=4)
+    frozen_plugins = TrainConfig(**{**FAST, "lr": 0.0})            # plugins stay zero: routed == backbone
+    for freeze in (True, False):
+        cfg = IntervenedConfig(use_aggregation=False, plugin_train=frozen_plugins, freeze_backbone=freeze, **kw)
+        run = intervened.fit(sd, groups, cfg, seed=4, stage1=base)
+        assert not isinstance(run.model, RoutedRecommender)
+        for k, v in base.model.state_dict().items():
+            assert torch.equal(v, run.model.state_dict()[k]), k
+        assert run.metrics["value"].tolist() == base.metrics["value"].tolist()
+        assert intervened.plugins_kept(run) is False
+        assert "plugins NOT kept" in intervened.stage2_sentence(run)
+    assert intervened.plugins_kept(base) is None
+    # on an untrained backbone (lr 0) linear plugins do help on validation, and are kept
+    untrained = baseline.fit(sd, groups, baseline.BaselineConfig(**{**kw, "train": TrainConfig(**{**FAST, "lr": 0.0})}), seed=4)
+    cfg = IntervenedConfig(use_aggregation=False, plugin_kind="linear",
+                           plugin_train=TrainConfig(**{**FAST, "epochs": 5}), **kw)
+    run = intervened.fit(sd, groups, cfg, seed=4, stage1=untrained)
+    assert isinstance(run.model, RoutedRecommender) and intervened.plugins_kept(run) is True
+    stages = run.diagnostics["stages"].set_index("stage")
+    assert stages.loc["plugins", "best_valid_ndcg10"] > stages.loc["plugins", "backbone_valid_ndcg10"]
+    assert stages.loc["plugins", "backbone_valid_ndcg10"] == pytest.approx(untrained.ndcg10("all", "valid"))
+    assert "plugins kept" in intervened.stage2_sentence(run)

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from seqtransfer.methods import (MethodResult, convergence_sentence, gap_sentence, still_improving,
-                                 stopped_by_cap, summarize, transfer_verdict)
+from seqtransfer.methods import (MethodResult, compare, convergence_sentence, gap_sentence, still_improving,
+                                 stopped_by_cap, summarize, transfer_verdict, verdict_sentence)
 from seqtransfer.train import TrainResult
 
 pytestmark = pytest.mark.unit
@@ -18,31 +18,86 @@ def _metrics(variant: str, values: dict[str, list[float]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _run(variant: str, valid: list[float], stage: list[str] | None = None) -> MethodResult:
-    history = pd.DataFrame({"epoch": range(len(valid)), "valid_ndcg10": valid})
-    if stage is not None:
-        history["stage"] = stage
-    return MethodResult("toy", variant, 0, pd.DataFrame(), history, torch.nn.Linear(1, 1))
-
-
 def test_summarize_gives_mean_and_t_interval_over_seeds():
     table = summarize(_metrics("a", {"all": [0.1, 0.2, 0.3]}))
     row = table.iloc[0]
     assert row["mean"] == pytest.approx(0.2) and row["n_seeds"] == 3
-    assert row["ci95"] == pytest.approx(4.303 * 0.1 / np.sqrt(3))       # t(2) * sd / sqrt(n)
+    assert row["ci95"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-4)  # t(2) * sd / sqrt(n)
     assert np.isnan(summarize(_metrics("b", {"all": [0.1]}))["ci95"].iloc[0])
 
 
-def test_verdicts_name_negative_transfer_and_the_gap():
+def test_one_seed_without_ranks_gives_no_verdict_and_the_gap():
     table = summarize(pd.concat([_metrics("base", {"tail": [0.10], "head": [0.20]}),
                                  _metrics("ours", {"tail": [0.12], "head": [0.15]})]))
-    assert transfer_verdict(table, "ours", "base", "tail") == (
-        "ours beats base for tail users: NDCG@10 0.1200 vs 0.1000 (+20.0%).")
-    assert transfer_verdict(table, "ours", "base", "head").endswith("(-25.0%) -- negative transfer.")
+    text = transfer_verdict(table, "ours", "base", "tail")
+    assert text == ("ours vs base for tail users: NDCG@10 0.1200 vs 0.1000 (+20.0%); no interval "
+                    "(one run each and no per-user ranks), so no verdict.")
     assert "has no cold" in transfer_verdict(table, "ours", "base", "cold")
-    tie = summarize(pd.concat([_metrics("base", {"head": [0.07331]}), _metrics("ours", {"head": [0.07330]})]))
-    assert "(-0.01%) -- negative transfer" in transfer_verdict(tie, "ours", "base", "head")
     assert gap_sentence(table, "base") == "base: head NDCG@10 0.2000, tail 0.1000 (tail/head = 0.50)."
+
+
+def test_seed_intervals_name_transfer_only_beyond_the_noise():
+    # three seeds each; ci95 = t(2) * sd / sqrt(3); combined half-width sqrt(ci_a^2 + ci_b^2)
+    clear = summarize(pd.concat([_metrics("base", {"tail": [0.10, 0.11, 0.12]}),
+                                 _metrics("ours", {"tail": [0.20, 0.21, 0.22]})]))
+    half = np.hypot(*clear["ci95"])
+    assert half == pytest.approx(np.sqrt(2) * 4.3027 * 0.01 / np.sqrt(3), rel=1e-4)
+    assert transfer_verdict(clear, "ours", "base", "tail").endswith(
+        f"difference +0.1000, 95% CI [{0.1 - half:+.4f}, {0.1 + half:+.4f}] -- positive transfer.")
+    noisy = summarize(pd.concat([_metrics("base", {"tail": [0.10, 0.11, 0.12]}),
+                                 _metrics("ours", {"tail": [0.105, 0.115, 0.125]})]))
+    assert transfer_verdict(noisy, "ours", "base", "tail").endswith(
+        f"no detectable difference (\u00b1{np.hypot(*noisy['ci95']):.4f}).")
+    worse = summarize(pd.concat([_metrics("base", {"tail": [0.20, 0.21, 0.22]}),
+                                 _metrics("ours", {"tail": [0.10, 0.11, 0.12]})]))
+    assert transfer_verdict(worse, "ours", "base", "tail").endswith("-- negative transfer.")
+
+
+def _ranked(variant, seed, ranks):
+    return MethodResult("toy", variant, seed, pd.DataFrame(), pd.DataFrame(), torch.nn.Linear(1, 1),
+                        ranks={"test": np.asarray(ranks)})
+
+
+def test_compare_pairs_users_and_seeds_and_names_transfer_only_outside_the_interval():
+    U = 200
+    groups = {"all": np.ones(U, bool), "tail": np.arange(U) < 100}
+    base = [_ranked("b", s, np.full(U, 1)) for s in (0, 1)]                    # HR@1 = 0 everywhere
+    # ours hits every tail user in both seeds, never a head user: tail +1 exactly, no noise
+    ours = [_ranked("a", s, np.where(np.arange(U) < 100, 0, 1)) for s in (0, 1)]
+    table = compare(base + ours, "a", "b", groups, metric="hr", k=1)
+    tail = table[table["group"] == "tail"].iloc[0]
+    assert (tail["a"], tail["b"], tail["diff"], tail["lo"], tail["hi"]) == (1.0, 0.0, 1.0, 1.0, 1.0)
+    assert tail["n_seeds"] == 2 and tail["n_users"] == 100 and tail["verdict"] == "positive"
+    assert tail["seed_ci95"] == 0.0
+    everyone = table[table["group"] == "all"].iloc[0]
+    assert everyone["diff"] == 0.5 and everyone["lo"] < 0.5 < everyone["hi"] and everyone["lo"] > 0
+    assert verdict_sentence(tail).endswith("-- positive transfer.")
+    # the base hits the even users, ours the odd ones: per-user +-1, mean 0, interval around 0
+    mixed = [_ranked("m", s, np.arange(U) % 2 == 0) for s in (0, 1)]
+    base1 = [_ranked("b", s, np.arange(U) % 2 == 1) for s in (0, 1)]
+    row = compare(base1 + mixed, "m", "b", {"all": np.ones(U, bool)}, metric="hr", k=1).iloc[0]
+    assert row["diff"] == 0.0 and row["lo"] < 0 < row["hi"] and row["verdict"] == "none"
+    assert "no detectable difference" in verdict_sentence(row)
+    # per-user pairing, not per-seed means: seed 1 of "a" is unpaired and ignored
+    extra = ours + [_ranked("a", 7, np.zeros(U))]
+    assert compare(base + extra, "a", "b", groups, metric="hr", k=1)["n_seeds"].iloc[0] == 2
+
+
+def test_compare_without_ranks_recomputes_or_says_so(toy_csv):
+    from seqtransfer import data
+    from seqtransfer.evaluate import rank_targets
+    from seqtransfer.models import make_backbone
+    sd = data.build_sequences(data.leave_one_out(data.load(toy_csv, min_user=1, min_item=1)), max_len=6)
+    torch.manual_seed(0)
+    model = make_backbone("gru4rec", sd.n_items, dim=8)
+    old = [MethodResult("toy", v, 0, pd.DataFrame(), pd.DataFrame(), model) for v in ("a", "b")]
+    del old[0].__dict__["ranks"]                                   # a pickle from before ranks were kept
+    groups = {"all": np.ones(sd.n_users, bool)}
+    with pytest.raises(ValueError, match="no per-user test ranks.*data="):
+        compare(old, "a", "b", groups)
+    row = compare(old, "a", "b", groups, data=sd).iloc[0]
+    assert row["diff"] == 0.0                                      # same weights, same ranks
+    assert np.array_equal(old[0].ranks["test"], rank_targets(old[0].model, sd, "test"))
 
 
 def _stopped(variant: str, *reasons: str) -> MethodResult:

@@ -30,17 +30,26 @@ KS = (5, 10, 20)
 METRICS = ("hr", "ndcg", "mrr")
 
 
+def per_user_metric(ranks: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """(U,) one user's HR@k, NDCG@k or MRR@k from its 0-based rank (the formulas above)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    if not (r >= 0).all():                              # also catches NaN
+        raise ValueError(f"ranks must be 0-based and finite, got {r[~(r >= 0)][:5].tolist()}")
+    hit = r < k
+    if metric == "hr":
+        return hit.astype(np.float64)
+    if metric == "ndcg":
+        return np.where(hit, 1.0 / np.log2(r + 2), 0.0)
+    if metric == "mrr":
+        return np.where(hit, 1.0 / (r + 1), 0.0)
+    raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks=KS) -> dict[tuple[str, int], float]:
     """Mean HR/NDCG/MRR at each K from 0-based ranks (an empty array gives NaN)."""
     r = np.asarray(ranks, dtype=np.float64)
-    out = {}
-    for k in ks:
-        hit = r < k
-        with np.errstate(invalid="ignore"):
-            out[("hr", k)] = hit.mean() if len(r) else np.nan
-            out[("ndcg", k)] = np.where(hit, 1.0 / np.log2(r + 2), 0.0).mean() if len(r) else np.nan
-            out[("mrr", k)] = np.where(hit, 1.0 / (r + 1), 0.0).mean() if len(r) else np.nan
-    return out
+    return {(metric, k): per_user_metric(r, metric, k).mean() if len(r) else np.nan
+            for k in ks for metric in METRICS}
 
 
 def _history_mask(ptr: torch.Tensor, items: torch.Tensor, start: int, stop: int,
@@ -81,6 +90,7 @@ def rank_targets(model: torch.nn.Module, data: SeqData, split: str = "valid",
         users = torch.arange(start, stop, device=device)                     # rows are users 0..U-1
         h = model.represent(seq, lengths[start:stop].to(device), users)      # (B, D)
         scores = model.score(h).float()                                      # (B, N+1)
+        _check_scores(scores, model, split, start)                           # guard: NaN/inf raise
         rows = torch.arange(stop - start, device=device)
         t_score = scores[rows, tgt]                                          # (B,)
         seen = _history_mask(ptr.to(device), hist.to(device), start, stop, n_cols)
@@ -95,7 +105,34 @@ def rank_targets(model: torch.nn.Module, data: SeqData, split: str = "valid",
             r = (scores.gather(1, neg) >= t_score[:, None]).sum(1)
         ranks.append(r.cpu())
     model.train(was_training)
-    return torch.cat(ranks).numpy()
+    return _checked_ranks(torch.cat(ranks).numpy(), model, split, protocol,  # guard: rank range
+                          data.n_items if protocol == "full" else n_negatives + 1)
+
+
+def _check_scores(scores: torch.Tensor, model: torch.nn.Module, split: str, first_user: int) -> None:
+    """Raise FloatingPointError when any real item's score (columns 1..N) is NaN or infinite.
+
+    A NaN score compares false with everything, so without this check the target of a NaN
+    model would rank first and the model would look perfect."""
+    bad = ~torch.isfinite(scores[:, 1:]).all(1)                              # (B,)
+    if bad.any():
+        user = first_user + int(torch.nonzero(bad)[0, 0])
+        raise FloatingPointError(
+            f"{type(model).__name__} gave non-finite scores on the {split!r} split ({int(bad.sum())} "
+            f"users of this batch, first user {user}); the model has diverged: lower the learning "
+            "rate or set grad_clip, and do not report or keep these weights.")
+
+
+def _checked_ranks(ranks: np.ndarray, model: torch.nn.Module, split: str, protocol: str,
+                   n_candidates: int) -> np.ndarray:
+    """``ranks`` after checking they lie in [0, n_candidates): every item but the target
+    (full ranking) or every negative (sampled) can rank above it, no more."""
+    bad = (ranks < 0) | (ranks >= n_candidates)
+    if bad.any():
+        raise RuntimeError(f"{type(model).__name__} on the {split!r} split ({protocol} ranking): "
+                           f"{int(bad.sum())} ranks outside [0, {n_candidates}), e.g. "
+                           f"{ranks[bad][:5].tolist()}: an evaluator bug, please report it.")
+    return ranks
 
 
 def _sample_unseen(seen: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:

@@ -38,6 +38,7 @@ from IPython import get_ipython
 from IPython.display import display
 
 from .budget import BUDGETS as _BUDGET_SETTINGS
+from .stats import ci95
 
 log = logging.getLogger(__name__)
 
@@ -571,18 +572,9 @@ def collect_results(out: str | Path, names: Sequence[str]) -> pd.DataFrame:
 # Leaderboard and index
 # ---------------------------------------------------------------------------------------------
 
-# t quantile 0.975 for 1..10 degrees of freedom; beyond, 1.96 + 2.4/df is within 0.01.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-def _t975(df: int) -> float:
-    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
-
-
 def _ci95(values: pd.Series) -> float:
-    """Half-width of the 95% t-interval of the mean; NaN for a single value."""
-    n = values.count()
-    return _t975(n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+    """Half-width of the 95% t-interval of the mean; NaN for a single value (``stats.ci95``)."""
+    return ci95(values.to_numpy(dtype=float))
 
 
 def leaderboard(results: pd.DataFrame, k: int = 10, metrics: Sequence[str] = ("ndcg", "hr"),

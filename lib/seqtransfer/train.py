@@ -35,7 +35,7 @@ class TrainConfig:
     epochs: int = 200                 # upper bound on passes over the training windows
     batch_size: int = 128             # windows per optimisation step
     lr: float = 3e-3                  # peak AdamW learning rate
-    warmup_steps: int = 100           # linear warm-up from lr/warmup_steps to lr (0: none)
+    warmup_steps: int = 0             # linear warm-up from lr/warmup_steps to lr (0: none; budgets use 100)
     plateau_factor: float = 1.0       # multiply lr by this after each evaluation without a
                                       # better valid NDCG@10 (1.0: constant lr after warm-up)
     weight_decay: float = 0.0         # AdamW decoupled weight decay
@@ -149,10 +149,39 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore RNG states saved by ``_rng_state``. Generator states are CPU byte tensors by
+    contract, so they are moved back to the CPU first: a checkpoint loaded with
+    ``map_location="cuda"`` (or saved on another device) carries them on that device."""
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _check_loss(loss: float, model: torch.nn.Module, epoch: int, step: int, cfg: TrainConfig,
+                ckpt: Path | None) -> None:
+    """Raise FloatingPointError on a NaN or infinite training loss."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"{type(model).__name__}: training loss became {loss} at epoch {epoch}, step {step} "
+            f"(peak lr={cfg.lr:g}). Lower the learning rate or set grad_clip; the last good checkpoint is "
+            f"{ckpt if ckpt and ckpt.exists() else 'not saved (no checkpoint_dir)'}.")
+
+
+def _validate(model: torch.nn.Module, data: SeqData, groups, cfg: TrainConfig, epoch: int) -> pd.DataFrame:
+    """Validation metrics at NDCG@10; non-finite scores raise naming the model, split and epoch."""
+    try:
+        return evaluate(model, data, "valid", groups, ks=(10,), batch_size=cfg.eval_batch_size)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"validation after epoch {epoch}: {err}") from err
+
+
+def _check_metric(ndcg: float, model: torch.nn.Module, epoch: int) -> None:
+    """A NaN validation NDCG@10 is never compared (``nan > best`` is False, ``best < nan`` too):
+    it raises, so a broken model can neither be kept nor silently count as 'no improvement'."""
+    if not math.isfinite(ndcg):
+        raise FloatingPointError(f"{type(model).__name__}: validation NDCG@10 is {ndcg} after epoch "
+                                 f"{epoch} (split 'valid'); an empty 'all' group or a broken model.")
 
 
 def lr_at(cfg: TrainConfig, step: int, scale: float = 1.0) -> float:
@@ -217,11 +246,7 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
                 group["lr"] = lr_at(cfg, step, scale)
             ctx = StepContext(model, optimizer, data, batch, epoch, step, cfg, autocast, scale)
             loss = step_fn(ctx)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss} at epoch {epoch}, step {step} (lr={lr_at(cfg, step, scale):g}). "
-                    "Lower the learning rate or set grad_clip; the last good checkpoint is "
-                    f"{ckpt if ckpt and ckpt.exists() else 'not saved (no checkpoint_dir)'}.")
+            _check_loss(loss, model, epoch, step, cfg, ckpt)                  # guard: NaN/inf raise
             losses.append(loss)
             step += 1
             if hooks.after_step:
@@ -236,9 +261,10 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         last = epoch == cfg.epochs - 1 or out_of_steps or out_of_time
         if (epoch + 1) % cfg.eval_every == 0 or last:
             t_eval = time.perf_counter()
-            metrics = evaluate(model, data, "valid", groups, ks=(10,), batch_size=cfg.eval_batch_size)
+            metrics = _validate(model, data, groups, cfg, epoch)               # guard: raises on NaN
             ndcg = float(metrics.query("group == 'all' and metric == 'ndcg'")["value"].iloc[0]) \
                 if groups is None or "all" in groups else float(metrics.query("metric == 'ndcg'")["value"].iloc[0])
+            _check_metric(ndcg, model, epoch)                                  # guard: never keep NaN
             row["valid_ndcg10"] = ndcg
             row["eval_seconds"] = time.perf_counter() - t_eval
             if hooks.after_eval:

@@ -1,4 +1,5 @@
 """One module per method: a commented config dataclass plus ``fit(...) -> MethodResult``."""
 from . import baseline, gradient_alignment, intervened
-from .common import (MethodResult, backbone_name, combine_results, convergence_sentence, diagnostics,
-                     evaluate_both, gap_sentence, histories, still_improving, stopped_by_cap, summarize, transfer_verdict)
+from .common import (MethodResult, backbone_name, combine_results, compare, convergence_sentence, diagnostics,
+                     difference_row, evaluate_both, gap_sentence, histories, still_improving, stopped_by_cap,
+                     summarize, transfer_verdict, user_values, verdict_sentence)

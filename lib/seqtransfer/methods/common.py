@@ -10,8 +10,9 @@ import torch
 from ..data.batches import SeqData
 from ..data.split import UserGroups
 from ..diagnostics import ConflictProbe
-from ..evaluate import evaluate, rank_targets
+from ..evaluate import evaluate, per_user_metric, rank_targets
 from ..models import BACKBONES, SequentialRecommender, make_backbone
+from ..stats import N_BOOT, ci95, paired_bootstrap, t_interval
 from ..train import TrainResult, seed_everything
 
 
@@ -102,22 +103,12 @@ def diagnostics(results: list[MethodResult], key: str) -> pd.DataFrame:
 
 
 def summarize(metrics: pd.DataFrame, split: str = "test", ks=(10,), metrics_=("ndcg", "hr")) -> pd.DataFrame:
-    """Mean over seeds with a 95% t-interval half-width, per variant x group x metric@k."""
+    """Mean over seeds with a 95% t-interval half-width (``stats.t_interval``), per variant x
+    group x metric@k."""
     m = metrics[(metrics["split"] == split) & metrics["k"].isin(ks) & metrics["metric"].isin(metrics_)]
     g = m.groupby(["variant", "group", "metric", "k"], sort=False)["value"]
-    out = g.agg(["mean", "std", "count"]).reset_index()
-    out["ci95"] = [_t95(n) * s / np.sqrt(n) if n > 1 else np.nan for s, n in zip(out["std"], out["count"])]
+    out = g.agg(["mean", "std", "count", ci95]).reset_index()
     return out.rename(columns={"count": "n_seeds"})
-
-
-def _t95(n: int) -> float:
-    """Two-sided 95% Student-t quantile for n samples (n-1 degrees of freedom)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-             9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-    df = n - 1
-    if df > 30:
-        return 1.96
-    return table[min(table, key=lambda d: (abs(d - df), -d))]
 
 
 def summary_row(table: pd.DataFrame, variant: str, group: str, metric: str = "ndcg", k: int = 10) -> pd.Series | None:
@@ -149,19 +140,132 @@ def relative_change(a: float, b: float) -> str:
     return f"{rel:+.1f}%" if rel == 0 or abs(rel) >= 0.05 else f"{rel:+.1g}%"
 
 
-def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
-                     metric: str = "ndcg", k: int = 10) -> str:
-    """One sentence: did ``method`` beat ``baseline`` for ``group``? Negative transfer named."""
-    a, b = summary_row(table, method, group, metric, k), summary_row(table, baseline, group, metric, k)
-    if a is None or b is None:
-        return f"{method} or {baseline} has no {group} {metric}@{k} to compare."
-    a, b = float(a["mean"]), float(b["mean"])
+COMPARE_COLUMNS = ("variant", "baseline", "group", "metric", "k", "a", "b", "diff", "lo", "hi",
+                   "rel", "n_users", "n_seeds", "seed_ci95", "verdict")
+
+
+def user_values(result: MethodResult, metric: str = "ndcg", k: int = 10, split: str = "test",
+                data: SeqData | None = None) -> np.ndarray:
+    """(U,) per-user ``metric@k`` of one run on ``split``, from its kept target ranks.
+
+    A run loaded from an old cache may have no per-user ranks: with ``data`` they are recomputed
+    from the run's model (and kept on the result); without, a ValueError says so."""
+    ranks = getattr(result, "ranks", None) or {}
+    if split not in ranks:
+        if data is None:
+            raise ValueError(f"run {result.variant!r} (seed {result.seed}) has no per-user {split} ranks "
+                             "(a result cached before ranks were kept): pass data=... to recompute them "
+                             "from its model, or re-run it with cache_runs False.")
+        ranks = {**ranks, split: rank_targets(result.model, data, split)}
+        result.ranks = ranks
+    return per_user_metric(ranks[split], metric, k)
+
+
+def compare(results: list[MethodResult], variant: str, baseline: str, groups: UserGroups | dict,
+            metric: str = "ndcg", k: int = 10, split: str = "test", data: SeqData | None = None,
+            n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """``variant`` minus ``baseline`` on the same users, per group, with a paired bootstrap.
+
+    Protocol: the two are paired by seed (the seeds both ran; at least one); each user's
+    ``metric@k`` is averaged over those seeds, and users are resampled (``stats.paired_bootstrap``,
+    ``n_boot`` resamples, seeded by ``seed``), so the interval is over users, with a user's seeds
+    kept together. With two or more seeds, ``seed_ci95`` is the half-width of the t-interval of
+    the per-seed mean differences (the seed noise, reported beside it; NaN for one seed).
+
+    Returns one row per group (``COMPARE_COLUMNS``): a and b (means), diff = a - b, its 95%
+    interval lo..hi, rel = diff / b, n_users, n_seeds, seed_ci95, and ``verdict``: "positive"
+    or "negative" when the interval excludes zero, else "none". :func:`verdict_sentence` turns a
+    row into the sentence every report prints.
+    """
+    masks = groups.masks if isinstance(groups, UserGroups) else groups
+    runs = {name: {r.seed: r for r in results if r.variant == name} for name in (variant, baseline)}
+    for name, by_seed in runs.items():
+        if not by_seed:
+            have = sorted({r.variant for r in results})
+            raise ValueError(f"no run of variant {name!r} to compare; variants: {have}")
+    seeds = sorted(set(runs[variant]) & set(runs[baseline]))
+    if not seeds:
+        raise ValueError(f"{variant!r} (seeds {sorted(runs[variant])}) and {baseline!r} (seeds "
+                         f"{sorted(runs[baseline])}) share no seed to pair")
+    a = np.stack([user_values(runs[variant][s], metric, k, split, data) for s in seeds])    # (S, U)
+    b = np.stack([user_values(runs[baseline][s], metric, k, split, data) for s in seeds])   # (S, U)
+    rows = []
+    for g, mask in masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != a.shape[1:]:
+            raise ValueError(f"group {g!r} mask has shape {mask.shape}, the runs rank {a.shape[1]} users")
+        diff, lo, hi = paired_bootstrap(a[:, mask], b[:, mask], n_boot=n_boot, seed=seed)
+        am, bm = float(a[:, mask].mean()) if mask.any() else np.nan, float(b[:, mask].mean()) if mask.any() else np.nan
+        per_seed = a[:, mask].mean(1) - b[:, mask].mean(1) if mask.any() else np.full(len(seeds), np.nan)
+        rows.append((variant, baseline, g, metric, k, am, bm, diff, lo, hi,
+                     diff / bm if bm else np.nan, int(mask.sum()), len(seeds), t_interval(per_seed)[1],
+                     _verdict(lo, hi)))
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def _verdict(lo: float, hi: float) -> str:
+    """"positive" / "negative" when the interval lo..hi excludes zero, else "none"."""
+    if lo > 0:
+        return "positive"
+    if hi < 0:
+        return "negative"
+    return "none"
+
+
+def verdict_sentence(row) -> str:
+    """The one sentence every verdict in the workbench prints (notebooks, leaderboard, index).
+
+    ``row`` is a mapping with variant, baseline, group, metric, k, a, b (the two means), diff,
+    lo and hi (its 95% interval; NaN when there is none), as in :func:`compare` output. Positive
+    or negative transfer is named only when the interval excludes zero; otherwise it says "no
+    detectable difference (+-x)" with x the interval's half-width.
+    """
+    method, base, group = row["variant"], row["baseline"], row["group"]
+    metric, k, a, b = row["metric"], int(row["k"]), float(row["a"]), float(row["b"])
+    lo, hi = float(row["lo"]), float(row["hi"])
     rel = f" ({relative_change(a, b)})" if b else ""
     numbers = f"{metric.upper()}@{k} {a:.4f} vs {b:.4f}{rel}"
-    if a > b:
-        return f"{method} beats {baseline} for {group} users: {numbers}."
-    return (f"{method} does NOT beat {baseline} for {group} users: {numbers}"
-            + (" -- negative transfer." if a < b else " (a tie)."))
+    if np.isnan(lo) or np.isnan(hi):
+        return (f"{method} vs {base} for {group} users: {numbers}; no interval (one run each and no "
+                "per-user ranks), so no verdict.")
+    interval = f"difference {a - b:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]"
+    verdict = _verdict(lo, hi)
+    if verdict == "positive":
+        return f"{method} beats {base} for {group} users: {numbers}, {interval} -- positive transfer."
+    if verdict == "negative":
+        return f"{method} does NOT beat {base} for {group} users: {numbers}, {interval} -- negative transfer."
+    return (f"{method} vs {base} for {group} users: {numbers} -- no detectable difference "
+            f"(\u00b1{(hi - lo) / 2:.4f}).")
+
+
+def difference_row(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
+                   metric: str = "ndcg", k: int = 10) -> dict | None:
+    """``method`` minus ``baseline`` for one group as a :func:`verdict_sentence` row, from either
+    a :func:`compare` table (the paired bootstrap over users) or a :func:`summarize` table (no
+    per-user values: the interval is ``diff +- sqrt(ci_a**2 + ci_b**2)`` from the seed
+    t-intervals, none with one seed). None when either is missing."""
+    if "lo" in table.columns:
+        rows = table[(table["variant"] == method) & (table["baseline"] == baseline) & (table["group"] == group)
+                     & (table["metric"] == metric) & (table["k"] == k)]
+        return None if rows.empty else rows.iloc[0].to_dict()
+    a, b = summary_row(table, method, group, metric, k), summary_row(table, baseline, group, metric, k)
+    if a is None or b is None:
+        return None
+    diff = float(a["mean"]) - float(b["mean"])
+    half = float(np.hypot(a["ci95"], b["ci95"]))
+    return {"variant": method, "baseline": baseline, "group": group, "metric": metric, "k": k,
+            "a": float(a["mean"]), "b": float(b["mean"]), "diff": diff, "lo": diff - half, "hi": diff + half,
+            "n_seeds": int(min(a["n_seeds"], b["n_seeds"]))}
+
+
+def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
+                     metric: str = "ndcg", k: int = 10) -> str:
+    """One sentence: did ``method`` beat ``baseline`` for ``group``? (:func:`verdict_sentence`
+    on :func:`difference_row`; pass a :func:`compare` table for the paired bootstrap.)"""
+    row = difference_row(table, method, baseline, group, metric, k)
+    if row is None:
+        return f"{method} or {baseline} has no {group} {metric}@{k} to compare."
+    return verdict_sentence(row)
 
 
 def stopped_by_cap(result: MethodResult) -> list[str]:

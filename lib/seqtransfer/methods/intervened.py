@@ -39,7 +39,9 @@ Our reading, where the paper leaves details open (every choice is a config field
   loss rule as stage 1: backdoor-adjusted when ``use_aggregation``, else the plain mean. A
   frozen backbone runs in eval mode (no dropout), so plugins learn on the features they see
   at test time. Stage 2 is seeded afresh, so it depends only on the stage-1 backbone. Model
-  selection in both stages: validation NDCG@10 of all users.
+  selection in both stages: validation NDCG@10 of all users; in stage 2 the backbone alone is
+  a candidate too, so plugins that never beat it on validation are not kept (the run then
+  reports the backbone, and ``diagnostics["stages"]`` says so: :func:`stage2_sentence`).
 
 With ``use_aggregation=False`` and ``use_plugins=False`` a run is the base model, bit for bit
 (same seed and ``TrainConfig`` as ``methods.baseline.fit``). The paper puts its plugins on an
@@ -64,12 +66,12 @@ import torch
 from ..data.batches import SeqData
 from ..data.split import UserGroups, activeness_groups, strata
 from ..diagnostics import stratum_gradients
-from ..evaluate import metrics_from_ranks, rank_targets
+from ..evaluate import evaluate, metrics_from_ranks, rank_targets
 from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
 from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
                      resolve_device, seed_everything)
-from .common import (MethodResult, backbone_name, conflict_probe, evaluate_both, relative_change,
-                     seeded_backbone, summary_row)
+from .common import (MethodResult, backbone_name, conflict_probe, difference_row, evaluate_both,
+                     relative_change, seeded_backbone)
 
 PRIORS = ("users", "uniform", "interactions")
 ROUTES = ("head_tail", "strata")
@@ -249,8 +251,18 @@ def _plugin_stage(backbone: torch.nn.Module, data: SeqData, groups: UserGroups, 
                   seed: int, variant: str, stratum: np.ndarray, prior: np.ndarray):
     """Stage 2: routed plugins on the trained ``backbone`` (frozen in place when
     ``cfg.freeze_backbone``). Seeded on its own, so that it depends only on the backbone, the
-    groups, ``cfg`` and ``seed``. Returns the ``TrainResult`` and the diagnostics
-    ``"backbone_metrics"`` (the backbone alone) and ``"routes"``."""
+    groups, ``cfg`` and ``seed``.
+
+    The backbone alone is the first candidate: it is scored on validation (NDCG@10, all users,
+    exactly as the training loop scores the plugins) before the plugins train, and the plugins
+    are kept only when their best validation score is strictly higher. Otherwise the returned
+    model is the backbone as it came in, bit for bit (an untouched copy, so this holds even with
+    ``freeze_backbone=False``).
+
+    Returns the ``TrainResult`` to report (the plugins', or, when they were not kept, the same
+    with the backbone as ``model`` and its score as ``best_valid``), the plugins' own
+    ``TrainResult``, the backbone's validation NDCG@10, and the diagnostics ``"backbone_metrics"`` (the backbone alone) and
+    ``"routes"``."""
     head = np.asarray(groups["head"], dtype=bool)
     Z = len(prior)
     backbone_metrics, _ = evaluate_both(backbone, data, groups, variant, seed)
@@ -258,19 +270,48 @@ def _plugin_stage(backbone: torch.nn.Module, data: SeqData, groups: UserGroups, 
         route, n_routes, names = head.astype(np.int64), 2, ["tail", "head"]
     else:
         route, n_routes, names = stratum.astype(np.int64), Z, [f"stratum {z}" for z in range(Z)]
+    pcfg = _plugin_train_cfg(cfg, seed)
+    candidate = copy.deepcopy(backbone)              # the backbone as it came in, returned if plugins lose
+    device = resolve_device(pcfg.device)
+    backbone_valid = float(evaluate(candidate.to(device), data.to(device), "valid", {"all": groups["all"]},
+                                    ks=(10,), batch_size=pcfg.eval_batch_size).query("metric == 'ndcg'")["value"].iloc[0])
     seed_everything(seed)
     model = RoutedRecommender(backbone, n_routes, torch.as_tensor(route), kind=cfg.plugin_kind,
                               hidden=cfg.plugin_hidden, dropout=cfg.plugin_dropout,
                               freeze_backbone=cfg.freeze_backbone)
-    pcfg = _plugin_train_cfg(cfg, seed)
     hooks = Hooks()
     strata_and_prior = _on_device(stratum, prior, data, pcfg) if cfg.use_aggregation else (None, None)
     hooks.step = _step_fn(*strata_and_prior)
-    result = train_fit(model, data, pcfg, hooks, groups={"all": groups["all"]})
+    plugins = train_fit(model, data, pcfg, hooks, groups={"all": groups["all"]})
+    if plugins.best_valid > backbone_valid:
+        result = plugins
+    else:                                           # the copy predates freezing: flags as they came in
+        result = replace(plugins, model=candidate, best_valid=backbone_valid)
     routes = pd.DataFrame({"route": range(n_routes), "name": names,
                            "users": np.bincount(route, minlength=n_routes),
                            "head users": np.bincount(route, weights=head, minlength=n_routes).astype(int)})
-    return result, {"backbone_metrics": backbone_metrics.assign(stage="backbone"), "routes": routes}
+    return result, plugins, backbone_valid, {"backbone_metrics": backbone_metrics.assign(stage="backbone"), "routes": routes}
+
+
+def plugins_kept(result: MethodResult) -> bool | None:
+    """Whether stage 2 kept the plugins of an intervened run (``None``: the run had no stage 2)."""
+    stages = result.diagnostics.get("stages")
+    if stages is None or "kept" not in stages or not (stages["stage"] == "plugins").any():
+        return None
+    return bool(stages.loc[stages["stage"] == "plugins", "kept"].iloc[0])
+
+
+def stage2_sentence(result: MethodResult) -> str:
+    """One sentence for the notebook: did the plugins beat the backbone alone on validation?"""
+    kept = plugins_kept(result)
+    if kept is None:
+        return f"{result.variant}: no plugin stage."
+    row = result.diagnostics["stages"].set_index("stage").loc["plugins"]
+    b, p = row["backbone_valid_ndcg10"], row["best_valid_ndcg10"]
+    if kept:
+        return f"{result.variant}: plugins kept (validation NDCG@10 {p:.4f} vs the backbone alone {b:.4f})."
+    return (f"{result.variant}: plugins NOT kept -- they never beat the backbone alone on validation "
+            f"(best {p:.4f} vs {b:.4f}), so this run reports the backbone.")
 
 
 def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
@@ -288,7 +329,8 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
     Returns ``MethodResult("intervened", variant, ...)``: ``history`` holds both stages (column
     ``stage``: "backbone" | "plugins"; epochs and steps restart in each stage), ``train`` is the
     last stage's ``TrainResult``, ``diagnostics`` holds ``"strata"`` (per-stratum users,
-    interactions, positions, prior), ``"stages"``, ``"conflict"`` when probed (stage 1), and
+    interactions, positions, prior), ``"stages"`` (with plugins: ``kept``, whether they beat
+    the backbone alone on validation, and ``backbone_valid_ndcg10``), ``"conflict"`` when probed (stage 1), and
     with plugins ``"routes"`` and ``"backbone_metrics"`` (the stage-1 model alone, same layout
     as ``metrics`` plus ``stage="backbone"``: what the plugins add within one run). Stage 2 is
     seeded afresh with ``seed``, so it depends only on the stage-1 backbone, not on how many
@@ -321,9 +363,11 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
     stages = [_stage_row("backbone", result)]
 
     if cfg.use_plugins:
-        result, extra = _plugin_stage(result.model, data, groups, cfg, seed, variant, stratum, prior)
-        history.append(result.history.assign(stage="plugins"))
-        stages.append(_stage_row("plugins", result))
+        result, plugins, backbone_valid, extra = _plugin_stage(result.model, data, groups, cfg, seed,
+                                                               variant, stratum, prior)
+        history.append(plugins.history.assign(stage="plugins"))
+        stages.append({**_stage_row("plugins", plugins), "kept": result is plugins,
+                       "backbone_valid_ndcg10": backbone_valid})
         diagnostics.update(extra)
 
     metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
@@ -445,8 +489,8 @@ def sensitivity(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, base: 
             trained, ranks = "reused", reference.ranks["test"]
         elif reference is not None and same_stage1 and cfg.freeze_backbone:
             stratum, _, prior = _strata_and_prior(data, point_cfg)
-            backbone = copy.deepcopy(reference.model.backbone)
-            result, _ = _plugin_stage(backbone, data, g, point_cfg, seed, variant, stratum, prior)
+            backbone = copy.deepcopy(getattr(reference.model, "backbone", reference.model))
+            result, *_ = _plugin_stage(backbone, data, g, point_cfg, seed, variant, stratum, prior)
             trained, ranks = "plugins", rank_targets(result.model, data, "test")
         else:
             trained, ranks = "both stages", fit(data, g, point_cfg, seed, variant).ranks["test"]
@@ -467,37 +511,32 @@ def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str =
     """The paper's claim in one sentence: tail users improve markedly over the base model and
     head users do at least as well.
 
-    ``table`` is ``methods.summarize`` output. With several seeds a difference counts only when it
-    exceeds the combined 95% half-widths ``sqrt(ci_a**2 + ci_b**2)`` (tail: a gain beyond that;
-    head: no loss beyond that). With one seed there is no interval: any tail gain counts, any head
-    loss counts, and the sentence says that it cannot tell a gain from noise.
+    ``table`` is ``methods.compare`` output for both groups (a paired bootstrap over users), or
+    ``methods.summarize`` output (seed t-intervals; none with one seed), read through
+    ``methods.difference_row``. The tail gain counts only when its 95% interval lies above
+    zero; head users fall below the base model only when theirs lies below zero. Without an
+    interval the sentence says the claim cannot be told from noise.
     """
-    def pick(variant, group):
-        row = summary_row(table, variant, group, metric, k)
-        if row is None:
-            return None
-        ci = float(row["ci95"])
-        return float(row["mean"]), 0.0 if np.isnan(ci) else ci, int(row["n_seeds"])
-
     label = f"{metric.upper()}@{k}"
-    values = {(v, g): pick(v, g) for v in (method, baseline) for g in ("tail", "head")}
-    missing = [f"{v} {g}" for (v, g), x in values.items() if x is None]
+    rows = {g: difference_row(table, method, baseline, g, metric, k) for g in ("tail", "head")}
+    missing = [g for g, r in rows.items() if r is None]
     if missing:
-        return f"No {label} for {', '.join(missing)}: cannot check the claim."
-    parts, failures, noise = [], [], {}
-    for group in ("tail", "head"):
-        (a, ca, _), (b, cb, _) = values[method, group], values[baseline, group]
-        noise[group] = float(np.hypot(ca, cb))
+        return f"No {label} of {method} against {baseline} for {', '.join(missing)}: cannot check the claim."
+    parts, failures, no_interval = [], [], False
+    for group, r in rows.items():
+        a, b, lo, hi = (float(r[c]) for c in ("a", "b", "lo", "hi"))
         rel = f" ({relative_change(a, b)})" if b else ""
-        parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}")
-        if group == "tail" and a - b <= noise["tail"]:
-            failures.append("tail users do not improve" if a <= b else "the tail gain is within the seed noise")
-        if group == "head" and b - a > noise["head"]:
+        if np.isnan(lo) or np.isnan(hi):
+            no_interval = True
+            parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}")
+            continue
+        parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}, difference 95% CI [{lo:+.4f}, {hi:+.4f}]")
+        if group == "tail" and lo <= 0:
+            failures.append("tail users get worse" if hi < 0 else "the tail difference is within the noise")
+        if group == "head" and hi < 0:
             failures.append("head users fall below the base model")
-    seeds = min(x[2] for x in values.values())
-    out = f"{method} vs {baseline}: {', '.join(parts)}. "
-    out += ("The paper's claim holds" if not failures
-            else f"The paper's claim does NOT hold: {' and '.join(failures)}")
-    if seeds < 2:
-        out += " (one seed, no interval: a difference this size may be noise)"
-    return out + "."
+    out = f"{method} vs {baseline}: {'; '.join(parts)}. "
+    if no_interval:
+        return out + "No interval (one seed and no per-user ranks): the claim cannot be told from noise."
+    return out + ("The paper's claim holds." if not failures
+                  else f"The paper's claim does NOT hold: {' and '.join(failures)}.")

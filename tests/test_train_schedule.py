@@ -1,0 +1,30 @@
+"""The learning-rate schedule of the training loop: warm-up and plateau decay."""
+import numpy as np
+import pytest
+
+from seqtransfer import data
+from seqtransfer.methods import baseline
+from seqtransfer.train import TrainConfig, lr_at
+
+pytestmark = pytest.mark.unit
+
+
+def test_warmup_rises_linearly_then_holds_and_scales():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4)
+    assert [lr_at(cfg, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_at(cfg, 1, scale=0.5) == 0.25
+    assert lr_at(TrainConfig(lr=2.0, warmup_steps=0), 0) == 2.0
+
+
+def test_plateau_decay_halves_the_rate_after_each_evaluation_without_improvement(toy_csv):
+    sd = data.build_sequences(data.leave_one_out(data.load(toy_csv, min_user=1, min_item=1)), max_len=6)
+    groups = data.activeness_groups(sd.activeness)
+    # a learning rate so small that validation never improves after the first evaluation
+    cfg = baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs={"dim": 8},
+                                  train=TrainConfig(epochs=4, batch_size=4, lr=1e-12, plateau_factor=0.5,
+                                                    patience=10, progress=False, device="cpu"))
+    h = baseline.fit(sd, groups, cfg, seed=0).history
+    # epoch 0 improves on nothing-yet; epochs 1, 2 do not improve, so epochs 2 and 3 run slower
+    assert np.allclose(h["lr"], [1e-12, 1e-12, 5e-13, 2.5e-13], rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="plateau_factor"):
+        baseline.fit(sd, groups, baseline.BaselineConfig(train=TrainConfig(plateau_factor=0.0)), seed=0)
