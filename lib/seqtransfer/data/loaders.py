@@ -72,6 +72,26 @@ class Interactions:
             table.loc[f"dropped: {step}"] = table.loc[prev] - table.loc[step]
         return table.astype("int64").rename_axis(self.name)
 
+    def how_read(self) -> pd.DataFrame:
+        """How the data was read, in words: the columns used, the time unit, the share of
+        repeat interactions and what happened to them, extra columns kept or ignored."""
+        m = self.meta
+        rows = {}
+        if "columns" in m:
+            rows["columns (user, item, time)"] = ", ".join(m["columns"].values())
+            rows["time"] = m["time"]
+        if "repeat_share" in m:
+            rows["repeat interactions"] = (f"{m['repeat_share']:.2%} of the interactions repeat an "
+                                           "item the user had before; "
+                                           + ("the first of each is kept" if m["dedupe"] else "all are kept"))
+        if "columns" in m:
+            rows["extra columns kept"] = ", ".join(
+                (["rating"] if "rating" in self.inter else []) + [f"{c} (per item)" for c in m["item_columns"]]) or "none"
+            rows["extra columns ignored"] = ", ".join(m["ignored"]) or "none"
+        rows["filter"] = (f"users with < {m.get('min_user')} and items with < {m.get('min_item')} "
+                          "interactions dropped, repeatedly, until none is left")
+        return pd.DataFrame({"value": pd.Series(rows, dtype=object)}).rename_axis(self.name)
+
     def summary(self) -> pd.DataFrame:
         per_user = self.inter.groupby("user").size()
         per_item = self.inter.groupby("item").size()
