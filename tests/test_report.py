@@ -14,7 +14,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from seqtransfer import cli, report
+from seqtransfer import batch, cli, index, report
+from seqtransfer import record as record_module
 
 EXTERNAL_SRC = re.compile(r"""<script\b[^>]*\bsrc\s*=\s*["'](?:https?:)?//""", re.IGNORECASE)
 
@@ -68,7 +69,7 @@ def test_record_builds_rows():
     first = payload["rows"][0]
     assert first == {"notebook": "01_toy", "method": "toy", "dataset": "tiny",
                      "backbone": "sasrec", "seed": 0, "group": "all", "metric": "hr", "k": 5,
-                     "value": 0.1, "n_users": 100}
+                     "value": 0.1, "n_users": 100, "baseline": None}
     assert payload["extra"] == {}
 
 
@@ -103,8 +104,8 @@ def test_rows_with_their_own_method_keep_it_and_count_once_on_the_leaderboard():
 @pytest.mark.unit
 def test_record_display_bundle_is_text_only_and_metadata_has_rows(monkeypatch):
     shown = []
-    monkeypatch.setattr(report, "get_ipython", lambda: object())
-    monkeypatch.setattr(report, "display",
+    monkeypatch.setattr(record_module, "get_ipython", lambda: object())
+    monkeypatch.setattr(record_module, "display",
                         lambda data, raw, metadata: shown.append((data, raw, metadata)))
     payload = report.record(tidy_metrics(), **META)
     (data, raw, metadata), = shown
@@ -222,7 +223,9 @@ def test_write_index_shows_failures_and_best(tmp_path):
     assert "<td class='failed'>failed" in page and "ZeroDivisionError: division by zero" in page
     assert "1 of 2 notebooks ok" in page and "budget <b>smoke</b>" in page
     assert "<td class='num best'>0.3000</td>" in page  # b's NDCG@10 all
-    assert page.count("plotly.js v") == 1 and not EXTERNAL_SRC.search(page)
+    # the figure loads the folder's one plotly.js, written beside the page
+    assert page.count('src="plotly.min.js"') == 1 and "plotly.js v" not in page
+    assert (tmp_path / "plotly.min.js").stat().st_size > 10**6 and not EXTERNAL_SRC.search(page)
 
 
 @pytest.mark.unit
@@ -311,7 +314,7 @@ def test_cli_run_passes_arguments_and_fails_on_failed_notebook(monkeypatch, tmp_
                              {"notebook": "b", "status": "failed", "seconds": 1.0,
                               "error": "boom"}])
 
-    monkeypatch.setattr(report, "run_batch", fake_run_batch)
+    monkeypatch.setattr(batch, "run_batch", fake_run_batch)
     code = cli.main(["run", "--budget", "smoke", "--only", "a", "b", "--out", str(tmp_path),
                      "-p", "seed", "3", "-p", "backbone", "gru4rec", "--jobs", "2"])
     assert code == 1
