@@ -63,9 +63,10 @@ def cell_position(nb, cell_index: int) -> tuple[int, int, str]:
 
 def cell_reporter(events, name: str) -> Callable:
     """The ``on_cell`` callback of notebook ``name``: puts ``(name, "cell", (number, total,
-    section), time)`` on ``events``."""
+    section), time)`` on ``events`` as a code cell starts (papermill also starts markdown cells)."""
     def on_cell(nb, cell_index):
-        events.put((name, "cell", cell_position(nb, cell_index), time.time()))
+        if nb.cells[cell_index].cell_type == "code":
+            events.put((name, "cell", cell_position(nb, cell_index), time.time()))
     return on_cell
 
 
