@@ -165,3 +165,17 @@ def test_bad_parameters_and_files(tmp_path):
         data.load("ml-100k", min_user=0)
     with pytest.raises(DataError, match="has no interactions"):
         data.load(_write(tmp_path, "user,item,timestamp", []))
+
+
+def test_how_read_says_columns_unit_repeats_and_extras(tmp_path):
+    rows = [("a", "x", 1_600_000_000_000, "web"), ("a", "x", 1_600_000_001_000, "app"),
+            ("a", "y", 1_600_000_002_000, "app"), ("b", "y", 1_600_000_003_000, "web")]
+    ds = data.load(_write(tmp_path, "userId,itemId,ts,channel", rows), min_user=1, min_item=1)
+    assert ds.how_read().splitlines() == [
+        "columns (user, item, time): userId, itemId, ts",
+        "time: milliseconds since the epoch (largest value 1.6e+12), converted to seconds",
+        "repeat interactions: 25.00% of the interactions repeat an item the user had before; "
+        "the first of each is kept",
+        "extra columns kept: none",
+        "extra columns ignored: channel",
+        "filter: users with < 1 and items with < 1 interactions dropped, repeatedly, until none is left"]

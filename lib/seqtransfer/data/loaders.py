@@ -72,9 +72,10 @@ class Interactions:
             table.loc[f"dropped: {step}"] = table.loc[prev] - table.loc[step]
         return table.astype("int64").rename_axis(self.name)
 
-    def how_read(self) -> pd.DataFrame:
-        """How the data was read, in words: the columns used, the time unit, the share of
-        repeat interactions and what happened to them, extra columns kept or ignored."""
+    def how_read(self) -> str:
+        """How the data was read, in words, one fact a line: the columns used, the time unit,
+        the share of repeat interactions and what happened to them, extra columns kept or
+        ignored, the filter."""
         m = self.meta
         rows = {}
         if "columns" in m:
@@ -90,7 +91,7 @@ class Interactions:
             rows["extra columns ignored"] = ", ".join(m["ignored"]) or "none"
         rows["filter"] = (f"users with < {m.get('min_user')} and items with < {m.get('min_item')} "
                           "interactions dropped, repeatedly, until none is left")
-        return pd.DataFrame({"value": pd.Series(rows, dtype=object)}).rename_axis(self.name)
+        return "\n".join(f"{k}: {v}" for k, v in rows.items())
 
     def summary(self) -> pd.DataFrame:
         per_user = self.inter.groupby("user").size()
