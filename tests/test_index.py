@@ -88,15 +88,16 @@ def test_index_leads_with_changes_and_verdicts_under_their_notebook(tmp_path):
     changes, board = page.index("What each method changed"), page.index("<h2>Leaderboard")
     assert changes < board < page.index("<h2>Notebooks")
     # negative transfer in red, with its interval; a gain in green
-    assert "<td class='num neg'>-5.0% <span class='ci'>&plusmn; 63.5</span></td>" in page
-    assert "<td class='num pos'>+10.0% <span class='ci'>&plusmn; 0.0</span></td>" in page
+    assert "<td class='num neg'>-5.0%<br><span class='ci'>&plusmn; 63.5</span></td>" in page
+    assert "<td class='num pos'>+10.0%<br><span class='ci'>&plusmn; 0.0</span></td>" in page
     assert "<td class='num pos'>+25.0%</td>" in page
     # each notebook: its line, its rows, then its verdicts; 00_data compared nothing
     section = page[changes:board]
     assert "00_data" not in section
-    order = [section.index(s) for s in ("01_backbones", "baseline:sasrec tail-only",
+    order = [section.index(s) for s in ("01_backbones", "sasrec tail-only<br><span class='ci'>baseline",
                                         "negative transfer.", "02_ga", "04_x",
-                                        "x:sasrec fine-tune", "fine-tune beats from scratch.")]
+                                        "sasrec fine-tune<br><span class='ci'>x</span>",
+                                        "fine-tune beats from scratch.")]
     assert order == sorted(order)
 
 

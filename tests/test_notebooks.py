@@ -183,7 +183,8 @@ def test_backbones_notebook_on_own_csv_through_the_cli(tmp_path):
     _check_method_rows(rows)
     _check_baselines_and_verdicts(rows, _payload(out, "01_backbones"))
     index = (out / "index.html").read_text()
-    assert "baseline:sasrec tail-only" in index and ("does NOT beat" in index or " beats " in index)
+    assert "sasrec tail-only<br><span class='ci'>baseline</span>" in index
+    assert "does NOT beat" in index or " beats " in index
 
 
 def _base_block(name: str) -> list[str]:

@@ -179,6 +179,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.best { background: #e3f4e1; font-weight: bold; }
 td.neg { background: #fdecea; color: #b71c1c; }
 td.pos { color: #1b5e20; }
+td.na { color: #aaa; }
+td.label { white-space: nowrap; }
+table.changes { font-size: .92em; }
 .ci { color: #777; font-size: .85em; }
 .ok { color: #1a7f37; font-weight: bold; }
 .failed, .timeout { color: #c62828; font-weight: bold; }
@@ -252,6 +255,14 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
     return path
 
 
+def _label_html(label: str) -> str:
+    """``"gradient_alignment:sasrec GA"`` -> the variant, with the method small beneath it."""
+    method, _, variant = str(label).partition(":")
+    if not variant:
+        return html.escape(method)
+    return f"{html.escape(variant)}<br><span class='ci'>{html.escape(method)}</span>"
+
+
 def _percent(x: float) -> str:
     """0.0123 -> "+1.2%"; a non-zero change never reads as 0.0% ("-0.004%")."""
     rel = 100 * x
@@ -277,14 +288,14 @@ def _change_table_html(changes: pd.DataFrame, status: pd.DataFrame,
         flag = "" if state.get(nb, "ok") == "ok" else f" <span class='failed'>{html.escape(state[nb])}</span>"
         rows.append(f"<tr class='nb'><th colspan='{width}'>{html.escape(nb)}{link}{flag}</th></tr>")
         for _, r in part.iterrows():
-            cells = [f"<td>{html.escape(str(r['method']))}</td>", f"<td>{html.escape(str(r['baseline']))}</td>",
+            cells = [f"<td class='label'>{_label_html(r['method'])}</td>", f"<td class='label'>{_label_html(r['baseline'])}</td>",
                      f"<td>{html.escape(str(r['dataset']))}</td>", f"<td class='num'>{int(r['seeds'])}</td>"]
             for c in value_cols:
                 v, ci = r[c], r[f"{c} ci95"]
                 if pd.isna(v):
-                    cells.append("<td class='num'></td>")
+                    cells.append("<td class='num na' title='not recorded, or the baseline is 0'>&ndash;</td>")
                     continue
-                text = _percent(v) + ("" if pd.isna(ci) else f" <span class='ci'>&plusmn; {100 * ci:.1f}</span>")
+                text = _percent(v) + ("" if pd.isna(ci) else f"<br><span class='ci'>&plusmn; {100 * ci:.1f}</span>")
                 cls = "num neg" if v < 0 else "num pos" if v > 0 else "num"
                 cells.append(f"<td class='{cls}'>{text}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")

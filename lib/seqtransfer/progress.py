@@ -96,7 +96,7 @@ class Progress:
             from tqdm import tqdm
             self._tqdm = tqdm(total=self.total, desc="notebooks", unit="nb", file=self.file,
                               dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| "
-                                                             "{elapsed} {postfix}")
+                                                             "{elapsed}{postfix}")
         self._thread.start()
         return self
 
