@@ -38,5 +38,13 @@ def test_every_notebook_runs_and_records(smoke_batch):
 def test_reports_draw_their_figures_offline(smoke_batch, chromium_dom):
     out, status = smoke_batch
     for name in ["index", *report.NOTEBOOKS]:
-        dom = chromium_dom(out / f"{name}.html")
+        page = out / f"{name}.html"
+        # the folder's one plotly.js, not an inlined copy
+        assert 'src="plotly.min.js"' in page.read_text() and "plotly.js v" not in page.read_text()
+        dom = chromium_dom(page)
         assert 'class="main-svg"' in dom, f"plotly drew no figure in {name}.html"
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"batch folder {out}: {size / 2**20:.1f} MB")
+    # one 4.6 MB plotly.js; before it was shared every report inlined its own copy twice
+    # (HTML and ipynb), about 40 MB for four notebooks
+    assert size < 12 * 2**20

@@ -49,9 +49,9 @@ def test_leave_one_out_time_order(tmp_path):
 def test_bad_inputs_have_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         data.load("ml-5m")
-    with pytest.raises(DataError, match="lacks the column"):
-        data.load(_csv(tmp_path, ["a,x,1"], header="uid,item,timestamp"))
-    with pytest.raises(DataError, match="non-numeric"):
+    with pytest.raises(DataError, match="no user column"):
+        data.load(_csv(tmp_path, ["a,x,1"], header="person,item,timestamp"))
+    with pytest.raises(DataError, match="neither numbers nor dates"):
         data.load(_csv(tmp_path, ["a,x,yesterday"]))
     with pytest.raises(DataError, match="empty after filtering"):
         data.load(_csv(tmp_path, ["a,x,1", "b,y,2"]), min_user=5)

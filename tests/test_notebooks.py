@@ -94,6 +94,22 @@ def _smoke(name: str, tmp_path: Path, **extra) -> pd.DataFrame:
     return report.read_records(out)
 
 
+def _payload(tmp_path: Path, name: str) -> dict:
+    (payload,) = report.read_payloads(tmp_path / f"{name}.ipynb")
+    return payload
+
+
+def _check_baselines_and_verdicts(rows: pd.DataFrame, payload: dict) -> None:
+    """Every non-joint row is compared with the joint model of its backbone, and the verdict
+    sentences travel with the record."""
+    joint = rows["method"].str.endswith(" joint")
+    assert rows.loc[joint, "baseline"].isna().all()
+    expected = "baseline:" + rows.loc[~joint, "backbone"] + " joint"
+    assert (rows.loc[~joint, "baseline"] == expected).all()
+    assert len(payload["verdicts"]) >= 4
+    assert any("does NOT beat" in v or " beats " in v for v in payload["verdicts"])
+
+
 def _check_ranking_rows(rows: pd.DataFrame) -> None:
     assert rows["value"].between(0, 1).all()
     wide = rows.pivot_table(index=["method", "backbone", "seed", "group", "k"], columns="metric",
@@ -131,6 +147,11 @@ def test_data_notebook_smoke(tmp_path):
     assert value["head", "interaction_share"] > 0.4         # ...holding far more than 20%
     assert value["cold", "user_share"] == pytest.approx(0.1, abs=0.01)  # simulated cold start
     assert value["head", "user_share"] + value["tail", "user_share"] == pytest.approx(1.0)
+    extra = _payload(tmp_path, "00_data")["extra"]
+    # ML-1M: no user rates a film twice; the 5-core drops no user, a few hundred items
+    assert extra["repeat_share"] == 0.0
+    assert extra["counts"]["as read"] == [6040, 3706, 1000209]
+    assert extra["counts"]["5/5-core"][0] == 6040 and extra["counts"]["5/5-core"][1] < 3706
 
 
 @pytest.mark.notebook
@@ -138,6 +159,32 @@ def test_backbones_notebook_smoke(tmp_path):
     rows = _smoke("01_backbones", tmp_path)
     assert set(rows["method"]) == _base_labels()
     _check_method_rows(rows)
+    _check_baselines_and_verdicts(rows, _payload(tmp_path, "01_backbones"))
+
+
+@pytest.mark.notebook
+def test_backbones_notebook_on_own_csv_through_the_cli(tmp_path):
+    """A user's log in the most common naming (user_id,item_id,timestamp; times in
+    milliseconds), passed to the main job with -p dataset and nothing else."""
+    from seqtransfer import cli, data
+
+    ml = data.load("ml-100k")
+    inter = ml.inter.assign(user_id=ml.user_ids[ml.inter["user"]],
+                            item_id=ml.item_ids[ml.inter["item"] - 1],
+                            timestamp=ml.inter["timestamp"] * 1000)
+    csv = tmp_path / "shop_log.csv"
+    inter[["user_id", "item_id", "timestamp", "rating"]].to_csv(csv, index=False)
+    out = tmp_path / "out"
+    code = cli.main(["run", "--budget", "smoke", "--only", "01_backbones", "--out", str(out),
+                     "--device", "cpu", "-p", "dataset", str(csv), "-p", "cache_runs", "False"])
+    assert code == 0, pd.read_csv(out / "status.csv").to_string()
+    rows = pd.read_csv(out / "results.csv")
+    assert set(rows["dataset"]) == {"shop_log"} and set(rows["method"]) == _base_labels()
+    _check_method_rows(rows)
+    _check_baselines_and_verdicts(rows, _payload(out, "01_backbones"))
+    index = (out / "index.html").read_text()
+    assert "sasrec tail-only<br><span class='ci'>baseline</span>" in index
+    assert "does NOT beat" in index or " beats " in index
 
 
 def _base_block(name: str) -> list[str]:
@@ -162,6 +209,7 @@ def test_gradient_alignment_notebook_smoke(tmp_path):
     assert set(rows["method"]) == _base_labels() | {f"gradient_alignment:{b} {v}" for b in ("sasrec", "gru4rec")
                                                     for v in ("+align", "+adv", "GA")}
     _check_method_rows(rows)
+    _check_baselines_and_verdicts(rows, _payload(tmp_path, "02_gradient_alignment"))
 
 
 @pytest.mark.notebook
@@ -172,3 +220,4 @@ def test_intervened_notebook_smoke(tmp_path):
                                                     for b in ("sasrec", "gru4rec") for v in variants}
     assert not rows["method"].str.contains(r"\[").any()          # sensitivity runs are not recorded
     _check_method_rows(rows)
+    _check_baselines_and_verdicts(rows, _payload(tmp_path, "03_intervened_network"))

@@ -14,7 +14,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from seqtransfer import cli, report
+from seqtransfer import batch, cli, index, report
+from seqtransfer import record as record_module
 
 EXTERNAL_SRC = re.compile(r"""<script\b[^>]*\bsrc\s*=\s*["'](?:https?:)?//""", re.IGNORECASE)
 
@@ -49,7 +50,7 @@ RECORD_CELL = """
                             "metric": ["ndcg"] * 3 + ["hr"] * 3, "k": 10,
                             "value": [0.10, 0.20, 0.05, 0.30, 0.40, 0.20]})
     record(metrics, notebook="good", method="toy", dataset="tiny", backbone="sasrec",
-           seed=0, extra={"budget": budget})
+           seed=0, extra={"budget": budget}, verdicts=["The toy verdict."])
 """
 
 
@@ -68,7 +69,7 @@ def test_record_builds_rows():
     first = payload["rows"][0]
     assert first == {"notebook": "01_toy", "method": "toy", "dataset": "tiny",
                      "backbone": "sasrec", "seed": 0, "group": "all", "metric": "hr", "k": 5,
-                     "value": 0.1, "n_users": 100}
+                     "value": 0.1, "n_users": 100, "baseline": None}
     assert payload["extra"] == {}
 
 
@@ -100,11 +101,52 @@ def test_rows_with_their_own_method_keep_it_and_count_once_on_the_leaderboard():
     assert sorted(board["method"]) == ["baseline:joint", "toy:GA"] and set(board["seeds"]) == {1}
 
 
+def two_backbones() -> pd.DataFrame:
+    """Joint and tail-only runs of two backbones, base rows under the method "baseline"."""
+    frames = [tidy_metrics(variant=f"{b} {v}", backbone=b, method="baseline")
+              for b in ("sasrec", "gru4rec") for v in ("joint", "tail-only")]
+    frames.append(tidy_metrics(variant="sasrec GA", backbone="sasrec"))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.unit
+def test_record_carries_each_rows_baseline():
+    payload = report.record(two_backbones(), **{**META, "method": "ga"}, baseline="{backbone} joint")
+    base = {(r["method"]): r["baseline"] for r in payload["rows"]}
+    assert base == {"baseline:sasrec joint": None, "baseline:sasrec tail-only": "baseline:sasrec joint",
+                    "baseline:gru4rec joint": None, "baseline:gru4rec tail-only": "baseline:gru4rec joint",
+                    "ga:sasrec GA": "baseline:sasrec joint"}
+    mapped = report.record(two_backbones(), **{**META, "method": "ga"},
+                           baseline={"sasrec GA": "sasrec tail-only"})
+    base = {(r["method"]): r["baseline"] for r in mapped["rows"]}
+    assert base["ga:sasrec GA"] == "baseline:sasrec tail-only" and base["baseline:sasrec tail-only"] is None
+    assert report.record(two_backbones(), **META)["rows"][0]["baseline"] is None
+    with pytest.raises(ValueError, match="baseline 'sasrec scratch' of variant 'sasrec GA' is not a "
+                                         "recorded variant; recorded: gru4rec joint, "):
+        report.record(two_backbones(), **META, baseline={"sasrec GA": "sasrec scratch"})
+
+
+@pytest.mark.unit
+def test_verdicts_are_said_kept_and_recorded(capsys):
+    say = report.Verdicts()
+    say("sasrec GA beats sasrec joint for tail users.", end="\n\n")
+    say("")
+    say("  Its tail gain came", "without a head loss.")
+    assert capsys.readouterr().out == ("sasrec GA beats sasrec joint for tail users.\n\n\n"
+                                       "  Its tail gain came without a head loss.\n")
+    payload = report.record(tidy_metrics(), **META, verdicts=say)
+    assert payload["verdicts"] == ["sasrec GA beats sasrec joint for tail users.",
+                                   "Its tail gain came without a head loss."]
+    assert report.record(tidy_metrics(), **META)["verdicts"] == []
+    with pytest.raises(TypeError, match="verdicts must be a list of sentences"):
+        report.record(tidy_metrics(), **META, verdicts="one string")
+
+
 @pytest.mark.unit
 def test_record_display_bundle_is_text_only_and_metadata_has_rows(monkeypatch):
     shown = []
-    monkeypatch.setattr(report, "get_ipython", lambda: object())
-    monkeypatch.setattr(report, "display",
+    monkeypatch.setattr(record_module, "get_ipython", lambda: object())
+    monkeypatch.setattr(record_module, "display",
                         lambda data, raw, metadata: shown.append((data, raw, metadata)))
     payload = report.record(tidy_metrics(), **META)
     (data, raw, metadata), = shown
@@ -222,7 +264,9 @@ def test_write_index_shows_failures_and_best(tmp_path):
     assert "<td class='failed'>failed" in page and "ZeroDivisionError: division by zero" in page
     assert "1 of 2 notebooks ok" in page and "budget <b>smoke</b>" in page
     assert "<td class='num best'>0.3000</td>" in page  # b's NDCG@10 all
-    assert page.count("plotly.js v") == 1 and not EXTERNAL_SRC.search(page)
+    # the figure loads the folder's one plotly.js, written beside the page
+    assert page.count('src="plotly.min.js"') == 1 and "plotly.js v" not in page
+    assert (tmp_path / "plotly.min.js").stat().st_size > 10**6 and not EXTERNAL_SRC.search(page)
 
 
 @pytest.mark.unit
@@ -311,7 +355,7 @@ def test_cli_run_passes_arguments_and_fails_on_failed_notebook(monkeypatch, tmp_
                              {"notebook": "b", "status": "failed", "seconds": 1.0,
                               "error": "boom"}])
 
-    monkeypatch.setattr(report, "run_batch", fake_run_batch)
+    monkeypatch.setattr(batch, "run_batch", fake_run_batch)
     code = cli.main(["run", "--budget", "smoke", "--only", "a", "b", "--out", str(tmp_path),
                      "-p", "seed", "3", "-p", "backbone", "gru4rec", "--jobs", "2"])
     assert code == 1
@@ -355,12 +399,19 @@ def toy_notebooks(tmp_path) -> tuple[Path, dict[str, str]]:
     return folder, {"good": "good.ipynb", "bad": "bad.ipynb"}
 
 
-def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch):
+def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch, capfd, caplog):
     folder, notebooks = toy_notebooks
     out = tmp_path / "out"
     monkeypatch.delenv("PLOTLY_RENDERER", raising=False)
+    caplog.set_level("INFO", logger="seqtransfer")
     status = report.run_batch(budget="smoke", out=out, jobs=2, device="cpu",
                               notebooks_dir=folder, notebooks=notebooks, timeout=60)
+    # the kernels' stderr (inherited) carries no warning about unencrypted TCP
+    assert "encryption" not in capfd.readouterr().err
+    # progress from the pool workers, one line per section (these notebooks have none)
+    lines = [r.getMessage() for r in caplog.records if r.name == "seqtransfer.batch"]
+    assert any(re.fullmatch(r"\[\d/2\] good: started", x) for x in lines), lines
+    assert any(re.fullmatch(r"\[\d/2\] bad: failed in [\d.]+ s \(ZeroDivisionError.*", x) for x in lines), lines
     assert "PLOTLY_RENDERER" not in os.environ  # set for the kernels only, then restored
     by_name = status.set_index("notebook")
     assert list(status["notebook"]) == ["good", "bad"]
@@ -385,6 +436,7 @@ def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch):
     index = (out / "index.html").read_text()
     assert "ZeroDivisionError: division by zero" in index and "href='good.html'" in index
     assert "toy" in index and not EXTERNAL_SRC.search(index)
+    assert "<li>The toy verdict.</li>" in index
 
 
 def test_batch_timeout_is_retried_once(tmp_path):
@@ -436,5 +488,14 @@ def test_reports_render_plotly_in_chromium(tmp_path, chromium_dom):
     status = report.run_batch(out=out, notebooks_dir=tmp_path, notebooks={"plot": "plot.ipynb"},
                               budget="smoke", device="cpu", timeout=60)
     assert status["status"].tolist() == ["ok"], status["error"].tolist()
+    # one plotly.js in the folder, referenced by the report and the index, inlined nowhere
+    assert (out / "plotly.min.js").stat().st_size > 10**6
+    for page in (out / "plot.html", out / "index.html", out / "plot.ipynb"):
+        text = page.read_text()
+        assert "plotly.js v" not in text and len(text) < 10**6, page
     for page in (out / "plot.html", out / "index.html"):
+        assert page.read_text().count('src="plotly.min.js"') == 1
         assert 'class="main-svg"' in chromium_dom(page), f"plotly did not draw in {page}"
+    # without the shared file no figure draws: the pages really use it, and only it
+    (out / "plotly.min.js").rename(out / "elsewhere.js")
+    assert 'class="main-svg"' not in chromium_dom(out / "plot.html")

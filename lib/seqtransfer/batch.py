@@ -1,0 +1,387 @@
+"""The batch: papermill runs of the notebooks, their HTML reports, and the nbval references.
+
+``run_batch`` executes notebooks with papermill (in-process or in a process pool), shows
+progress while they run (``seqtransfer.progress``), converts each to an offline HTML report
+sharing one plotly.js (``seqtransfer.pages``) and writes ``results.csv``, ``status.csv`` and
+``index.html`` (``seqtransfer.index``). ``make_nbval_refs`` re-makes the smoke-budget reference
+copies that nbval checks.
+
+papermill and nbconvert are imported inside the functions that use them.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from .budget import BUDGETS as _BUDGET_SETTINGS
+from .index import write_index
+from .pages import notebook_to_html, share_plotlyjs
+from .progress import ENGINE, Progress, cell_reporter, register_engine
+from .record import RESULT_COLUMNS, read_payloads
+
+log = logging.getLogger(__name__)
+
+# The notebooks the batch runs, name (file stem) -> file in notebooks/. One explicit dict, no
+# discovery: a notebook joins the batch when it is added here.
+NOTEBOOKS: dict[str, str] = {
+    "00_data": "00_data.ipynb",
+    "01_backbones": "01_backbones.ipynb",
+    "02_gradient_alignment": "02_gradient_alignment.ipynb",
+    "03_intervened_network": "03_intervened_network.ipynb",
+}
+
+BUDGETS = tuple(_BUDGET_SETTINGS)  # smoke, quick, full: the size switch of every notebook
+DEVICES = ("auto", "cpu", "cuda")
+# Per-cell execution timeout in seconds when none is given. papermill has none by default and
+# a hung cell would stall the batch forever (DESIGN.md, toolchain facts).
+DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 3 * 3600.0, "full": 12 * 3600.0}
+
+STATUS_COLUMNS = ("notebook", "status", "seconds", "attempts", "error", "html")
+# Batch kernels show plotly figures both as JSON (JupyterLab) and as HTML with plotly.js
+# inlined once per notebook, which nbconvert keeps and which works offline.
+BATCH_RENDERER = "plotly_mimetype+notebook"
+# Reference copies for nbval keep plotly's JSON only: no 5 MB of plotly.js in tests/.
+REFERENCE_RENDERER = "plotly_mimetype"
+REFERENCE_PARAMETERS = {"budget": "smoke", "device": "cpu", "interactive": False, "cache_runs": False}
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class BatchError(ValueError):
+    """Bad arguments to the batch runner (unknown notebook, budget, device, ...)."""
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing notebooks
+# ---------------------------------------------------------------------------------------------
+
+
+def _project_path(*parts: str) -> Path:
+    """``parts`` under the source checkout when installed editable, else under the cwd."""
+    if (_PROJECT_ROOT / "pyproject.toml").exists():
+        return _PROJECT_ROOT.joinpath(*parts)
+    return Path(*parts)
+
+
+def resolve_notebooks(names: Sequence[str] | None = None,
+                      notebooks: Mapping[str, str | Path] | None = None,
+                      notebooks_dir: str | Path | None = None) -> dict[str, Path]:
+    """The notebooks to run, name -> existing source path.
+
+    Args:
+        names: which names to run (``None``: all, in the mapping's order).
+        notebooks: name -> file, relative to ``notebooks_dir`` or absolute (default
+            ``NOTEBOOKS``).
+        notebooks_dir: folder of the notebooks (default ``notebooks/`` of the checkout).
+
+    Raises:
+        BatchError: an unknown name (the message lists the known ones) or a missing file.
+    """
+    notebooks = NOTEBOOKS if notebooks is None else notebooks
+    folder = Path(notebooks_dir) if notebooks_dir is not None else _project_path("notebooks")
+    names = list(notebooks) if names is None else list(names)
+    if not names:
+        raise BatchError("no notebooks selected")
+    unknown = [n for n in names if n not in notebooks]
+    if unknown:
+        raise BatchError(f"unknown notebook(s) {', '.join(unknown)}; "
+                         f"known notebooks are {', '.join(notebooks)}")
+    selected = {n: folder / notebooks[n] for n in dict.fromkeys(names)}
+    absent = [str(p) for p in selected.values() if not p.exists()]
+    if absent:
+        raise BatchError(f"notebook file(s) not found: {', '.join(absent)}")
+    return selected
+
+
+# ---------------------------------------------------------------------------------------------
+# Executing one notebook (runs in the batch process or in a pool worker)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    name: str
+    src: Path
+    out_dir: Path
+    parameters: dict
+    timeout: float
+    events: object = None         # queue for progress events (see seqtransfer.progress)
+
+
+@contextmanager
+def _kernel_env(**values: str) -> Iterator[None]:
+    """Set environment variables for the kernels started inside the block, then restore.
+
+    Kernels inherit the environment of the process that launches them and papermill offers
+    no per-kernel environment, so the runner sets its own for the duration of the run.
+    """
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# The kernel logs only errors: at its default level it warns on every start that it runs over
+# TCP without encryption, which is true of every local Jupyter kernel and means nothing here.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+
+def _execute(src: Path, dst: Path, parameters: dict, timeout: float,
+             on_cell=None) -> tuple[str, str]:
+    """Run ``src`` into ``dst`` with papermill; return (status, error), status ok/failed/timeout.
+    ``on_cell(nb, cell_index)`` is called as each cell starts."""
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError
+
+    register_engine()
+    try:
+        pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
+                            cwd=str(src.parent), execution_timeout=timeout,
+                            progress_bar=False, log_output=False, engine_name=ENGINE,
+                            on_cell=on_cell, extra_arguments=KERNEL_ARGUMENTS)
+    except pm.PapermillExecutionError as err:
+        first_line = (err.source or "").strip().splitlines()[:1]
+        # the prompt number, as the HTML report shows it beside the cell
+        where = f"In [{err.exec_count}]" + (f": {first_line[0]}" if first_line else "")
+        return "failed", f"{err.ename}: {err.evalue} ({where})"
+    except CellTimeoutError:
+        return "timeout", f"a cell ran longer than the {timeout:g} s per-cell timeout"
+    except Exception as err:  # a dead kernel, a bad notebook file, ...: the batch goes on
+        return "failed", f"{type(err).__name__}: {err}"
+    return "ok", ""
+
+
+def _run_one(job: _Job) -> dict:
+    """Execute one notebook (retrying once after a timeout), let it share the folder's plotly.js
+    and convert it to HTML; report start, cells and end on ``job.events``."""
+    ipynb = job.out_dir / f"{job.name}.ipynb"
+    html_path = job.out_dir / f"{job.name}.html"
+    for stale in (ipynb, html_path):  # never report a previous run's output as this one's
+        stale.unlink(missing_ok=True)
+    start = time.perf_counter()
+    on_cell = None
+    if job.events is not None:
+        job.events.put((job.name, "start", None, time.time()))
+        on_cell = cell_reporter(job.events, job.name)
+    for attempts in (1, 2):
+        status, error = _execute(job.src, ipynb, job.parameters, job.timeout, on_cell)
+        if status != "timeout":
+            break
+    html_name = ""
+    if ipynb.exists():
+        try:
+            share_plotlyjs(ipynb)
+            notebook_to_html(ipynb, html_path)
+            html_name = html_path.name
+        except Exception as err:  # a report that cannot be rendered must not stop the batch
+            error = f"{error}; HTML conversion failed: {type(err).__name__}: {err}".lstrip("; ")
+    row = {"notebook": job.name, "status": status,
+           "seconds": round(time.perf_counter() - start, 1), "attempts": attempts,
+           "error": error, "html": html_name}
+    if job.events is not None:
+        job.events.put((job.name, "end", row, time.time()))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch
+# ---------------------------------------------------------------------------------------------
+
+
+def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
+              out: str | Path | None = None, jobs: int = 1, params: Mapping | None = None,
+              device: str = "auto", timeout: float | None = None,
+              notebooks_dir: str | Path | None = None,
+              notebooks: Mapping[str, str | Path] | None = None,
+              bar: bool | None = None) -> pd.DataFrame:
+    """Execute notebooks with papermill and write their HTML reports, results and an index.
+
+    Every notebook gets the parameters ``budget``, ``device``, ``interactive=False`` and
+    ``params``; its kernel runs in the notebook's folder with plotly's renderer set to
+    ``BATCH_RENDERER``. A notebook that fails is recorded with its error and the batch goes
+    on; one that times out is retried once. While they run, progress goes to stderr: a bar
+    over the notebooks with each running notebook's cell, section and elapsed time on a
+    terminal, else log lines of the ``seqtransfer.batch`` logger (``seqtransfer.progress``).
+    The reports and the index share one ``plotly.min.js`` in ``out``.
+
+    Args:
+        names: notebook names to run (``None``: all of ``notebooks``).
+        budget: the size switch of every notebook, one of ``BUDGETS``.
+        out: output folder (default ``reports/latest`` of the checkout); it receives
+            ``<name>.ipynb``, ``<name>.html``, ``results.csv``, ``status.csv``, ``index.html``.
+        jobs: notebooks run at once; above 1 they run in a process pool.
+        params: further notebook parameters (not budget, device or interactive).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``, passed to the notebooks.
+        timeout: per-cell timeout in seconds (default ``DEFAULT_TIMEOUTS[budget]``).
+        notebooks_dir: folder of the notebooks (default ``notebooks/`` of the checkout).
+        notebooks: name -> file mapping (default ``NOTEBOOKS``).
+        bar: draw a progress bar (``None``: when stderr is a terminal) or log lines.
+
+    Returns:
+        The status table (``STATUS_COLUMNS``), one row per notebook, also in ``status.csv``.
+
+    Raises:
+        BatchError: bad arguments, before anything runs.
+    """
+    parameters = _batch_parameters(budget, device, params)
+    selected = resolve_notebooks(names, notebooks, notebooks_dir)
+    if jobs < 1:
+        raise BatchError(f"jobs must be at least 1, got {jobs}")
+    timeout = DEFAULT_TIMEOUTS[budget] if timeout is None else float(timeout)
+    if timeout <= 0:
+        raise BatchError(f"timeout must be positive, got {timeout:g}")
+    out = Path(out) if out is not None else _project_path("reports", "latest")
+    out.mkdir(parents=True, exist_ok=True)
+
+    started = datetime.now().astimezone()
+    todo = [_Job(name, src, out, parameters, timeout) for name, src in selected.items()]
+    with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER):
+        done = _run_jobs(todo, jobs, bar)
+    status = pd.DataFrame([done[job.name] for job in todo], columns=list(STATUS_COLUMNS))
+    status.to_csv(out / "status.csv", index=False)
+
+    results = collect_results(out, list(selected))
+    results.to_csv(out / "results.csv", index=False)
+    write_index(out, status, results, verdicts=collect_verdicts(out, list(selected)), info={
+        "budget": budget, "device": device,
+        "started": started.strftime("%Y-%m-%d %H:%M %Z"),
+        "took": f"{(datetime.now().astimezone() - started).total_seconds():.0f} s",
+        "jobs": str(jobs), "per-cell timeout": f"{timeout:g} s",
+        **({"params": ", ".join(f"{k}={v!r}" for k, v in params.items())} if params else {}),
+    })
+    return status
+
+
+def _batch_parameters(budget: str, device: str, params: Mapping | None) -> dict:
+    if budget not in BUDGETS:
+        raise BatchError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if device not in DEVICES:
+        raise BatchError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    params = dict(params or {})
+    clash = sorted(set(params) & {"budget", "device", "interactive"})
+    if clash:
+        raise BatchError(f"params may not set {', '.join(clash)}: use the budget/device "
+                         "arguments; batch runs are never interactive")
+    return {"budget": budget, "device": device, "interactive": False, **params}
+
+
+def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None) -> dict[str, dict]:
+    """Run the jobs in-process (``jobs == 1``) or in a pool, drawing their progress; return
+    name -> status row."""
+    done = {}
+    if jobs == 1:
+        events = queue.Queue()
+        with Progress(len(todo), events, bar=bar):
+            for job in todo:
+                row = _run_one(replace(job, events=events))
+                done[row["notebook"]] = row
+        return done
+    # spawn, not fork: the parent may hold threads (zmq, pytest) that fork would copy half-way
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        events = manager.Queue()   # a proxy that pool workers can put on
+        with Progress(len(todo), events, bar=bar), \
+                ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context) as pool:
+            futures = [pool.submit(_run_one, replace(job, events=events)) for job in todo]
+            for future in as_completed(futures):
+                row = future.result()
+                done[row["notebook"]] = row
+    return done
+
+
+def collect_results(out: str | Path, names: Sequence[str]) -> pd.DataFrame:
+    """Concatenated records (``RESULT_COLUMNS``) of the executed ``out/<name>.ipynb`` files.
+
+    A notebook that failed after recording still contributes what it recorded.
+    """
+    frames = [pd.DataFrame([r for p in read_payloads(path) for r in p["rows"]], columns=list(RESULT_COLUMNS))
+              for path in (Path(out) / f"{n}.ipynb" for n in names) if path.exists()]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def collect_verdicts(out: str | Path, names: Sequence[str]) -> dict[str, list[str]]:
+    """Notebook name -> the verdict sentences its records carry (executed ``out/<name>.ipynb``)."""
+    return {n: [v for p in read_payloads(path) for v in p["verdicts"]]
+            for n, path in ((n, Path(out) / f"{n}.ipynb") for n in names) if path.exists()}
+
+
+# ---------------------------------------------------------------------------------------------
+# nbval reference copies
+# ---------------------------------------------------------------------------------------------
+
+
+def make_nbval_refs(names: Sequence[str] | None = None, dest: str | Path | None = None, *,
+                    notebooks: Mapping[str, str | Path] | None = None,
+                    notebooks_dir: str | Path | None = None,
+                    timeout: float | None = None) -> list[Path]:
+    """Re-make the nbval reference copies: each notebook executed at the smoke budget on CPU.
+
+    The copies keep their outputs (nbval compares against them) and the papermill-injected
+    parameters cell (so nbval's re-run is a smoke run too). Volatile metadata is stripped so
+    that re-making them gives small diffs: per-cell ``papermill`` and ``execution`` timings,
+    papermill's notebook-level paths and times (its parameters stay) and widget state; the
+    injected cell gets a fixed id.
+
+    Args:
+        names: notebooks to run (``None``: all of ``notebooks``).
+        dest: folder of the copies (default ``tests/notebooks`` of the checkout).
+        notebooks, notebooks_dir: as for ``run_batch``.
+        timeout: per-cell timeout in seconds (default ``DEFAULT_TIMEOUTS["smoke"]``).
+
+    Returns:
+        The written paths.
+
+    Raises:
+        RuntimeError: a notebook failed or timed out (its partial copy is left in ``dest``).
+    """
+    selected = resolve_notebooks(names, notebooks, notebooks_dir)
+    dest = Path(dest) if dest is not None else _project_path("tests", "notebooks")
+    dest.mkdir(parents=True, exist_ok=True)
+    timeout = DEFAULT_TIMEOUTS["smoke"] if timeout is None else float(timeout)
+    written = []
+    with _kernel_env(PLOTLY_RENDERER=REFERENCE_RENDERER):
+        for name, src in selected.items():
+            target = dest / f"{name}.ipynb"
+            status, error = _execute(src, target, REFERENCE_PARAMETERS, timeout)
+            if status != "ok":
+                raise RuntimeError(f"{name} {status}: {error}; partial copy in {target}")
+            strip_volatile_metadata(target)
+            written.append(target)
+    return written
+
+
+def strip_volatile_metadata(ipynb: str | Path) -> None:
+    """Remove timings, paths and widget state from an executed notebook, in place."""
+    nb = nbformat.read(str(ipynb), as_version=4)
+    pm_meta = nb.metadata.pop("papermill", {})
+    if "parameters" in pm_meta:
+        nb.metadata["papermill"] = {"parameters": pm_meta["parameters"]}
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill draws a random id on every run
+    nbformat.write(nb, str(ipynb))

@@ -1,0 +1,163 @@
+"""Progress of a running batch: a bar over the notebooks and, for each running notebook, its
+current cell, section and elapsed time.
+
+Notebooks report through papermill's own hook: ``ENGINE`` is papermill's nbclient engine with a
+callback at the start of every cell (``NotebookExecutionManager.cell_start``). Each callback puts
+a small event on a queue (a ``multiprocessing`` manager queue when notebooks run in a process
+pool), and a ``Progress`` thread in the batch process draws them: a tqdm bar with one entry per
+running notebook on a terminal, else one log line per notebook section, so a log file gets a
+few lines per notebook rather than a bar redrawn every second.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("seqtransfer.batch")
+
+ENGINE = "seqtransfer"   # papermill engine name registered by ``register_engine``
+
+
+def register_engine() -> None:
+    """Register ``ENGINE`` with papermill (idempotent; needed once per process)."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class _ReportingEngine(NBClientEngine):
+        """nbclient's engine that also calls ``on_cell(nb, cell_index)`` as each cell starts."""
+
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, on_cell: Callable | None = None,
+                                     **kwargs):
+            if on_cell is not None:
+                start = nb_man.cell_start
+
+                def cell_start(cell, cell_index=None, **kw):
+                    on_cell(nb_man.nb, cell_index)
+                    return start(cell, cell_index, **kw)
+
+                nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(ENGINE, _ReportingEngine)
+
+
+def cell_position(nb, cell_index: int) -> tuple[int, int, str]:
+    """(1-based number of the code cell at ``cell_index``, code cells in all, section): the
+    section is the last ``##`` (or deeper) heading of a markdown cell above it, "setup" before
+    the first one."""
+    cells = nb.cells
+    code = [i for i, c in enumerate(cells) if c.cell_type == "code"]
+    number = sum(1 for i in code if i <= cell_index)
+    section = "setup"
+    for cell in cells[:cell_index]:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("##"):
+                    section = line.lstrip("#").strip()
+    return number, len(code), section
+
+
+def cell_reporter(events, name: str) -> Callable:
+    """The ``on_cell`` callback of notebook ``name``: puts ``(name, "cell", (number, total,
+    section), time)`` on ``events`` as a code cell starts (papermill also starts markdown cells)."""
+    def on_cell(nb, cell_index):
+        if nb.cells[cell_index].cell_type == "code":
+            events.put((name, "cell", cell_position(nb, cell_index), time.time()))
+    return on_cell
+
+
+class Progress:
+    """Draws batch events until closed: ``(name, "start" | "cell" | "end", payload, time)``.
+
+    Args:
+        total: notebooks in the batch.
+        events: the queue the notebooks report to.
+        bar: a tqdm bar (a terminal) or log lines (``None``: a bar when ``file`` is a terminal).
+        file: where the bar goes (default ``sys.stderr``).
+        tick: seconds between redraws of the elapsed times.
+    """
+
+    def __init__(self, total: int, events, bar: bool | None = None, file=None, tick: float = 1.0):
+        self.total, self.events, self.tick = total, events, tick
+        self.file = file if file is not None else sys.stderr
+        self.bar = bool(getattr(self.file, "isatty", lambda: False)()) if bar is None else bar
+        self.running: dict[str, dict] = {}   # name -> {"t0", "number", "cells", "section"}
+        self.done = 0
+        self._tqdm = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "Progress":
+        if self.bar:
+            from tqdm import tqdm
+            self._tqdm = tqdm(total=self.total, desc="notebooks", unit="nb", file=self.file,
+                              dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| "
+                                                             "{elapsed}{postfix}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._drain()
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._handle(self.events.get(timeout=self.tick))
+            except queue.Empty:
+                pass
+            except (EOFError, BrokenPipeError, ConnectionError):   # the manager went away
+                return
+            self._draw()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._handle(self.events.get_nowait())
+            except (queue.Empty, EOFError, BrokenPipeError, ConnectionError):
+                return
+
+    def _handle(self, event) -> None:
+        name, kind, payload, when = event
+        if kind == "start":
+            self.running[name] = {"t0": when, "number": 0, "cells": 0, "section": "starting"}
+            self._line(f"[{self.done}/{self.total}] {name}: started")
+        elif kind == "cell" and name in self.running:
+            state = self.running[name]
+            number, cells, section = payload
+            if section != state["section"] and not self.bar:
+                self._line(f"[{self.done}/{self.total}] {name}: {section} (cell {number}/{cells}, "
+                           f"{when - state['t0']:.0f} s)")
+            state.update(number=number, cells=cells, section=section)
+        elif kind == "end":
+            self.running.pop(name, None)
+            self.done += 1
+            row = payload
+            self._line(f"[{self.done}/{self.total}] {name}: {row['status']} in {row['seconds']:.1f} s"
+                       + (f" ({row['error']})" if row["error"] else ""))
+            if self._tqdm is not None:
+                self._tqdm.update(1)
+
+    def describe(self, now: float | None = None) -> str:
+        """One entry per running notebook: ``name cell 7/18 · section · 35 s``."""
+        now = time.time() if now is None else now
+        return " | ".join(
+            f"{name} " + (f"cell {s['number']}/{s['cells']} · {s['section']} · " if s["cells"] else "")
+            + f"{now - s['t0']:.0f} s" for name, s in self.running.items())
+
+    def _draw(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.set_postfix_str(self.describe(), refresh=True)
+
+    def _line(self, text: str) -> None:
+        if self._tqdm is not None:
+            self._tqdm.write(text, file=self.file)
+        else:
+            log.info(text)
