@@ -96,6 +96,9 @@ def training_curves(history: pd.DataFrame, title: str = "Training curves") -> go
             fig.add_scatter(x=v["epoch"] + 1, y=v["valid_ndcg10"], name=variant, legendgroup=variant,
                             showlegend=False, line=dict(color=color), mode="lines+markers", row=1, col=2)
     fig.update_xaxes(title="epoch")
+    top = h["valid_ndcg10"].max() if "valid_ndcg10" in h else np.nan
+    if np.isfinite(top) and top > 0:  # NDCG from zero; one evaluation would get plotly's +-1
+        fig.update_yaxes(range=[0, 1.1 * top], row=1, col=2)
     return fig.update_layout(title=title, template="plotly_white", height=380)
 
 
@@ -124,8 +127,10 @@ def conflict_heatmap(conflict: pd.DataFrame, title: str = "Head vs tail gradient
         fig.add_heatmap(z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), zmin=-1, zmax=1,
                         colorscale="RdBu", showscale=i == len(variants), colorbar=dict(title="cosine"),
                         hovertemplate="step %{x}<br>%{y}: %{z:.3f}<extra>" + v + "</extra>", row=1, col=i)
-        fig.update_xaxes(title="training step", row=1, col=i)
-        fig.update_yaxes(type="category", autorange="reversed", row=1, col=i)
+        # few probes: ticks at the probed steps only (one step would get ticks at -0.4 ... 0.4)
+        fig.update_xaxes(title="training step", row=1, col=i,
+                         tickvals=list(grid.columns) if grid.shape[1] <= 10 else None)
+        fig.update_yaxes(type="category", autorange="reversed", row=1, col=i)  # first layer on top
     return fig.update_layout(title=title, template="plotly_white", height=360)
 
 
@@ -209,7 +214,7 @@ def strata_bars(table: pd.DataFrame, title: str = "Activeness strata and their w
 
     ``table`` is ``methods.intervened.describe_strata`` (or a run's ``"strata"`` diagnostic):
     columns stratum, min/max activeness, share of users, positions, prior."""
-    labels = [f"{z} ({lo:.0f}-{hi:.0f})" for z, lo, hi in
+    labels = [f"{z} (empty)" if pd.isna(lo) else f"{z} ({lo:.0f}-{hi:.0f})" for z, lo, hi in
               zip(table["stratum"], table["min activeness"], table["max activeness"])]
     positions = table["positions"] / max(1, table["positions"].sum())
     fig = go.Figure()

@@ -507,6 +507,11 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
 
     results = collect_results(out, list(selected))
     results.to_csv(out / "results.csv", index=False)
+    # -- issue 17: every figure checked in headless chromium, PNGs in out/figures/ (browser.py);
+    # one log line and nothing else where playwright or chromium is missing
+    from .browser import capture_batch
+    capture_batch(out, list(selected))
+    # -- end issue 17
     write_index(out, status, results, info={
         "budget": budget, "device": device,
         "started": started.strftime("%Y-%m-%d %H:%M %Z"),
@@ -675,6 +680,8 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
     else:
         body += [_leaderboard_table(board), _leaderboard_figure(board).to_html(
             include_plotlyjs=True, full_html=False, config={"displaylogo": False})]
+    from .browser import gallery_html  # issue 17: the figures' PNGs, "" when none were captured
+    body.append(gallery_html(out))
     body.append("<p>Raw data: <a href='results.csv'>results.csv</a>, "
                 "<a href='status.csv'>status.csv</a>.</p>")
     page = ("<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
