@@ -288,7 +288,7 @@ def gallery_html(out: str | Path) -> str:
         name = html.escape(Path(c["page"]).stem)
         parts.append(f"<h3><a href='{html.escape(c['page'])}'>{name}</a></h3>")
         if c["problems"]:
-            parts.append("<ul class='bad'>" + "".join(f"<li>{html.escape(p)}</li>" for p in c["problems"])
+            parts.append("<ul class='bad' style='color:#c62828'>" + "".join(f"<li>{html.escape(p)}</li>" for p in c["problems"])
                          + "</ul>")
         thumbs = [f"<a href='{FIGURES_DIR}/{html.escape(f['png'])}'><img src='{FIGURES_DIR}/"
                   f"{html.escape(f['png'])}' alt='{html.escape(f['title'] or name)}' "

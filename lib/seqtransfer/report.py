@@ -754,7 +754,8 @@ def _leaderboard_figure(board: pd.DataFrame, k: int = 10,
                 error_y={"type": "data", "array": board[f"{name} ci95"], "visible": True}),
                 row=1, col=col)
     fig.update_layout(barmode="group", height=480, template="plotly_white",
-                      legend_title_text="users", margin={"t": 60, "b": 40})
+                      legend_title_text="users", margin={"t": 60, "b": 40},
+                      title=f"Test NDCG@{k} and HR@{k} by user group")  # issue 17: every figure has a title
     return fig
 
 
