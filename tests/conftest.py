@@ -54,3 +54,16 @@ def chromium_dom(tmp_path_factory):
         return proc.stdout
 
     return dom
+
+
+@pytest.fixture
+def browser_ready():
+    """Skips a test when playwright or chromium is missing (``seqtransfer.browser``), unless
+    SEQTRANSFER_REQUIRE_BROWSER=1 makes that a failure; checked before the test body runs."""
+    from seqtransfer.browser import browser_missing
+
+    reason = browser_missing()
+    if reason is not None:
+        if os.environ.get("SEQTRANSFER_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " and SEQTRANSFER_REQUIRE_BROWSER=1")
+        pytest.skip(reason + "; set SEQTRANSFER_REQUIRE_BROWSER=1 to fail instead")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from seqtransfer import report
+from seqtransfer.browser import FIGURES_DIR, check_page, chromium, read_checks
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +36,29 @@ def test_every_notebook_runs_and_records(smoke_batch):
 
 
 @pytest.mark.browser
-def test_reports_draw_their_figures_offline(smoke_batch, chromium_dom):
+def test_reports_draw_their_figures_offline(smoke_batch, browser_ready):
+    """Every figure of every report passed the browser check (seqtransfer.browser) while the
+    batch ran, left a PNG, and shows in the index's gallery; the index itself draws too."""
     out, status = smoke_batch
     for name in ["index", *report.NOTEBOOKS]:
         page = out / f"{name}.html"
         # the folder's one plotly.js, not an inlined copy
         assert 'src="plotly.min.js"' in page.read_text() and "plotly.js v" not in page.read_text()
-        dom = chromium_dom(page)
-        assert 'class="main-svg"' in dom, f"plotly drew no figure in {name}.html"
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"batch folder {out}: {size / 2**20:.1f} MB")
-    # one 4.6 MB plotly.js; before it was shared every report inlined its own copy twice
-    # (HTML and ipynb), about 40 MB for four notebooks
-    assert size < 12 * 2**20
+    # one 4.6 MB plotly.js and the figure PNGs; before it was shared every report inlined its own
+    # copy twice (HTML and ipynb), about 40 MB for four notebooks
+    assert size < 16 * 2**20
+    checks = read_checks(out)
+    assert [c["page"] for c in checks] == [f"{name}.html" for name in report.NOTEBOOKS]
+    problems = [p for c in checks for p in c["problems"]]
+    assert not problems, "\n".join(problems)
+    index = (out / "index.html").read_text()
+    for c in checks:
+        assert c["figures"], f"{c['page']} has no figure"
+        for fig in c["figures"]:
+            assert (out / FIGURES_DIR / fig["png"]).stat().st_size > 5000
+            assert f"src='{FIGURES_DIR}/{fig['png']}'" in index
+    with chromium() as browser:
+        page = check_page(browser, out / "index.html")
+    assert page.figures and not page.problems, page.problems

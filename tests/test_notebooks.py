@@ -137,10 +137,21 @@ def _check_method_rows(rows: pd.DataFrame) -> None:
     assert users["head"] + users["tail"] == users["all"] == 300   # the smoke budget's sample
 
 
+# Every notebook runs at the smoke budget on each built-in dataset (ml-100k is no cheaper: the
+# smoke budget samples 300 users of either).
+DATASETS = ("ml-1m", "ml-100k")
+
+
 @pytest.mark.notebook
-def test_data_notebook_smoke(tmp_path):
-    rows = _smoke("00_data", tmp_path)
-    assert set(rows["method"]) == {"data"}
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_data_notebook_smoke(tmp_path, dataset):
+    rows = _smoke("00_data", tmp_path, dataset=dataset)
+    assert set(rows["method"]) == {"data"} and set(rows["dataset"]) == {dataset}
+    # target_dataset defaults to ml-100k: with that as the source, the other one is the target
+    said = "".join(o.get("text", "") for c in _read(tmp_path / "00_data.ipynb").cells
+                   if c.cell_type == "code" for o in c.outputs)
+    switched = "target_dataset 'ml-100k' is the source itself; using 'ml-1m' as the target."
+    assert (switched in said) == (dataset == "ml-100k")
     value = rows.set_index(["group", "metric"])["value"]
     assert 0.2 < value["all", "gini"] < 0.9                 # MovieLens activeness is unequal
     assert abs(value["head", "user_share"] - 0.2) < 0.05    # top 20% by activeness
@@ -155,8 +166,10 @@ def test_data_notebook_smoke(tmp_path):
 
 
 @pytest.mark.notebook
-def test_backbones_notebook_smoke(tmp_path):
-    rows = _smoke("01_backbones", tmp_path)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_backbones_notebook_smoke(tmp_path, dataset):
+    rows = _smoke("01_backbones", tmp_path, dataset=dataset)
+    assert set(rows["dataset"]) == {dataset}
     assert set(rows["method"]) == _base_labels()
     _check_method_rows(rows)
     _check_baselines_and_verdicts(rows, _payload(tmp_path, "01_backbones"))
@@ -204,8 +217,10 @@ def test_method_notebook_shares_the_base_runs_of_notebook_01(name):
 
 
 @pytest.mark.notebook
-def test_gradient_alignment_notebook_smoke(tmp_path):
-    rows = _smoke("02_gradient_alignment", tmp_path)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_gradient_alignment_notebook_smoke(tmp_path, dataset):
+    rows = _smoke("02_gradient_alignment", tmp_path, dataset=dataset)
+    assert set(rows["dataset"]) == {dataset}
     assert set(rows["method"]) == _base_labels() | {f"gradient_alignment:{b} {v}" for b in ("sasrec", "gru4rec")
                                                     for v in ("+align", "+adv", "GA")}
     _check_method_rows(rows)
@@ -213,8 +228,10 @@ def test_gradient_alignment_notebook_smoke(tmp_path):
 
 
 @pytest.mark.notebook
-def test_intervened_notebook_smoke(tmp_path):
-    rows = _smoke("03_intervened_network", tmp_path)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_intervened_notebook_smoke(tmp_path, dataset):
+    rows = _smoke("03_intervened_network", tmp_path, dataset=dataset)
+    assert set(rows["dataset"]) == {dataset}
     variants = ("aggregation", "plugins", "aggregation+plugins")
     assert set(rows["method"]) == _base_labels() | {f"intervened:{b} intervened ({v})"
                                                     for b in ("sasrec", "gru4rec") for v in variants}

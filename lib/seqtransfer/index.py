@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .browser import gallery_html
 from .stats import ci95
 from .pages import PLOTLYJS, write_plotlyjs
 from .record import _present
@@ -234,6 +235,7 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
         write_plotlyjs(out)
         body += [_leaderboard_table(board), _leaderboard_figure(board).to_html(
             include_plotlyjs=PLOTLYJS, full_html=False, config={"displaylogo": False})]
+    body.append(gallery_html(out))   # each notebook's figures as PNGs ("" when none were captured)
     body += ["<h2>Notebooks</h2>", _status_table(status),
              "<p>Raw data: <a href='results.csv'>results.csv</a>, "
              "<a href='status.csv'>status.csv</a>.</p>"]
@@ -368,5 +370,6 @@ def _leaderboard_figure(board: pd.DataFrame, k: int = 10,
     fig.update_layout(barmode="group", height=110 + 18 * len(groups) * len(labels),
                       template="plotly_white", legend={"orientation": "h", "y": 1.08, "x": 0,
                                                        "title": {"text": "users"}},
-                      margin={"t": 90, "b": 40, "l": 10, "r": 10})
+                      margin={"t": 90, "b": 40, "l": 10, "r": 10},
+                      title=f"Test NDCG@{k} and HR@{k} by user group")
     return fig

@@ -25,8 +25,14 @@ def activeness_histogram(activeness: np.ndarray, head_threshold: float | None = 
                                marker=dict(color=GROUP_COLORS["all"]), name="users",
                                hovertemplate="activeness ~%{x:.0f}: %{y} users<extra></extra>"))
     if head_threshold is not None:
-        fig.add_vline(x=max(head_threshold, 1), line_dash="dash", line_color=GROUP_COLORS["head"],
-                      annotation_text=f"head: > {head_threshold:.0f}", annotation_position="top right")
+        cut = max(float(head_threshold), 1.0)
+        # On a log axis plotly.js reads a shape's x in data units but an annotation's x in log10
+        # units, and add_vline(annotation_text=...) passes the same x to both: the label landed at
+        # 10^threshold and stretched the axis to 10^150 and beyond. Hence the label on its own.
+        fig.add_vline(x=cut, line_dash="dash", line_color=GROUP_COLORS["head"])
+        fig.add_annotation(x=np.log10(cut), xref="x", y=1, yref="y domain", xanchor="left",
+                           yanchor="top", showarrow=False, text=f"head: > {head_threshold:.0f}",
+                           font=dict(color=GROUP_COLORS["head"]))
     fig.update_xaxes(type="log", title="training interactions per user (log)")
     fig.update_yaxes(type="log", title="users (log)")
     return fig.update_layout(title=title, template="plotly_white", height=380)
@@ -90,6 +96,9 @@ def training_curves(history: pd.DataFrame, title: str = "Training curves") -> go
             fig.add_scatter(x=v["epoch"] + 1, y=v["valid_ndcg10"], name=variant, legendgroup=variant,
                             showlegend=False, line=dict(color=color), mode="lines+markers", row=1, col=2)
     fig.update_xaxes(title="epoch")
+    top = h["valid_ndcg10"].max() if "valid_ndcg10" in h else np.nan
+    if np.isfinite(top) and top > 0:  # NDCG from zero; one evaluation would get plotly's +-1
+        fig.update_yaxes(range=[0, 1.1 * top], row=1, col=2)
     return fig.update_layout(title=title, template="plotly_white", height=380)
 
 
@@ -98,14 +107,30 @@ def conflict_heatmap(conflict: pd.DataFrame, title: str = "Head vs tail gradient
 
     Red = the groups' gradients oppose each other (interference), blue = they agree."""
     c = conflict if "variant" in conflict else conflict.assign(variant="model")
+    missing = [k for k in ("layer", "step", "cosine") if k not in c]
+    if missing:
+        raise ValueError(f"conflict_heatmap: the frame lacks column(s) {', '.join(missing)}; pass the "
+                         "'conflict' diagnostic (columns step, layer, cosine and optionally variant)")
+    if c.empty:
+        raise ValueError("conflict_heatmap: no rows; was the model trained with conflict_every set?")
     variants = list(dict.fromkeys(c["variant"]))
-    fig = make_subplots(rows=1, cols=len(variants), subplot_titles=variants, shared_yaxes=True)
-    for i, v in enumerate(variants, start=1):
-        grid = c[c["variant"] == v].pivot_table(index="layer", columns="step", values="cosine", sort=False)
-        fig.add_heatmap(z=grid.to_numpy(), x=grid.columns, y=list(grid.index), zmin=-1, zmax=1,
+    # mean over seeds; NaN cosines (a layer without gradient) stay as gaps, not dropped rows
+    grids = {v: c[c["variant"] == v].pivot_table(index="layer", columns="step", values="cosine",
+                                                   sort=False, dropna=False) for v in variants}
+    # Panels share the layer axis only when their layer lists agree: plotly.js throws
+    # ("reading 'length'") on matched category axes with different categories (SASRec next
+    # to GRU4Rec), and draws nothing.
+    same_layers = len({tuple(g.index) for g in grids.values()}) == 1
+    fig = make_subplots(rows=1, cols=len(variants), subplot_titles=variants, shared_yaxes=same_layers,
+                        horizontal_spacing=0.03 if same_layers else 0.12)
+    for i, (v, grid) in enumerate(grids.items(), start=1):
+        fig.add_heatmap(z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), zmin=-1, zmax=1,
                         colorscale="RdBu", showscale=i == len(variants), colorbar=dict(title="cosine"),
                         hovertemplate="step %{x}<br>%{y}: %{z:.3f}<extra>" + v + "</extra>", row=1, col=i)
-        fig.update_xaxes(title="training step", row=1, col=i)
+        # few probes: ticks at the probed steps only (one step would get ticks at -0.4 ... 0.4)
+        fig.update_xaxes(title="training step", row=1, col=i,
+                         tickvals=list(grid.columns) if grid.shape[1] <= 10 else None)
+        fig.update_yaxes(type="category", autorange="reversed", row=1, col=i)  # first layer on top
     return fig.update_layout(title=title, template="plotly_white", height=360)
 
 
@@ -189,7 +214,7 @@ def strata_bars(table: pd.DataFrame, title: str = "Activeness strata and their w
 
     ``table`` is ``methods.intervened.describe_strata`` (or a run's ``"strata"`` diagnostic):
     columns stratum, min/max activeness, share of users, positions, prior."""
-    labels = [f"{z} ({lo:.0f}-{hi:.0f})" for z, lo, hi in
+    labels = [f"{z} (empty)" if pd.isna(lo) else f"{z} ({lo:.0f}-{hi:.0f})" for z, lo, hi in
               zip(table["stratum"], table["min activeness"], table["max activeness"])]
     positions = table["positions"] / max(1, table["positions"].sum())
     fig = go.Figure()

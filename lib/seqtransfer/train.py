@@ -24,10 +24,10 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .data.batches import SeqData
 from .evaluate import evaluate
+from .train_progress import TrainProgress, planned_steps
 
 
 @dataclass
@@ -236,7 +236,9 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
     if bad >= cfg.patience:
         stopped = "early stop (resumed)"
         start_epoch = cfg.epochs
-    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="epochs", disable=not cfg.progress, leave=False)
+    # the bar counts steps; one epoch's batches are counted with a throwaway generator
+    bar = TrainProgress(planned_steps(batches_fn(data, cfg, torch.Generator()) if cfg.progress else 0, cfg.epochs,
+                                      cfg.max_steps, start_epoch, step), cfg.progress, cfg.epochs, initial=step)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -249,6 +251,7 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
             _check_loss(loss, model, epoch, step, cfg, ckpt)                  # guard: NaN/inf raise
             losses.append(loss)
             step += 1
+            bar.step(epoch)
             if hooks.after_step:
                 hooks.after_step(ctx)
             if cfg.max_steps is not None and step >= cfg.max_steps:
@@ -279,8 +282,8 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
                 _save(ckpt, model, optimizer, cfg, epoch + 1, step, best, best_epoch, bad,
                       best_state, history + [row], hooks, scale)
         history.append(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", ndcg10=f"{best:.4f}")
+        if "valid_ndcg10" in row:
+            bar.evaluated(epoch, row["valid_ndcg10"])
         if bad >= cfg.patience:
             stopped = f"early stop: no better valid NDCG@10 for {cfg.patience} evaluations"
             break
@@ -290,7 +293,7 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         if out_of_time:
             stopped = f"max_minutes={cfg.max_minutes}"
             break
-    bar.close()
+    bar.close(stopped)
     model.load_state_dict(best_state)
     return TrainResult(model, pd.DataFrame(history), best_epoch, best, stopped, str(device),
                        time.perf_counter() - t0, step)

@@ -1,0 +1,233 @@
+"""Every figure function of ``seqtransfer.plots`` on inputs of different shapes (two backbones
+with different layers, one step, one variant, NaN cells, an empty group, a log axis with a
+cut-off line): checked on the figure objects (``unit``) and as headless Chromium draws them
+(``browser``, ``seqtransfer.browser.check_page``), including that the checker itself flags the
+two bugs it was built for."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from plotly.subplots import make_subplots
+
+from seqtransfer import browser, plots
+
+SASREC_LAYERS = ["item_emb", "pos_emb", "blocks.0", "blocks.1", "ln_f", "all"]
+GRU_LAYERS = ["item_emb", "gru", "proj", "all"]
+
+
+def _activeness() -> np.ndarray:
+    """300 users: activeness 20..319, one each (a flat histogram on a log axis)."""
+    return np.arange(20, 320)
+
+
+def _conflict(variants: dict[str, list[str]], steps=(0, 5, 10), nan_layer: str | None = None) -> pd.DataFrame:
+    rows = [{"variant": v, "step": s, "layer": layer,
+             "cosine": np.nan if layer == nan_layer else math.cos(s + i) * 0.9}
+            for v, layers in variants.items() for s in steps for i, layer in enumerate(layers)]
+    return pd.DataFrame(rows)
+
+
+def _summary(variants=("sasrec joint", "sasrec tail-only"), groups=("all", "head", "tail", "cold"),
+             empty=("cold",)) -> pd.DataFrame:
+    """``methods.summarize`` output: one seed (ci95 NaN); groups in ``empty`` have no users."""
+    rows = []
+    for i, v in enumerate(variants):
+        for j, g in enumerate(groups):
+            for metric in ("ndcg", "hr"):
+                mean = np.nan if g in empty else 0.05 + 0.01 * j - 0.02 * i
+                rows.append({"variant": v, "group": g, "metric": metric, "k": 10, "mean": mean,
+                             "std": np.nan, "n_seeds": 0 if g in empty else 1, "ci95": np.nan})
+    return pd.DataFrame(rows)
+
+
+def _history(variants=("sasrec joint",), epochs=1) -> pd.DataFrame:
+    return pd.DataFrame([{"variant": v, "epoch": e, "step": 4 * (e + 1), "loss": 8.0 - e - i,
+                          "valid_ndcg10": np.nan if e % 2 else 0.01 * (e + 1)}
+                         for i, v in enumerate(variants) for e in range(epochs)])
+
+
+def _strata(empty: int | None = None) -> pd.DataFrame:
+    rows = []
+    for z, (lo, hi) in enumerate([(20, 40), (41, 90), (91, 400)]):
+        users = 0 if z == empty else 100
+        rows.append({"stratum": z, "users": users, "share of users": users / 200,
+                     "min activeness": np.nan if z == empty else lo, "max activeness": np.nan if z == empty else hi,
+                     "positions": 0 if z == empty else users * (lo + hi) // 2, "prior": users / 200})
+    return pd.DataFrame(rows)
+
+
+def _stratum_gradients() -> pd.DataFrame:
+    rows = [{"gradient": f"stratum {z}", "stratum": z, "norm": 1.0 + z, "cos_plain": 0.5 + 0.1 * z,
+             "cos_adjusted": np.nan if z == 2 else 0.4} for z in range(3)]
+    rows += [{"gradient": "plain", "stratum": np.nan, "norm": 2.0, "cos_plain": 1.0, "cos_adjusted": 0.9},
+             {"gradient": "adjusted", "stratum": np.nan, "norm": 2.0, "cos_plain": 0.9, "cos_adjusted": 1.0}]
+    return pd.DataFrame(rows)
+
+
+def _figures() -> dict[str, go.Figure]:
+    """Every figure function, several input shapes each."""
+    a = _activeness()
+    head = np.arange(300) >= 240
+    rng = np.random.default_rng(0)
+    disc = pd.DataFrame([{"variant": v, "step": s, "accuracy": 0.5 + 0.01 * s, "loss": 0.69 - 0.01 * s}
+                         for v in ("+adv", "GA") for s in range(1, 9)])
+    sens = pd.DataFrame([{"sweep": "n_strata", "setting": 4, "group": g, "base": 0.05, "method": m}
+                         for g, m in (("head", 0.06), ("tail", 0.04))])
+    return {
+        "histogram, log axis with a cut-off line": plots.activeness_histogram(a, 100.0),
+        "histogram, no cut-off": plots.activeness_histogram(a),
+        "histogram, every user alike": plots.activeness_histogram(np.full(50, 25), 25.0),
+        "lorenz, two curves": plots.lorenz_curve({"as released": a, "with cold start": np.r_[a[:-30], [5] * 30]}),
+        "lorenz, no head line": plots.lorenz_curve({"a": a}, head_frac=None),
+        "group bars, one variant": plots.group_bars(_summary(variants=("sasrec joint",), empty=())),
+        "group bars, empty cold group, NaN intervals": plots.group_bars(_summary(), baseline="sasrec joint"),
+        "training curves, one epoch": plots.training_curves(_history()),
+        "training curves, two variants, NaN validations": plots.training_curves(
+            _history(("sasrec joint", "gru4rec joint"), epochs=4)),
+        "conflict, backbones with different layers": plots.conflict_heatmap(
+            _conflict({"sasrec joint": SASREC_LAYERS, "gru4rec joint": GRU_LAYERS})),
+        "conflict, one step": plots.conflict_heatmap(
+            _conflict({"sasrec joint": SASREC_LAYERS, "gru4rec joint": GRU_LAYERS}, steps=(0,))),
+        "conflict, one variant without a variant column": plots.conflict_heatmap(
+            _conflict({"m": GRU_LAYERS}).drop(columns="variant")),
+        "conflict, same layers, a NaN layer": plots.conflict_heatmap(
+            _conflict({"a": GRU_LAYERS, "b": GRU_LAYERS}, nan_layer="gru")),
+        "domains, one domain": plots.domain_bars(pd.DataFrame({"items": [30], "interactions": [900], "users": [40]},
+                                                              index=["Drama"])),
+        "discriminator, one step": plots.discriminator_curves(disc[disc["step"] == 1].drop(columns="variant")),
+        "discriminator, two variants": plots.discriminator_curves(disc, smooth=3),
+        "projection, one variant": plots.projection_scatter({"sasrec joint": rng.normal(size=(300, 2))}, head),
+        "projection, no tail users": plots.projection_scatter({"a": rng.normal(size=(300, 2)),
+                                                               "b": rng.normal(size=(300, 2))}, np.ones(300, bool)),
+        "strata, an empty stratum": plots.strata_bars(_strata(empty=1)),
+        "stratum gradients, a NaN cosine": plots.stratum_gradient_bars(_stratum_gradients()),
+        "sensitivity, one sweep, one setting": plots.sensitivity_lines(sens),
+    }
+
+
+def _log_axis_labels_outside_data(fig: go.Figure) -> list[str]:
+    """Annotations placed on a log x axis more than a decade outside the data (plotly reads an
+    annotation's x there in log10 units)."""
+    full = fig
+    bad = []
+    for ann in full.layout.annotations:
+        ref = ann.xref or ""
+        if not ref.startswith("x") or ref.endswith("domain") or ref == "paper":
+            continue
+        axis = full.layout["xaxis" + ref[1:]]
+        if axis.type != "log":
+            continue
+        xs = np.concatenate([np.asarray(t.x, float) for t in full.data if (t.xaxis or "x") == ref])
+        if not (np.log10(xs.min()) - 1 <= ann.x <= np.log10(xs.max()) + 1):
+            bad.append(f"{ann.text!r} at log10 x = {ann.x} outside the data [{xs.min()}, {xs.max()}]")
+    return bad
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", list(_figures()))
+def test_every_figure_has_title_traces_and_labels_inside_its_data(name):
+    fig = _figures()[name]
+    assert fig.layout.title.text, "no title"
+    assert len(fig.data) >= 1, "no trace"
+    assert not _log_axis_labels_outside_data(fig)
+
+
+@pytest.mark.unit
+def test_histogram_cut_off_label_is_in_log_units():
+    fig = plots.activeness_histogram(_activeness(), 100.0)
+    (line,) = fig.layout.shapes
+    (label,) = fig.layout.annotations
+    assert line.x0 == line.x1 == 100.0            # a shape on a log axis: data units
+    assert label.x == pytest.approx(2.0)          # an annotation on a log axis: log10(100)
+    assert label.text == "head: > 100"
+    # the old construction put the label at x = 100 (10^100), far outside the data
+    old = go.Figure(go.Scatter(x=[20, 300], y=[1, 2])).add_vline(x=100, annotation_text="head")
+    old.update_xaxes(type="log")
+    assert _log_axis_labels_outside_data(old)
+
+
+@pytest.mark.unit
+def test_conflict_panels_share_the_layer_axis_only_when_layers_agree():
+    fig = plots.conflict_heatmap(_conflict({"sasrec joint": SASREC_LAYERS, "gru4rec joint": GRU_LAYERS}))
+    assert [list(t.y) for t in fig.data] == [SASREC_LAYERS, GRU_LAYERS]
+    assert fig.layout.yaxis2.matches is None      # matched category axes with other categories: plotly.js throws
+    same = plots.conflict_heatmap(_conflict({"a": GRU_LAYERS, "b": GRU_LAYERS}, nan_layer="gru"))
+    assert same.layout.yaxis2.matches == "y"
+    z = np.asarray(same.data[0].z, dtype=float)   # (layers, steps)
+    assert z.shape == (4, 3)
+    assert np.isnan(z[GRU_LAYERS.index("gru")]).all()          # the NaN layer stays, as a gap
+    assert z[0, 1] == pytest.approx(math.cos(5 + 0) * 0.9)      # item_emb at step 5
+
+
+@pytest.mark.unit
+def test_conflict_one_step_ticks_at_that_step_and_bad_input_is_named():
+    fig = plots.conflict_heatmap(_conflict({"a": GRU_LAYERS}, steps=(7,)))
+    assert list(fig.data[0].x) == [7] and list(fig.layout.xaxis.tickvals) == [7]
+    with pytest.raises(ValueError, match="lacks column.*cosine"):
+        plots.conflict_heatmap(pd.DataFrame({"step": [0], "layer": ["a"]}))
+    with pytest.raises(ValueError, match="no rows"):
+        plots.conflict_heatmap(pd.DataFrame(columns=["step", "layer", "cosine"]))
+
+
+@pytest.mark.unit
+def test_group_bars_leave_out_an_empty_group_and_outline_negative_transfer():
+    fig = plots.group_bars(_summary(), baseline="sasrec joint")
+    assert [t.name for t in fig.data] == ["all", "head", "tail"]           # cold has no users
+    tail = fig.data[2]
+    assert list(tail.y) == pytest.approx([0.07, 0.05])                     # joint, tail-only
+    assert list(tail.marker.line.color) == ["rgba(0,0,0,0)", plots.NEGATIVE]  # tail-only below joint
+
+
+@pytest.mark.unit
+def test_strata_bars_name_an_empty_stratum():
+    fig = plots.strata_bars(_strata(empty=1))
+    assert list(fig.data[0].x) == ["0 (20-40)", "1 (empty)", "2 (91-400)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# In the browser
+# ---------------------------------------------------------------------------------------------
+
+
+def _page(path, figures: dict[str, go.Figure]) -> None:
+    """One HTML page with the figures, plotly.js inlined once (as in the reports)."""
+    parts = [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures.values())]
+    path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                    + "\n".join(parts) + "</body></html>", encoding="utf-8")
+
+
+@pytest.mark.browser
+def test_every_figure_shape_draws_in_chromium(tmp_path, browser_ready):
+    figures = _figures()
+    _page(tmp_path / "figures.html", figures)
+    with browser.chromium() as b:
+        check = browser.check_page(b, tmp_path / "figures.html", tmp_path / "png", "case")
+    assert check.errors == []
+    assert len(check.figures) == len(figures)
+    assert check.problems == [], "\n".join(check.problems)
+    for name, fig in zip(figures, check.figures):
+        assert fig.drawn >= 1 and fig.title, name
+        assert (tmp_path / "png" / fig.png).stat().st_size > 5000, name   # a picture, not a blank
+
+
+@pytest.mark.browser
+def test_the_check_flags_the_two_broken_figures(tmp_path, browser_ready):
+    """The histogram's label at 10^100 (the old add_vline(annotation_text=...) on a log axis) and
+    heatmap panels on matched category axes with different layers (the old conflict heatmap)."""
+    hist = go.Figure(go.Scatter(x=[20, 50, 300], y=[5, 3, 1])).add_vline(x=100, annotation_text="head")
+    hist.update_xaxes(type="log").update_layout(title="old histogram")
+    heat = make_subplots(rows=1, cols=2, shared_yaxes=True)
+    heat.add_heatmap(z=[[0.1], [0.2], [0.3]], x=[0], y=SASREC_LAYERS[:3], row=1, col=1)
+    heat.add_heatmap(z=[[0.1], [0.2]], x=[0], y=GRU_LAYERS[1:3], row=1, col=2)
+    heat.update_layout(title="old heatmap")
+    _page(tmp_path / "broken.html", {"hist": hist, "heat": heat})
+    with browser.chromium() as b:
+        check = browser.check_page(b, tmp_path / "broken.html")
+    hist_check, heat_check = check.figures
+    assert any("axis x (log10)" in p and "more than 10x" in p for p in hist_check.problems), hist_check.problems
+    assert any("reading 'length'" in e for e in check.errors), check.errors
+    assert heat_check.problems, "the undrawn heatmap passed"
