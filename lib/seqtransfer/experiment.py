@@ -117,7 +117,7 @@ class Experiment:
                 given = {arg: done[source, s][0] for arg, source in inputs.items()}
                 upstream = [done[source, s][1] for source in inputs.values()]
                 lrs = grid if (i == 0 and len(grid) > 1) else ((chosen,) if chosen else (None,))
-                trials = [self._run_one(fit, _with_lr(cfg, lr), variant, s, given, upstream) for lr in lrs]
+                trials = [self._run_one(fit, with_lr(cfg, lr), variant, s, given, upstream) for lr in lrs]
                 best = 0 if len(trials) == 1 else max(range(len(trials)), key=lambda j: _valid_ndcg(trials[j][0]))
                 result, key = trials[best]
                 used = [_lr_of(cfg) if lr is None else lr for lr in lrs]
@@ -228,7 +228,7 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
     return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress, cache_dir)
 
 
-def _with_lr(cfg, lr: float | None):
+def with_lr(cfg, lr: float | None):
     """``cfg`` with its training learning rate set to ``lr`` (unchanged for None)."""
     if lr is None:
         return cfg

@@ -301,3 +301,54 @@ def convergence_sentence(results: list[MethodResult]) -> str:
     return (f"{share} stopped by a cap ({'; '.join(reasons)}), not by early stopping: "
             f"{', '.join(capped)}. Where a capped model is compared, the comparison is between models that may "
             "still have been improving and partly measures how fast each variant learns.")
+
+
+def tuning_table(results: list[MethodResult]) -> pd.DataFrame:
+    """Every arm's learning-rate search (``Experiment.run``): variant, lr, validation NDCG@10 and
+    which value was chosen, one row per grid point; arms run without a search show their lr."""
+    frames = []
+    for r in results:
+        if r.seed != min(x.seed for x in results if x.variant == r.variant):
+            continue
+        t = getattr(r, "tuning", None)
+        if t is None:
+            t = pd.DataFrame({"variant": [r.variant], "lr": [getattr(r, "lr", None)],
+                              "valid_ndcg10": [r.ndcg10("all", "valid")], "chosen": [True]})
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["variant", "lr", "valid_ndcg10", "chosen"])
+
+
+def run_facts(results: list[MethodResult]) -> dict:
+    """Per variant, what a record should keep of how it was trained: the chosen learning rate and
+    why each seed's training stopped (early stopping or a cap), JSON-able."""
+    out: dict[str, dict] = {}
+    for r in results:
+        facts = out.setdefault(r.variant, {"lr": getattr(r, "lr", None), "stopped": {}})
+        reasons = stopped_by_cap(r)
+        facts["stopped"][str(r.seed)] = "; ".join(reasons) if reasons else "early stop"
+    return out
+
+
+def compare_pairs(results: list[MethodResult], pairs, groups: UserGroups | dict, **kw) -> pd.DataFrame:
+    """:func:`compare` for every ``(variant, baseline)`` in ``pairs``, in one table."""
+    return pd.concat([compare(results, v, b, groups, **kw) for v, b in pairs], ignore_index=True)
+
+
+def null_check_sentence(comparisons: pd.DataFrame, variant: str, baseline: str) -> str:
+    """A variant that should equal its baseline (a method reduced to plain training): the check
+    holds when no group's 95% interval excludes zero; otherwise it names the groups where the
+    two differ, which must be explained before any verdict of the method is trusted."""
+    rows = comparisons[(comparisons["variant"] == variant) & (comparisons["baseline"] == baseline)]
+    if rows.empty:
+        return f"Null check: no comparison of {variant} with {baseline}."
+    label = f"{rows['metric'].iloc[0].upper()}@{int(rows['k'].iloc[0])}"
+    spans = ", ".join(f"{g} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                      for g, d, lo, hi in rows[["group", "diff", "lo", "hi"]].itertuples(index=False))
+    off = rows.loc[rows["verdict"] != "none", "group"].tolist()
+    if not off:
+        return (f"Null check holds: {variant} matches {baseline} within the 95% interval for every group "
+                f"({label} difference, interval: {spans}).")
+    return (f"Null check FAILS: {variant} differs from {baseline} for {', '.join(off)} users ({label} "
+            f"difference, interval: {spans}); find out why (stopping, batch composition, a bug) before "
+            "trusting the verdicts below.")
