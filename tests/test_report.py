@@ -50,7 +50,8 @@ RECORD_CELL = """
                             "metric": ["ndcg"] * 3 + ["hr"] * 3, "k": 10,
                             "value": [0.10, 0.20, 0.05, 0.30, 0.40, 0.20]})
     record(metrics, notebook="good", method="toy", dataset="tiny", backbone="sasrec",
-           seed=0, extra={"budget": budget}, verdicts=["The toy verdict."])
+           seed=0, extra={"budget": budget, "threads": __import__("torch").get_num_threads()},
+           verdicts=["The toy verdict."])
 """
 
 
@@ -270,6 +271,29 @@ def test_write_index_shows_failures_and_best(tmp_path):
 
 
 @pytest.mark.unit
+def test_index_marks_models_stopped_by_a_cap(tmp_path):
+    from seqtransfer.batch import collect_capped
+    nb = write_notebook(tmp_path / "n.ipynb", "x = 1")
+    status = pd.DataFrame([{"notebook": "n", "status": "ok", "seconds": 1.0, "attempts": 1, "error": "",
+                            "html": "n.html"}], columns=list(report.STATUS_COLUMNS))
+    results = results_frame()
+    label = results["method"].iloc[0]
+    variant = label.split(":", 1)[-1]
+    page = report.write_index(tmp_path, status, results, capped={variant: "max_minutes=10.0"}).read_text()
+    assert f"{label} <span class='capped'" in page and "(stopped by a cap: max_minutes=10.0)" in page
+    assert page.count("stopped by a cap") == 1
+    # collect_capped reads run_facts out of the executed notebooks' records
+    nbf = nbformat.read(str(nb), as_version=4)
+    payload = {"notebook": "n", "extra": {"runs": {"a": {"lr": 0.003, "stopped": {"0": "early stop"}},
+                                                    "b": {"lr": 0.003, "stopped": {"0": "epochs=200"}}}},
+               "verdicts": [], "rows": []}
+    nbf.cells[-1].outputs = [nbformat.v4.new_output("display_data", data={"text/plain": "r"},
+                                                    metadata={report.RECORD_KEY: payload})]
+    nbformat.write(nbf, str(nb))
+    assert collect_capped(tmp_path, ["n"]) == {"b": "epochs=200"}
+
+
+@pytest.mark.unit
 def test_write_index_without_results(tmp_path):
     status = pd.DataFrame([{"notebook": "bad", "status": "timeout", "seconds": 9.0,
                             "attempts": 2, "error": "too slow", "html": ""}])
@@ -427,7 +451,9 @@ def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch, c
     # one output, though record(...) is the cell's last expression: the payload is not echoed
     (output,) = nb.cells[-1].outputs
     assert list(output["data"]) == ["text/plain"]
-    assert output["metadata"][report.RECORD_KEY]["extra"] == {"budget": "smoke"}
+    # two jobs on this machine: each kernel gets its share of the cores, no oversubscription
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert output["metadata"][report.RECORD_KEY]["extra"] == {"budget": "smoke", "threads": share}
 
     results = pd.read_csv(out / "results.csv")
     assert list(results.columns) == list(report.RESULT_COLUMNS)
@@ -437,6 +463,15 @@ def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch, c
     assert "ZeroDivisionError: division by zero" in index and "href='good.html'" in index
     assert "toy" in index and not EXTERNAL_SRC.search(index)
     assert "<li>The toy verdict.</li>" in index
+
+
+@pytest.mark.unit
+def test_kernel_threads_share_the_cores_among_jobs():
+    from seqtransfer.batch import kernel_threads
+    assert kernel_threads(1, cores=8) == {}                    # a lone kernel uses every core
+    assert kernel_threads(2, cores=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert kernel_threads(2, cores=8)["OMP_NUM_THREADS"] == "4"
+    assert kernel_threads(3, cores=2)["OMP_NUM_THREADS"] == "1"  # never zero
 
 
 def test_batch_timeout_is_retried_once(tmp_path):

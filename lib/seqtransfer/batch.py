@@ -122,6 +122,18 @@ class _Job:
     events: object = None         # queue for progress events (see seqtransfer.progress)
 
 
+def kernel_threads(jobs: int, cores: int | None = None) -> dict[str, str]:
+    """Thread settings for each kernel when ``jobs`` notebooks run at once: every kernel gets its
+    share of the cores (at least one), so parallel notebooks do not oversubscribe the CPU (two
+    kernels each running two threads on two cores are slower than one thread each). PyTorch,
+    OpenMP and MKL read these when a kernel starts. With one job nothing is set: a lone kernel
+    uses every core, as PyTorch does by default."""
+    if jobs <= 1:
+        return {}
+    share = str(max(1, (cores or os.cpu_count() or 1) // jobs))
+    return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
+
+
 @contextmanager
 def _kernel_env(**values: str) -> Iterator[None]:
     """Set environment variables for the kernels started inside the block, then restore.
@@ -255,7 +267,7 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
 
     started = datetime.now().astimezone()
     todo = [_Job(name, src, out, parameters, timeout) for name, src in selected.items()]
-    with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER):
+    with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER, **kernel_threads(jobs)):
         done = _run_jobs(todo, jobs, bar)
     status = pd.DataFrame([done[job.name] for job in todo], columns=list(STATUS_COLUMNS))
     status.to_csv(out / "status.csv", index=False)
@@ -265,7 +277,8 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     # every figure checked in headless chromium, a PNG each in out/figures/ (seqtransfer.browser);
     # one log line and nothing else where playwright or chromium is missing
     capture_batch(out, list(selected))
-    write_index(out, status, results, verdicts=collect_verdicts(out, list(selected)), info={
+    write_index(out, status, results, verdicts=collect_verdicts(out, list(selected)),
+                capped=collect_capped(out, list(selected)), info={
         "budget": budget, "device": device,
         "started": started.strftime("%Y-%m-%d %H:%M %Z"),
         "took": f"{(datetime.now().astimezone() - started).total_seconds():.0f} s",
@@ -329,6 +342,20 @@ def collect_verdicts(out: str | Path, names: Sequence[str]) -> dict[str, list[st
     """Notebook name -> the verdict sentences its records carry (executed ``out/<name>.ipynb``)."""
     return {n: [v for p in read_payloads(path) for v in p["verdicts"]]
             for n, path in ((n, Path(out) / f"{n}.ipynb") for n in names) if path.exists()}
+
+
+def collect_capped(out: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """Variant -> why its training stopped, for every variant a record lists as stopped by a cap
+    (``extra["runs"]``, from ``methods.run_facts``) rather than by early stopping."""
+    capped: dict[str, str] = {}
+    for n in names:
+        path = Path(out) / f"{n}.ipynb"
+        for p in read_payloads(path) if path.exists() else []:
+            for variant, facts in (p.get("extra") or {}).get("runs", {}).items():
+                why = sorted({w for w in facts.get("stopped", {}).values() if w != "early stop"})
+                if why:
+                    capped[variant] = "; ".join(why)
+    return capped
 
 
 # ---------------------------------------------------------------------------------------------

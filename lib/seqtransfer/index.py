@@ -179,6 +179,7 @@ table.changes { font-size: .92em; }
 .failed, .timeout { color: #c62828; font-weight: bold; }
 tr.bad td { background: #fdecea; }
 tr.nb th { background: #e8eef7; text-align: left; font-size: 1.05em; }
+.capped { color: #C44E52; font-size: .85em; }
 tr.verdicts td { background: #fafafa; border-bottom: 2px solid #bbb; }
 tr.verdicts ul { margin: .2rem 0; padding-left: 1.2rem; }
 tr.verdicts li { margin: .15rem 0; }
@@ -188,7 +189,8 @@ td.error { color: #c62828; font-family: monospace; white-space: pre-wrap; max-wi
 
 def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
                 info: Mapping[str, str] | None = None,
-                verdicts: Mapping[str, Sequence[str]] | None = None) -> Path:
+                verdicts: Mapping[str, Sequence[str]] | None = None,
+                capped: Mapping[str, str] | None = None) -> Path:
     """Write ``out/index.html``: batch facts, the change of every method against its own
     baseline with each notebook's verdicts, the absolute leaderboard, notebook status.
 
@@ -201,6 +203,8 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
         results: the recorded rows (``RESULT_COLUMNS``).
         info: label -> text shown under the title (budget, device, time, ...).
         verdicts: notebook -> its verdict sentences, shown under its rows.
+        capped: variant -> stopping reason, for models stopped by a cap rather than by early
+            stopping; the leaderboard marks their rows.
 
     Returns:
         The path of ``index.html``.
@@ -233,7 +237,7 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
         body.append("<p><b>No results were recorded.</b></p>")
     else:
         write_plotlyjs(out)
-        body += [_leaderboard_table(board), _leaderboard_figure(board).to_html(
+        body += [_leaderboard_table(board, capped or {}), _leaderboard_figure(board).to_html(
             include_plotlyjs=PLOTLYJS, full_html=False, config={"displaylogo": False})]
     body.append(gallery_html(out))   # each notebook's figures as PNGs ("" when none were captured)
     body += ["<h2>Notebooks</h2>", _status_table(status),
@@ -317,7 +321,7 @@ def _status_table(status: pd.DataFrame) -> str:
     return f"<table>\n{head}\n" + "\n".join(rows) + "\n</table>"
 
 
-def _leaderboard_table(board: pd.DataFrame) -> str:
+def _leaderboard_table(board: pd.DataFrame, capped: Mapping[str, str] | None = None) -> str:
     value_cols = [c for c in board.columns if f"{c} ci95" in board.columns]
     best = {c: board[c].max() for c in value_cols}
     head = ("<tr><th>method</th><th>dataset</th><th>backbone</th><th>seeds</th>"
@@ -325,6 +329,10 @@ def _leaderboard_table(board: pd.DataFrame) -> str:
     rows = []
     for _, r in board.iterrows():
         cells = [f"<td>{html.escape(str(r[c]))}</td>" for c in ("method", "dataset", "backbone")]
+        why = (capped or {}).get(str(r["method"]).split(":", 1)[-1])
+        if why:   # not early-stopped: it may still have been improving
+            cells[0] = (f"<td>{html.escape(str(r['method']))} <span class='capped' title='{html.escape(why)}'>"
+                        f"(stopped by a cap: {html.escape(why)})</span></td>")
         cells.append(f"<td class='num'>{int(r['seeds'])}</td>")
         for c in value_cols:
             ci = r[f"{c} ci95"]
