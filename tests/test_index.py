@@ -85,13 +85,21 @@ def test_index_leads_with_changes_and_verdicts_under_their_notebook(tmp_path):
         for n in ("00_data", "01_backbones", "02_ga", "04_x")], columns=list(report.STATUS_COLUMNS))
     verdicts = {"01_backbones": ["sasrec tail-only does NOT beat sasrec joint -- negative transfer."],
                 "04_x": ["fine-tune beats from scratch."]}
-    page = report.write_index(tmp_path, status, results(), verdicts=verdicts).read_text()
+    # the 04_x notebook recorded a paired bootstrap for fine-tune vs from scratch, NDCG@10 all:
+    # b = 0.04, interval [-0.02, -0.004] excludes zero -> negative, half-width 0.008 / 0.04 = 20%
+    boot = pd.DataFrame([{"notebook": "04_x", "variant": "sasrec fine-tune", "baseline": "sasrec from scratch",
+                          "group": "all", "metric": "ndcg", "k": 10, "a": 0.05, "b": 0.04, "diff": 0.01,
+                          "lo": -0.02, "hi": -0.004, "verdict": "negative"}])
+    page = report.write_index(tmp_path, status, results(), verdicts=verdicts, comparisons=boot).read_text()
     changes, board = page.index("What each method changed"), page.index("<h2>Leaderboard")
     assert changes < board < page.index("<h2>Notebooks")
-    # negative transfer in red, with its interval; a gain in green
-    assert "<td class='num neg'>-5.0%<br><span class='ci'>&plusmn; 63.5</span></td>" in page
+    # coloured only where the interval excludes zero: -5% +- 63.5 (two seeds) is no finding
+    assert "<td class='num none'>-5.0%<br><span class='ci'>&plusmn; 63.5</span></td>" in page
     assert "<td class='num pos'>+10.0%<br><span class='ci'>&plusmn; 0.0</span></td>" in page
-    assert "<td class='num pos'>+25.0%</td>" in page
+    # the recorded bootstrap decides the colour and the interval, not the sign of the change
+    assert "<td class='num neg'>+25.0%<br><span class='ci'>&plusmn; 20.0</span></td>" in page
+    # one seed and no bootstrap: shown, uncoloured, said to have no interval
+    assert "<td class='num none'>+5.0%<br><span class='ci' title='one run: no interval'>no interval</span></td>" in page
     # each notebook: its line, its rows, then its verdicts; 00_data compared nothing
     section = page[changes:board]
     assert "00_data" not in section

@@ -534,3 +534,17 @@ def test_reports_render_plotly_in_chromium(tmp_path, chromium_dom):
     # without the shared file no figure draws: the pages really use it, and only it
     (out / "plotly.min.js").rename(out / "elsewhere.js")
     assert 'class="main-svg"' not in chromium_dom(out / "plot.html")
+
+
+@pytest.mark.unit
+def test_record_keeps_comparisons_for_the_index():
+    boot = pd.DataFrame([{"variant": "v", "baseline": "b", "group": "tail", "metric": "ndcg", "k": 10,
+                          "a": 0.2, "b": 0.1, "diff": 0.1, "lo": 0.05, "hi": float("nan"),
+                          "verdict": "positive", "n_users": 3}])
+    payload = report.record(tidy_metrics(), **META, comparisons=boot)
+    assert payload["comparisons"] == [{"variant": "v", "baseline": "b", "group": "tail", "metric": "ndcg",
+                                       "k": 10, "a": 0.2, "b": 0.1, "diff": 0.1, "lo": 0.05, "hi": None,
+                                       "verdict": "positive"}]
+    assert report.record(tidy_metrics(), **META)["comparisons"] == []
+    with pytest.raises(ValueError, match=r"comparisons lacks columns \['lo', 'hi'\]"):
+        report.record(tidy_metrics(), **META, comparisons=boot.drop(columns=["lo", "hi"]))

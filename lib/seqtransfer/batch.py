@@ -278,7 +278,8 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     # one log line and nothing else where playwright or chromium is missing
     capture_batch(out, list(selected))
     write_index(out, status, results, verdicts=collect_verdicts(out, list(selected)),
-                capped=collect_capped(out, list(selected)), info={
+                capped=collect_capped(out, list(selected)),
+                comparisons=collect_comparisons(out, list(selected)), info={
         "budget": budget, "device": device,
         "started": started.strftime("%Y-%m-%d %H:%M %Z"),
         "took": f"{(datetime.now().astimezone() - started).total_seconds():.0f} s",
@@ -342,6 +343,13 @@ def collect_verdicts(out: str | Path, names: Sequence[str]) -> dict[str, list[st
     """Notebook name -> the verdict sentences its records carry (executed ``out/<name>.ipynb``)."""
     return {n: [v for p in read_payloads(path) for v in p["verdicts"]]
             for n, path in ((n, Path(out) / f"{n}.ipynb") for n in names) if path.exists()}
+
+
+def collect_comparisons(out: str | Path, names: Sequence[str]) -> pd.DataFrame:
+    """Every recorded ``methods.compare`` row (paired-bootstrap intervals), with ``notebook``."""
+    rows = [{"notebook": n, **c} for n in names if (Path(out) / f"{n}.ipynb").exists()
+            for p in read_payloads(Path(out) / f"{n}.ipynb") for c in p["comparisons"]]
+    return pd.DataFrame(rows)
 
 
 def collect_capped(out: str | Path, names: Sequence[str]) -> dict[str, str]:

@@ -170,7 +170,8 @@ th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { background: #e3f4e1; font-weight: bold; }
 td.neg { background: #fdecea; color: #b71c1c; }
-td.pos { color: #1b5e20; }
+td.pos { background: #e8f5e9; color: #1b5e20; }
+td.none { color: #555; }
 td.na { color: #aaa; }
 td.label { white-space: nowrap; }
 table.changes { font-size: .92em; }
@@ -190,7 +191,8 @@ td.error { color: #c62828; font-family: monospace; white-space: pre-wrap; max-wi
 def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
                 info: Mapping[str, str] | None = None,
                 verdicts: Mapping[str, Sequence[str]] | None = None,
-                capped: Mapping[str, str] | None = None) -> Path:
+                capped: Mapping[str, str] | None = None,
+                comparisons: pd.DataFrame | None = None) -> Path:
     """Write ``out/index.html``: batch facts, the change of every method against its own
     baseline with each notebook's verdicts, the absolute leaderboard, notebook status.
 
@@ -205,6 +207,9 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
         verdicts: notebook -> its verdict sentences, shown under its rows.
         capped: variant -> stopping reason, for models stopped by a cap rather than by early
             stopping; the leaderboard marks their rows.
+        comparisons: recorded ``methods.compare`` rows (``notebook`` column added): where one
+            matches a change-table cell, the cell shows its paired-bootstrap interval and is
+            coloured only when that interval excludes zero.
 
     Returns:
         The path of ``index.html``.
@@ -224,10 +229,13 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
         "<p>Relative change of test NDCG@10 and HR@10 (full ranking) against the row's baseline "
         "(the joint model of the same backbone, or from-scratch / target-only training for "
         "cross-domain methods), per user group, paired by seed; "
-        "&plusmn; the half-width of the 95% t-interval where there are several seeds. "
-        "<span style='color:#b71c1c'>Red: below the baseline (negative transfer).</span> "
+        "&plusmn; the half-width of the 95% interval (relative to the baseline): the notebook's "
+        "paired bootstrap over users where it recorded one, else the t-interval over seeds. "
+        "<span style='color:#b71c1c'>Red: negative transfer</span>, "
+        "<span style='color:#1b5e20'>green: positive transfer</span>, each only where the "
+        "interval excludes zero; uncoloured: no detectable difference, or no interval. "
         "Under each notebook: its own verdict.</p>",
-        _change_table_html(changes, status, verdicts),
+        _change_table_html(changes, status, verdicts, comparisons),
         "<h2>Leaderboard</h2>",
         "<p>Test split, full ranking over all items with each user's training items masked; "
         "mean over seeds with the half-width of the 95% t-interval where there are several; "
@@ -266,8 +274,37 @@ def _percent(x: float) -> str:
     return f"{rel:+.1f}%" if rel == 0 or abs(rel) >= 0.05 else f"{rel:+.1g}%"
 
 
+def _interval_lookup(comparisons: pd.DataFrame | None) -> dict:
+    """(notebook, variant, baseline variant, "metric@k group") -> (relative half-width, verdict)."""
+    out = {}
+    if comparisons is None or comparisons.empty:
+        return out
+    for r in comparisons.itertuples(index=False):
+        if r.b and r.lo is not None and r.hi is not None and not pd.isna(r.lo):
+            out[r.notebook, r.variant, r.baseline, f"{r.metric}@{int(r.k)} {r.group}"] = (
+                (r.hi - r.lo) / 2 / r.b, r.verdict)
+    return out
+
+
+def _change_class(v: float, ci: float, interval: tuple | None) -> tuple[str, str]:
+    """CSS class and interval text of one change cell. A change is coloured (red: negative
+    transfer, green: positive) only when its 95% interval excludes zero: the paired bootstrap
+    recorded by the notebook where there is one, else the seed t-interval; with neither it is
+    left uncoloured, since one run cannot tell a change from noise."""
+    if interval is not None:
+        half, verdict = interval
+        cls = {"negative": "num neg", "positive": "num pos"}.get(verdict, "num none")
+        return cls, f"<br><span class='ci'>&plusmn; {100 * half:.1f}</span>"
+    if pd.isna(ci):
+        return "num none", "<br><span class='ci' title='one run: no interval'>no interval</span>"
+    cls = "num neg" if v + ci < 0 else "num pos" if v - ci > 0 else "num none"
+    return cls, f"<br><span class='ci'>&plusmn; {100 * ci:.1f}</span>"
+
+
 def _change_table_html(changes: pd.DataFrame, status: pd.DataFrame,
-                       verdicts: Mapping[str, Sequence[str]]) -> str:
+                       verdicts: Mapping[str, Sequence[str]],
+                       comparisons: pd.DataFrame | None = None) -> str:
+    intervals = _interval_lookup(comparisons)
     value_cols = [c for c in changes.columns if f"{c} ci95" in changes.columns]
     width = 4 + len(value_cols)
     head = ("<tr><th>method</th><th>against</th><th>dataset</th><th>seeds</th>"
@@ -293,9 +330,9 @@ def _change_table_html(changes: pd.DataFrame, status: pd.DataFrame,
                 if pd.isna(v):
                     cells.append("<td class='num na' title='not recorded, or the baseline is 0'>&ndash;</td>")
                     continue
-                text = _percent(v) + ("" if pd.isna(ci) else f"<br><span class='ci'>&plusmn; {100 * ci:.1f}</span>")
-                cls = "num neg" if v < 0 else "num pos" if v > 0 else "num"
-                cells.append(f"<td class='{cls}'>{text}</td>")
+                key = (nb, str(r["method"]).split(":", 1)[-1], str(r["baseline"]).split(":", 1)[-1], c)
+                cls, interval = _change_class(v, ci, intervals.get(key))
+                cells.append(f"<td class='{cls}'>{_percent(v)}{interval}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
         if said:
             items = "".join(f"<li>{html.escape(v)}</li>" for v in said)

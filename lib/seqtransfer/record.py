@@ -45,7 +45,7 @@ class Record(dict):
 
 def record(metrics: pd.DataFrame, *, notebook: str, method: str, dataset: str, backbone: str,
            seed: int, extra: dict | None = None, baseline: str | Mapping[str, str] | None = None,
-           verdicts: Sequence[str] | None = None) -> dict:
+           verdicts: Sequence[str] | None = None, comparisons: pd.DataFrame | None = None) -> dict:
     """Record a notebook's test metrics; call once, in the notebook's last cell.
 
     Args:
@@ -74,6 +74,9 @@ def record(metrics: pd.DataFrame, *, notebook: str, method: str, dataset: str, b
             one (see ``seqtransfer.index.default_baseline``).
         verdicts: the notebook's conclusions in plain sentences (e.g. a ``Verdicts`` list), shown
             under the notebook's line in the index.
+        comparisons: ``methods.compare`` output (method minus baseline on the same users, with
+            a 95% paired-bootstrap interval); the index shows these intervals in its change
+            table and colours a change only when its interval excludes zero.
 
     Returns:
         The payload (a ``Record``, i.e. a dict): the arguments above (``verdicts`` a list) plus
@@ -93,11 +96,30 @@ def record(metrics: pd.DataFrame, *, notebook: str, method: str, dataset: str, b
     for row in rows:
         row.pop("_variant")
     payload = Record(notebook=notebook, method=method, dataset=dataset, backbone=backbone,
-                     seed=seed, extra=extra, verdicts=verdicts, rows=rows)
+                     seed=seed, extra=extra, verdicts=verdicts, rows=rows,
+                     comparisons=_comparison_rows(comparisons))
     if get_ipython() is not None:  # plain Python has nowhere to display; the return suffices
         display({"text/plain": record_summary(payload)}, raw=True,
                 metadata={RECORD_KEY: dict(payload)})
     return payload
+
+
+COMPARISON_COLUMNS = ("variant", "baseline", "group", "metric", "k", "a", "b", "diff", "lo", "hi", "verdict")
+
+
+def _comparison_rows(comparisons: pd.DataFrame | None) -> list[dict]:
+    """``methods.compare`` rows as JSON-able dicts (NaN as None)."""
+    if comparisons is None or len(comparisons) == 0:
+        return []
+    missing = [c for c in COMPARISON_COLUMNS if c not in comparisons.columns]
+    if missing:
+        raise ValueError(f"record(): comparisons lacks columns {missing}; pass methods.compare output")
+    out = []
+    for r in comparisons[list(COMPARISON_COLUMNS)].to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else
+                        int(v) if k == "k" else float(v) if k in ("a", "b", "diff", "lo", "hi") else str(v))
+                    for k, v in r.items()})
+    return out
 
 
 def _check_meta(**meta) -> None:
@@ -313,5 +335,6 @@ def read_payloads(nb_path: str | Path) -> list[dict]:
                 if RECORD_KEY in output.get("metadata", {})]
     for p in payloads:
         p.setdefault("verdicts", [])
+        p.setdefault("comparisons", [])
         p["rows"] = [{"baseline": None, **r} for r in p.get("rows", [])]
     return payloads

@@ -330,18 +330,23 @@ def run_facts(results: list[MethodResult]) -> dict:
     return out
 
 
-def compare_pairs(results: list[MethodResult], pairs, groups: UserGroups | dict, **kw) -> pd.DataFrame:
-    """:func:`compare` for every ``(variant, baseline)`` in ``pairs``, in one table."""
-    return pd.concat([compare(results, v, b, groups, **kw) for v, b in pairs], ignore_index=True)
+def compare_pairs(results: list[MethodResult], pairs, groups: UserGroups | dict,
+                  metrics=("ndcg", "hr"), **kw) -> pd.DataFrame:
+    """:func:`compare` for every ``(variant, baseline)`` in ``pairs`` and every metric, in one
+    table (what a notebook records for the index's change table)."""
+    return pd.concat([compare(results, v, b, groups, metric=m, **kw) for m in metrics for v, b in pairs],
+                     ignore_index=True)
 
 
-def null_check_sentence(comparisons: pd.DataFrame, variant: str, baseline: str) -> str:
+def null_check_sentence(comparisons: pd.DataFrame, variant: str, baseline: str,
+                        metric: str = "ndcg", k: int = 10) -> str:
     """A variant that should equal its baseline (a method reduced to plain training): the check
     holds when no group's 95% interval excludes zero; otherwise it names the groups where the
     two differ, which must be explained before any verdict of the method is trusted."""
-    rows = comparisons[(comparisons["variant"] == variant) & (comparisons["baseline"] == baseline)]
+    rows = comparisons[(comparisons["variant"] == variant) & (comparisons["baseline"] == baseline)
+                       & (comparisons["metric"] == metric) & (comparisons["k"] == k)]
     if rows.empty:
-        return f"Null check: no comparison of {variant} with {baseline}."
+        return f"Null check: no {metric}@{k} comparison of {variant} with {baseline}."
     label = f"{rows['metric'].iloc[0].upper()}@{int(rows['k'].iloc[0])}"
     spans = ", ".join(f"{g} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
                       for g, d, lo, hi in rows[["group", "diff", "lo", "hi"]].itertuples(index=False))
