@@ -171,8 +171,8 @@ def prepare(dataset: str = "ml-1m", budget: str | Budget = "quick", seed: int = 
     if not 0.0 <= cold_start_frac < 1.0:
         raise ValueError(f"cold_start_frac must be in [0, 1), got {cold_start_frac}")
     dev = resolve_device(device)
-    ds = D.sample_users(D.load(dataset, data_dir=data_dir, min_user=min_user, min_item=min_item),
-                        b.max_users, seed)
+    ds = dataset if isinstance(dataset, D.Interactions) else D.load(dataset, data_dir=data_dir, min_user=min_user, min_item=min_item)
+    ds = D.sample_users(ds, b.max_users, seed)
     split = D.leave_one_out(ds)
     cold = np.zeros(split.n_users, dtype=bool)
     if cold_start_frac > 0:

@@ -279,7 +279,10 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
     """Load a dataset as an :class:`Interactions` table.
 
     Args:
-        source: ``"ml-1m"``, ``"ml-100k"``, a folder with GroupLens files, or a CSV/Parquet file.
+        source: ``"ml-1m"``, ``"ml-100k"``, ``"amazon-scientific"`` (read in place from
+            ``../shared/data/amazon-scientific``), a folder with GroupLens files, a folder in
+            UniSRec's atomic layout (see :mod:`.atomic`; its own filtering and split are kept,
+            so ``min_user``, ``min_item`` and ``dedupe`` do not apply), or a CSV/Parquet file.
         data_dir: cache folder for fetched datasets (default: the project's ``data/``).
         min_user, min_item: iterative k-core thresholds (SASRec's 5/5 by default).
         dedupe: keep only a user's first interaction with an item.
@@ -291,7 +294,16 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{arg} must be a positive integer, got {v!r}")
     path = Path(source)
-    if isinstance(source, str) and not path.exists() and source in KNOWN_DATASETS:
+    from .atomic import ATOMIC_DATASETS, is_atomic_folder, read_atomic, resolve_atomic
+    if isinstance(source, str) and not path.exists() and source in ATOMIC_DATASETS:
+        name = source
+        inter, items = read_atomic(resolve_atomic(source), ATOMIC_DATASETS[source][1])
+        min_user, min_item, dedupe = 1, 1, False   # the files' own filtering and split
+    elif is_atomic_folder(path):
+        name = path.name
+        inter, items = read_atomic(path)
+        min_user, min_item, dedupe = 1, 1, False
+    elif isinstance(source, str) and not path.exists() and source in KNOWN_DATASETS:
         name = source
         folder = fetch(name, data_dir)
         cache = folder / "interactions.parquet"
@@ -310,7 +322,8 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
             inter, items = _read_grouplens_100k(path)
         else:
             raise DataError(f"folder {path} holds neither ratings.dat (MovieLens-1M) nor u.data "
-                            "(MovieLens-100K); point at the unpacked GroupLens archive.")
+                            "(MovieLens-100K) nor NAME.train.inter (UniSRec's atomic layout); point "
+                            "at the unpacked GroupLens archive or an atomic-layout folder.")
     elif path.is_file():
         name = path.stem
         inter = _read_table_file(path, user_col, item_col, time_col, domain_col, sep)
