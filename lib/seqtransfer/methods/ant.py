@@ -1,0 +1,258 @@
+"""ANT: multi-modality meets re-learning (Peng, Parthasarathy, Ning, arXiv 2309.10195).
+
+The question: a sequential recommender pre-trained on rich source domains and adapted to a small
+target domain, does it help or hurt against training on the target alone (negative transfer)?
+ANT's answer: items as modality features through mixture-of-experts adaptors, and *re-learning*
+on the target (freeze the transformer, re-initialise adaptors and positions).
+
+What follows ANT's code (``ninglab/ANT``, ``models/ANT.py``, ``finetune.py``):
+
+* the item encoder of :class:`~seqtransfer.models.ContentSASRec`: one MoE adaptor per modality
+  (8 whitening experts, numeric experts linear, noisy gate on the raw feature), fusion with
+  ``beta`` = 0.1, cosine / 0.07 scores, a 2-layer 2-head transformer over max 50 items;
+* pre-training: in-batch sequence -> next-item contrastive loss, logits of other rows with the
+  same target masked, plus 1e-3 x an item-level cross-modal contrastive term;
+* adaptation variants: **re-learn** (transformer frozen; positions and every adaptor expert
+  re-initialised, gates zero; the input LayerNorm keeps its value and trains), **fine-tune**
+  (everything from its pre-trained value), **scratch** (same architecture, random init, target
+  only), and UniSRec's **adaptor-tune** (transformer and positions frozen, adaptors tuned from
+  their pre-trained values); target loss: full softmax over all target items.
+
+Ours, where MovieLens and Amazon Scientific differ from ANT's data [ours]: no images or prices
+exist, so the slots are ``text`` (MiniLM of the title / item text), ``numeric`` (release year
+code, in the place of price) and ``categorical`` (genre multi-hot); the fusion product and the
+cross-modal term use the (text, categorical) pair instead of (image, text). A slot missing on
+the target (no year or genre on Amazon) simply contributes nothing there. Pre-training batches
+are windows of per-domain sequences; every real position is a prefix, and a step uses at most
+``max_positions`` of them (in-batch logits are P x P). Our transformer blocks are pre-LN with a
+final LayerNorm, which counts as part of the frozen transformer.
+
+Functions on a model (each testable alone): :func:`relearn`, :func:`fine_tune`,
+:func:`adaptor_tune`, :func:`scratch`. :func:`pretrain` trains on the sources, :func:`fit` adapts
+one variant to the target, :func:`prepare` builds the data of a :class:`~seqtransfer.data.CrossDomain`.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from .. import data as D
+from ..budget import Budget, get_budget
+from ..data.batches import SeqData
+from ..data.split import UserGroups
+from ..models import ContentConfig, ContentSASRec, masked_contrastive_loss
+from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
+from .common import MethodResult, evaluate_both
+
+VARIANTS = ("scratch", "fine-tune", "adaptor-tune", "re-learn")
+
+
+@dataclass
+class AntConfig:
+    model: ContentConfig = field(default_factory=ContentConfig)
+    slots: tuple[str, ...] = ("text", "numeric", "categorical")   # feature slots the model reads
+    variant: str = "re-learn"              # one of VARIANTS
+    pretrain: TrainConfig = field(default_factory=TrainConfig)    # on the source domains
+    train: TrainConfig = field(default_factory=TrainConfig)       # adaptation on the target
+    cross_modal_weight: float = 1e-3       # item-level cross-modal term (ANT: 1e-3); 0 = off
+    cross_modal_pair: tuple[str, str] | None = ("text", "categorical")   # [ours]; ANT: image -> text
+    max_positions: int = 512               # prefixes per in-batch contrastive step
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptation variants: functions on a model, in place
+# ---------------------------------------------------------------------------------------------
+
+def _trainable(modules, flag: bool) -> None:
+    for m in modules:
+        for p in (m.parameters() if isinstance(m, nn.Module) else [m]):
+            p.requires_grad_(flag)
+
+
+def relearn(model: ContentSASRec, seed: int) -> ContentSASRec:
+    """ANT's re-learning: transformer frozen; positions and every adaptor re-initialised (gates
+    zero) from a generator seeded by ``seed``; the input LayerNorm keeps its value and trains.
+    The new values depend on ``seed`` only, not on the pre-trained adaptors."""
+    gen = torch.Generator(device=model.pos_emb.weight.device).manual_seed(seed)
+    _trainable(model.parameters(), True)
+    _trainable(model.transformer_modules(), False)
+    with torch.no_grad():
+        nn.init.normal_(model.pos_emb.weight, std=0.02, generator=gen)
+        for s in model.slots:
+            model.adaptors[s].reset(gen)
+        if model.item_emb is not None:
+            nn.init.normal_(model.item_emb.weight, std=0.02, generator=gen)
+    return model
+
+
+def fine_tune(model: ContentSASRec) -> ContentSASRec:
+    """Every parameter trainable from its pre-trained value."""
+    _trainable(model.parameters(), True)
+    return model
+
+
+def adaptor_tune(model: ContentSASRec) -> ContentSASRec:
+    """UniSRec's adaptation: transformer and positions frozen; adaptors (and the input LayerNorm)
+    tuned from their pre-trained values."""
+    _trainable(model.parameters(), True)
+    _trainable([*model.transformer_modules(), model.pos_emb], False)
+    return model
+
+
+def scratch(model: ContentSASRec, seed: int) -> ContentSASRec:
+    """A new model of the same architecture on the same items, randomly initialised under ``seed``
+    (only the slots the items have get an adaptor)."""
+    feats = {s: getattr(model, f"feat_{s}").cpu() for s in model.active}
+    seed_everything(seed)
+    return ContentSASRec(feats, model.cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-training and adaptation
+# ---------------------------------------------------------------------------------------------
+
+def build(features: D.ItemFeatures, cfg: AntConfig, seed: int) -> ContentSASRec:
+    """A fresh content model over ``cfg.slots`` of ``features``, seeded."""
+    seed_everything(seed)
+    return ContentSASRec(features.select(list(cfg.slots)).matrices, cfg.model)
+
+
+def contrastive_step(cfg: AntConfig):
+    """A step hook: masked in-batch contrastive loss over (at most ``max_positions``) prefixes
+    of the batch, plus the cross-modal term on their target items."""
+    def step(ctx: StepContext) -> float:
+        model = ctx.model
+        seqs, tgt = ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch]
+        ctx.optimizer.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            h = model.encode(seqs)                                            # (B, T, D)
+            mask = tgt > 0
+            hm, tm = h[mask], tgt[mask]                                       # (P, D), (P,)
+            if len(tm) > cfg.max_positions:
+                pick = torch.randperm(len(tm), device=tm.device)[:cfg.max_positions]
+                hm, tm = hm[pick], tm[pick]
+            z = model.modality_vectors(tm)                                    # slot -> (P, D)
+            v = model.fuse(z)
+            if model.item_emb is not None:
+                v = v + model.item_emb(tm)
+            loss = masked_contrastive_loss(hm, v, tm, model.cfg.temperature)
+            pair = cfg.cross_modal_pair
+            if cfg.cross_modal_weight and pair is not None and all(p in z for p in pair):
+                loss = loss + cfg.cross_modal_weight * masked_contrastive_loss(
+                    z[pair[0]], z[pair[1]], tm, model.cfg.temperature)
+        loss.backward()
+        clip_and_step(ctx)
+        return loss.item()
+    return step
+
+
+def gate_frame(model: ContentSASRec, variant: str) -> pd.DataFrame:
+    """Mean gate weight of every expert per modality (eval gate, over the model's current items)."""
+    return pd.DataFrame([{"slot": s, "expert": e, "weight": float(w), "variant": variant}
+                         for s, g in model.gate_weights().items() for e, w in enumerate(g)])
+
+
+def pretrain(source: SeqData, features: D.ItemFeatures, cfg: AntConfig, seed: int = 0,
+             variant: str = "ANT pre-train") -> MethodResult:
+    """Pre-train on the source domains; metrics are the sources' own validation/test (all users)."""
+    model = build(features, cfg, seed)
+    result = train_fit(model, source, replace(cfg.pretrain, seed=seed), Hooks(step=contrastive_step(cfg)))
+    groups = {"all": np.ones(source.n_users, dtype=bool)}
+    metrics, ranks = evaluate_both(result.model, source, groups, variant, seed)
+    history = result.history.assign(variant=variant, stage="pre-train")
+    return MethodResult("ant", variant, seed, metrics, history, result.model, result,
+                        {"gates": gate_frame(result.model, variant)}, ranks)
+
+
+def adapted_model(pretrained: ContentSASRec | None, features: D.ItemFeatures, cfg: AntConfig,
+                  seed: int) -> ContentSASRec:
+    """The model ``cfg.variant`` starts the target from: a copy of ``pretrained`` on the target's
+    items, prepared by the variant's function (``scratch`` needs no pre-trained model)."""
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"unknown ANT variant {cfg.variant!r}; choose one of {VARIANTS}")
+    slots = [s for s in cfg.slots if s in features.matrices]
+    if "text" in cfg.slots and "text" not in slots:
+        raise ValueError("the target has no text slot; every ANT setting needs item text")
+    target = {s: features.matrices[s] for s in slots}
+    if cfg.variant == "scratch":
+        seed_everything(seed)
+        return ContentSASRec(target, cfg.model)
+    if pretrained is None:
+        raise ValueError(f"variant {cfg.variant!r} adapts a pre-trained model; pass pretrained=...")
+    model = copy.deepcopy(pretrained).cpu()
+    model.set_items(target)
+    if cfg.variant == "re-learn":
+        return relearn(model, seed)
+    return fine_tune(model) if cfg.variant == "fine-tune" else adaptor_tune(model)
+
+
+def fit(data: SeqData, groups: UserGroups, cfg: AntConfig, seed: int = 0, variant: str | None = None,
+        pretrained: MethodResult | None = None, features: D.ItemFeatures | None = None) -> MethodResult:
+    """Adapt to the target ``data`` with ``cfg.variant`` and evaluate on validation and test.
+
+    ``features``: the target's item features (required); ``pretrained``: the result of
+    :func:`pretrain` (required except for ``scratch``). Frozen parameters get no gradient, so the
+    shared loop's optimiser leaves them bit-identical.
+    """
+    if features is None:
+        raise ValueError("ant.fit needs the target's item features (features=...)")
+    variant = variant or f"ANT {cfg.variant}"
+    model = adapted_model(None if pretrained is None else pretrained.model, features, cfg, seed)
+    result = train_fit(model, data, replace(cfg.train, seed=seed), Hooks(), groups={"all": groups["all"]})
+    metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
+    history = result.history.assign(variant=variant, stage="adapt")
+    n_train = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
+    return MethodResult("ant", variant, seed, metrics, history, result.model, result,
+                        {"gates": gate_frame(result.model, variant),
+                         "trainable": pd.DataFrame([{"variant": variant, "trainable_parameters": n_train}])},
+                        ranks)
+
+
+# ---------------------------------------------------------------------------------------------
+# a setting's data
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """Everything one cross-domain setting needs: source tensors and features, the target as an
+    :class:`~seqtransfer.experiment.Experiment` (groups, budget, runs) and its features."""
+
+    setting: D.CrossDomain
+    source: SeqData
+    source_features: D.ItemFeatures
+    target: "object"                 # experiment.Experiment
+    target_features: D.ItemFeatures
+    seconds: dict[str, float]        # stage -> seconds spent preparing
+
+
+def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0, device: str = "auto",
+            max_len: int = 50, slots: dict[str, str] | None = None, data_dir: str | None = None,
+            progress: bool = True, head_frac: float = 0.2, cold_max: int = 5) -> Prepared:
+    """Sample (smoke budget), split and tensorise the sources and the target of ``setting``, and
+    build both item feature sets (text embeddings cached). Sequences are cut to ``max_len``."""
+    from ..experiment import prepare as prepare_experiment
+    b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
+    t0 = time.perf_counter()
+    setting = setting.sample(b.max_users, seed)
+    source = D.build_sequences(D.leave_one_out(setting.sources), max_len)
+    exp = prepare_experiment(setting.target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
+                             progress=progress)
+    t1 = time.perf_counter()
+    src_f = D.item_features(setting.sources, slots, data_dir, progress)
+    tgt_f = D.item_features(exp.dataset, slots, data_dir, progress, genre_vocab=src_f.genre_vocab)
+    t2 = time.perf_counter()
+    return Prepared(setting, source, src_f, exp, tgt_f, {"data": t1 - t0, "features": t2 - t1})
+
+
+def timings(results: list[MethodResult]) -> pd.DataFrame:
+    """Training seconds, steps and best epoch of every run and stage."""
+    return pd.DataFrame([{"variant": r.variant, "stage": r.history["stage"].iloc[0] if "stage" in r.history else "train",
+                          "seconds": r.train.seconds if r.train else np.nan,
+                          "steps": r.train.steps if r.train else np.nan,
+                          "stopped": r.train.stopped if r.train else ""} for r in results])
