@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .domains import RULES, genre_domains
-from .loaders import DataError, Interactions, _tidy, sample_users
+from .loaders import DataError, Interactions, sample_users
 
 KINDS = ("genre", "cross-platform", "sanity")
 SANITY_OVERLAP = 0.5   # share of target titles found among the sources that makes a sanity check
@@ -72,23 +72,33 @@ class CrossDomain:
 
 
 def domain_sequences(ds: Interactions, domains: list[str] | None = None, min_len: int = 5) -> Interactions:
-    """One user per (user, domain) pair with at least ``min_len`` interactions in the domain.
+    """One user per (user, domain) pair with at least ``min_len`` interactions in the domain,
+    raw id ``"<user>|<domain>"``; items re-indexed 1..n over the kept interactions.
 
     ``ds`` needs a ``domain`` column (see :func:`genre_domains`); ``domains`` restricts to some."""
     if "domain" not in ds.inter:
         raise DataError(f"{ds.name!r} has no domain column; call genre_domains(...) first.")
     inter = ds.inter if domains is None else ds.inter[ds.inter["domain"].isin(domains)]
-    raw = pd.DataFrame({
-        "user": ds.user_ids[inter["user"].to_numpy()].astype(str) + "|" + inter["domain"].astype(str).to_numpy(),
-        "item": ds.item_ids[inter["item"].to_numpy() - 1].astype(str),
-        "timestamp": inter["timestamp"].to_numpy(), "domain": inter["domain"].to_numpy()})
-    items = ds.items.assign(raw_id=ds.items["raw_id"].astype(str))
-    n = inter["domain"].nunique()
-    out = _tidy(f"{ds.name}[{n} domain{'s' * (n > 1)}]" if n != 1 else f"{ds.name}:{inter['domain'].iloc[0]}",
-                raw, items,
-                min_user=min_len, min_item=1, dedupe=False)
-    out.meta.update(ds.meta, per_domain_sequences=True, min_len=min_len)
-    return out
+    codes, names = pd.factorize(inter["domain"], sort=True)
+    key = inter["user"].to_numpy() * len(names) + codes                     # (user, domain) pair
+    keep = np.bincount(key)[key] >= min_len
+    if not keep.any():
+        raise DataError(f"no (user, domain) sequence of {ds.name!r} has {min_len} interactions; lower min_len.")
+    inter, key = inter[keep], key[keep]
+    pairs, user = np.unique(key, return_inverse=True)
+    old_items, item = np.unique(inter["item"].to_numpy(), return_inverse=True)
+    out = pd.DataFrame({"user": user.astype(np.int64), "item": item.astype(np.int64) + 1,
+                        "timestamp": inter["timestamp"].to_numpy(), "domain": inter["domain"].to_numpy()})
+    for col in ("rating",):
+        if col in inter:
+            out[col] = inter[col].to_numpy()
+    out = out.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
+    items = ds.items.loc[old_items].copy()
+    items.index = pd.RangeIndex(1, len(old_items) + 1, name="item")
+    user_ids = np.array([f"{ds.user_ids[k // len(names)]}|{names[k % len(names)]}" for k in pairs], dtype=object)
+    n = len(names)
+    name = f"{ds.name}:{names[0]}" if n == 1 else f"{ds.name}[{n} domains]"
+    return Interactions(name, out, items, user_ids, {**ds.meta, "per_domain_sequences": True, "min_len": min_len})
 
 
 def _title_overlap(sources: Interactions, target: Interactions) -> float:

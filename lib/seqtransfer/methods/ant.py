@@ -131,21 +131,23 @@ def contrastive_step(cfg: AntConfig):
         seqs, tgt = ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch]
         ctx.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            h = model.encode(seqs)                                            # (B, T, D)
+            ids = torch.arange(model.n_items + 1, device=seqs.device)
+            z = model.modality_vectors(ids)                                   # slot -> (N+1, D)
+            table = model.fuse(z)
+            if model.item_emb is not None:
+                table = table + model.item_emb.weight
+            h = model.encode(seqs, table)                                     # (B, T, D)
             mask = tgt > 0
             hm, tm = h[mask], tgt[mask]                                       # (P, D), (P,)
             if len(tm) > cfg.max_positions:
                 pick = torch.randperm(len(tm), device=tm.device)[:cfg.max_positions]
                 hm, tm = hm[pick], tm[pick]
-            z = model.modality_vectors(tm)                                    # slot -> (P, D)
-            v = model.fuse(z)
-            if model.item_emb is not None:
-                v = v + model.item_emb(tm)
-            loss = masked_contrastive_loss(hm, v, tm, model.cfg.temperature)
+            loss = masked_contrastive_loss(hm, table[tm], tm, model.cfg.temperature)
             pair = cfg.cross_modal_pair
             if cfg.cross_modal_weight and pair is not None and all(p in z for p in pair):
+                items = torch.unique(tm)                                      # each item once
                 loss = loss + cfg.cross_modal_weight * masked_contrastive_loss(
-                    z[pair[0]], z[pair[1]], tm, model.cfg.temperature)
+                    z[pair[0]][items], z[pair[1]][items], items, model.cfg.temperature)
         loss.backward()
         clip_and_step(ctx)
         return loss.item()
@@ -256,3 +258,19 @@ def timings(results: list[MethodResult]) -> pd.DataFrame:
                           "seconds": r.train.seconds if r.train else np.nan,
                           "steps": r.train.steps if r.train else np.nan,
                           "stopped": r.train.stopped if r.train else ""} for r in results])
+
+
+def compare(prep: Prepared, cfg: AntConfig, variants: tuple[str, ...] = VARIANTS, seed: int = 0,
+            label: str = "", pretrained: MethodResult | None = None) -> list[MethodResult]:
+    """Pre-train on ``prep``'s sources (unless ``pretrained`` is given: a model pre-trained on the
+    same sources) and adapt every variant to its target. Returns the pre-training run first,
+    then one run per variant, named ``"<label> | ANT <variant>"``."""
+    prefix = f"{label} | " if label else ""
+    pre = pretrained
+    if pre is None and any(v != "scratch" for v in variants):
+        pre = pretrain(prep.source, prep.source_features, cfg, seed, variant=f"{prefix}ANT pre-train")
+    out = [pre] if pre is not None else []
+    for v in variants:
+        out.append(fit(prep.target.data, prep.target.groups, replace(cfg, variant=v), seed,
+                       variant=f"{prefix}ANT {v}", pretrained=pre, features=prep.target_features))
+    return out

@@ -155,18 +155,32 @@ class ContentSASRec(SequentialRecommender):
     def transformer_modules(self) -> list[nn.Module]:
         return [*self.blocks, self.ln_f]
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) item ids -> (B, T, D); ``table`` = :meth:`item_weights` when already computed
+        (the adaptors then run once per item, not once per position)."""
         B, T = seqs.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len {self.cfg.max_len}")
+        table = self.item_weights() if table is None else table                # (N+1, D)
         pos = torch.arange(T, device=seqs.device)
-        x = self.drop(self.input_ln(self.item_vectors(seqs) + self.pos_emb(pos)))  # (B, T, D)
+        x = self.drop(self.input_ln(table[seqs] + self.pos_emb(pos)))          # (B, T, D)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)                                                    # (B, T, D)
 
-    def score(self, h: torch.Tensor) -> torch.Tensor:
-        w = F.normalize(self.item_weights(), dim=-1)                           # (N+1, D)
+    def score(self, h: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        w = F.normalize(self.item_weights() if table is None else table, dim=-1)   # (N+1, D)
         logits = F.normalize(h, dim=-1) @ w.t() / self.cfg.temperature         # (..., N+1)
         logits[..., 0] = float("-inf")
         return logits
+
+    def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, T) full-softmax loss per position (0 on padding), the item table computed once:
+        input and scored items are the same vectors within a step."""
+        table = self.item_weights()                                            # (N+1, D)
+        h = self.encode(seqs, table)
+        mask = targets > 0
+        out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+        logits = self.score(h[mask], table).float()                            # (P, N+1)
+        out[mask] = F.cross_entropy(logits, targets[mask], reduction="none")
+        return out
