@@ -235,16 +235,20 @@ class Prepared:
 
 def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0, device: str = "auto",
             max_len: int = 50, slots: dict[str, str] | None = None, data_dir: str | None = None,
-            progress: bool = True, head_frac: float = 0.2, cold_max: int = 5) -> Prepared:
+            progress: bool = True, head_frac: float = 0.2, cold_max: int = 5,
+            cache: bool | str = False) -> Prepared:
     """Sample (smoke budget), split and tensorise the sources and the target of ``setting``, and
-    build both item feature sets (text embeddings cached). Sequences are cut to ``max_len``."""
+    build both item feature sets (text embeddings cached). Sequences are cut to ``max_len``;
+    ``cache`` keeps the target experiment's finished runs (see :func:`experiment.prepare`)."""
     from ..experiment import prepare as prepare_experiment
     b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
     t0 = time.perf_counter()
     setting = setting.sample(b.max_users, seed)
     source = D.build_sequences(D.leave_one_out(setting.sources), max_len)
     exp = prepare_experiment(setting.target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
-                             progress=progress)
+                             progress=progress, data_dir=data_dir, cache=cache)
+    # a group no target user falls in (no cold-start users among ML genre targets) is left out
+    exp.groups.masks = {k: m for k, m in exp.groups.masks.items() if m.any()}
     t1 = time.perf_counter()
     src_f = D.item_features(setting.sources, slots, data_dir, progress)
     tgt_f = D.item_features(exp.dataset, slots, data_dir, progress, genre_vocab=src_f.genre_vocab)
@@ -254,7 +258,7 @@ def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 
 
 def timings(results: list[MethodResult]) -> pd.DataFrame:
     """Training seconds, steps and best epoch of every run and stage."""
-    return pd.DataFrame([{"variant": r.variant, "stage": r.history["stage"].iloc[0] if "stage" in r.history else "train",
+    return pd.DataFrame([{"variant": r.variant, "stage": r.history["stage"].iloc[0] if "stage" in r.history else "target-only",
                           "seconds": r.train.seconds if r.train else np.nan,
                           "steps": r.train.steps if r.train else np.nan,
                           "stopped": r.train.stopped if r.train else ""} for r in results])
@@ -274,3 +278,98 @@ def compare(prep: Prepared, cfg: AntConfig, variants: tuple[str, ...] = VARIANTS
         out.append(fit(prep.target.data, prep.target.groups, replace(cfg, variant=v), seed,
                        variant=f"{prefix}ANT {v}", pretrained=pre, features=prep.target_features))
     return out
+
+
+def cutoff_table(results: list[MethodResult], ks: tuple[int, ...] = (10, 50), split: str = "test") -> pd.DataFrame:
+    """NDCG and HR of all users at ``ks`` (e.g. @50 for published Scientific figures), one row
+    per variant, from the runs' stored full-ranking target ranks."""
+    from ..evaluate import metrics_from_ranks
+    rows = []
+    for r in results:
+        m = metrics_from_ranks(r.ranks[split], ks)
+        rows.append({"variant": r.variant, "seed": r.seed,
+                     **{f"{name.upper()}@{k}": m[name, k] for k in ks for name in ("ndcg", "hr")}})
+    return pd.DataFrame(rows).set_index(["variant", "seed"])
+
+
+def negative_transfer(table: pd.DataFrame, label: str, baseline: str, group: str = "all",
+                      transfer: tuple[str, ...] = ("fine-tune", "adaptor-tune", "re-learn")) -> list[str]:
+    """One sentence per transfer variant of setting ``label``: does it beat ``baseline``
+    (a variant name, e.g. ``"<label> | ANT scratch"``)? Negative transfer named."""
+    from .common import transfer_verdict
+    prefix = f"{label} | " if label else ""
+    return [transfer_verdict(table, f"{prefix}ANT {v}", baseline, group) for v in transfer]
+
+
+def _digest(data: SeqData) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for t in (data.train_inputs, data.eval_targets["test"]):
+        h.update(t.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_settings(preps: dict[str, Prepared], cfg: AntConfig, variants: tuple[str, ...] = VARIANTS,
+                 seed: int = 0, id_baseline: bool = True) -> dict[str, list[MethodResult]]:
+    """:func:`compare` on every setting (label -> prepared data), plus the ID-only SASRec trained
+    on each target (``methods.baseline``, the workbench's target-only model, through the target
+    experiment's runs and cache). Settings whose source tensors are identical share one
+    pre-trained model. Each list starts with its pre-training run (possibly shared)."""
+    from . import baseline
+    pretrained: dict[str, MethodResult] = {}
+    out = {}
+    for label, p in preps.items():
+        key = _digest(p.source)
+        res = compare(p, cfg, variants, seed, label, pretrained=pretrained.get(key))
+        if res and key not in pretrained and res[0].history["stage"].iloc[0] == "pre-train":
+            pretrained[key] = res[0]
+        if id_baseline:
+            exp = p.target
+            res += exp.run({f"{label} | SASRec ID (target only)": (
+                baseline.fit, exp.config(baseline.BaselineConfig, backbone="sasrec"))}, seeds=[seed])
+        out[label] = res
+    return out
+
+
+ABLATIONS = {                                        # name -> AntConfig / ContentConfig changes
+    "text": {"slots": ("text",)},
+    "text+numeric": {"slots": ("text", "numeric")},
+    "text+numeric+categorical": {},
+    "all, no fusion product": {"beta": 0.0},
+}
+
+
+def ablation(prep: Prepared, cfg: AntConfig, seed: int = 0, label: str = "",
+             specs: dict[str, dict] | None = None, max_steps: int | None = None,
+             variant: str = "re-learn") -> list[MethodResult]:
+    """Modality ablation: for every spec, pre-train (at most ``max_steps`` steps when given) and
+    adapt with ``variant``. Spec keys are :class:`AntConfig` fields or, for ``beta``,
+    :class:`ContentConfig` fields. Returns the adapted runs, named ``"<label> | ANT <variant>
+    [<spec>]"``; pre-training runs are in each run's ``diagnostics["pretrain"]``."""
+    prefix = f"{label} | " if label else ""
+    out = []
+    for name, change in (specs or ABLATIONS).items():
+        model_change = {k: v for k, v in change.items() if k in ContentConfig.__dataclass_fields__}
+        c = replace(cfg, **{k: v for k, v in change.items() if k not in model_change},
+                    model=replace(cfg.model, **model_change), variant=variant)
+        if max_steps is not None:   # never more than the budget's own cap
+            cap = max_steps if c.pretrain.max_steps is None else min(max_steps, c.pretrain.max_steps)
+            c = replace(c, pretrain=replace(c.pretrain, max_steps=cap))
+        pre = pretrain(prep.source, prep.source_features, c, seed, variant=f"{prefix}ANT pre-train [{name}]")
+        r = fit(prep.target.data, prep.target.groups, c, seed, variant=f"{prefix}ANT {variant} [{name}]",
+                pretrained=pre, features=prep.target_features)
+        r.diagnostics["pretrain"] = pre.history
+        out.append(r)
+    return out
+
+
+def stage_times(results: list[MethodResult], preps: dict[str, Prepared] | None = None) -> pd.DataFrame:
+    """Seconds per stage: data and feature preparation of every setting, then every training run
+    (a shared pre-training counted once)."""
+    rows = []
+    for label, p in (preps or {}).items():
+        rows += [{"variant": f"{label} | {stage}", "stage": stage, "seconds": s, "steps": np.nan, "stopped": ""}
+                 for stage, s in p.seconds.items()]
+    seen = set()
+    unique = [r for r in results if not (id(r) in seen or seen.add(id(r)))]
+    return pd.concat([pd.DataFrame(rows), timings(unique)], ignore_index=True)
