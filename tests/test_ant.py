@@ -212,3 +212,30 @@ def test_pretrain_and_each_variant_through_the_shared_loop(toy_csv):
 def replace_variant(cfg, variant):
     from dataclasses import replace
     return replace(cfg, variant=variant)
+
+
+def test_run_settings_shares_pretraining_and_ablation_respects_budget_cap(toy_csv):
+    from seqtransfer.budget import get_budget
+    from seqtransfer.experiment import prepare
+    seqs, feats, _ = _toy_data(toy_csv)
+    ds = data.load(toy_csv, min_user=1, min_item=1)
+    exp = prepare(ds, get_budget("smoke", max_len=6, dim=8), seed=0, device="cpu", progress=False)
+    target = feats.select(["text"])
+    preps = {label: ant.Prepared(None, seqs, feats, exp, target, {"data": 0.0}) for label in ("a", "b")}
+    tc = exp.train_config(max_steps=2, epochs=5, patience=10)
+    cfg = ant.AntConfig(model=ContentConfig(dim=8, n_heads=2, max_len=6, n_experts=2),
+                        slots=("text", "categorical"), pretrain=tc, train=tc)
+    runs = ant.run_settings(preps, cfg, variants=("re-learn",), seed=0)
+    assert runs["a"][0] is runs["b"][0]                       # identical sources: one pre-training
+    assert [r.variant for r in runs["b"]] == ["a | ANT pre-train", "b | ANT re-learn",
+                                              "b | SASRec ID (target only)"]
+    times = ant.stage_times([r for res in runs.values() for r in res], preps)
+    assert (times["stage"] == "pre-train").sum() == 1
+    abl = ant.ablation(preps["a"], cfg, seed=0, label="a", max_steps=300,
+                       specs={"text": {"slots": ("text",)}, "no product": {"beta": 0.0}})
+    assert [r.variant for r in abl] == ["a | ANT re-learn [text]", "a | ANT re-learn [no product]"]
+    assert all(r.diagnostics["pretrain"]["step"].max() <= 2 for r in abl)   # the budget's cap wins
+    assert abl[1].model.cfg.beta == 0.0 and abl[0].model.slots == ["text"]
+    table = ant.cutoff_table(abl, ks=(10, 50))
+    assert list(table.columns) == ["NDCG@10", "HR@10", "NDCG@50", "HR@50"]
+    assert (table["HR@10"] <= table["HR@50"]).all()

@@ -124,3 +124,10 @@ def test_dataset_setting_labels_sanity_by_title_overlap(tmp_path):
     small = s.sample(3, seed=0)
     assert small.target.n_users == 3
     assert small.sources.inter.groupby("domain")["user"].nunique().max() <= 3
+
+
+def test_named_atomic_dataset_missing_folder(monkeypatch):
+    from seqtransfer.data import atomic
+    monkeypatch.setitem(atomic.ATOMIC_DATASETS, "amazon-nowhere", ("../shared/data/nowhere", "X"))
+    with pytest.raises(DataError, match="beside the project root .*does not exist"):
+        data.load("amazon-nowhere")
