@@ -239,3 +239,42 @@ def test_run_settings_shares_pretraining_and_ablation_respects_budget_cap(toy_cs
     table = ant.cutoff_table(abl, ks=(10, 50))
     assert list(table.columns) == ["NDCG@10", "HR@10", "NDCG@50", "HR@50"]
     assert (table["HR@10"] <= table["HR@50"]).all()
+
+
+def test_eval_sample_keeps_the_chosen_users_rows(toy_csv):
+    seqs, _, _ = _toy_data(toy_csv)
+    small = ant.eval_sample(seqs, 5, seed=1)
+    keep = np.sort(np.random.default_rng(1).choice(seqs.n_users, 5, replace=False))
+    assert small.n_users == 5 and torch.equal(small.train_inputs, seqs.train_inputs)
+    for split in ("valid", "test"):
+        assert torch.equal(small.eval_targets[split], seqs.eval_targets[split][keep])
+        for i, u in enumerate(keep):
+            p, q = small.history_ptr[split], seqs.history_ptr[split]
+            assert torch.equal(small.history_items[split][p[i]:p[i + 1]], seqs.history_items[split][q[u]:q[u + 1]])
+    from seqtransfer.evaluate import rank_targets
+    model = ContentSASRec({"text": torch.randn(seqs.n_items + 1, 4)}, ContentConfig(dim=8, max_len=6))
+    np.testing.assert_array_equal(rank_targets(model, small, "test"), rank_targets(model, seqs, "test")[keep])
+
+
+def test_contrastive_step_equals_the_loss_on_the_full_item_table(toy_csv):
+    """The step runs the adaptors only on the batch's items; its loss must equal the one
+    computed with every item's vector (no dropout, no gate noise: eval mode)."""
+    from contextlib import nullcontext
+    from seqtransfer.train import StepContext
+    seqs, feats, _ = _toy_data(toy_csv)
+    cfg = ant.AntConfig(model=ContentConfig(dim=8, n_heads=2, max_len=6, n_experts=2),
+                        slots=("text", "categorical"), cross_modal_weight=0.5, max_positions=10_000)
+    model = _perturb(ant.build(feats, cfg, seed=0)).eval()
+    batch = torch.arange(6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = ant.contrastive_step(cfg)(StepContext(model, opt, seqs, batch, 0, 0, TrainConfig(grad_clip=None), nullcontext))
+    with torch.no_grad():
+        s, t = seqs.train_inputs[batch], seqs.train_targets[batch]
+        full = model.item_weights()
+        h = model.encode(s, full)[t > 0]
+        tm = t[t > 0]
+        z = model.modality_vectors(torch.arange(seqs.n_items + 1))
+        items = torch.unique(tm)
+        expect = masked_contrastive_loss(h, full[tm], tm) + \
+            0.5 * masked_contrastive_loss(z["text"][items], z["categorical"][items], items)
+    assert got == pytest.approx(expect.item(), rel=1e-5)

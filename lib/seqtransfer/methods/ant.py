@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,9 @@ from ..data.split import UserGroups
 from ..models import ContentConfig, ContentSASRec, masked_contrastive_loss
 from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
 from .common import MethodResult, evaluate_both
+
+if TYPE_CHECKING:
+    from ..experiment import Experiment
 
 VARIANTS = ("scratch", "fine-tune", "adaptor-tune", "re-learn")
 
@@ -131,23 +135,24 @@ def contrastive_step(cfg: AntConfig):
         seqs, tgt = ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch]
         ctx.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            ids = torch.arange(model.n_items + 1, device=seqs.device)
-            z = model.modality_vectors(ids)                                   # slot -> (N+1, D)
+            # the adaptors run once per item of this batch (inputs and targets), not per position
+            ids = torch.unique(torch.cat([seqs.flatten(), tgt.flatten()]))   # (M,) sorted, holds 0
+            z = model.modality_vectors(ids)                                   # slot -> (M, D)
             table = model.fuse(z)
             if model.item_emb is not None:
-                table = table + model.item_emb.weight
-            h = model.encode(seqs, table)                                     # (B, T, D)
+                table = table + model.item_emb(ids)
+            h = model.encode(torch.searchsorted(ids, seqs), table)            # (B, T, D)
             mask = tgt > 0
             hm, tm = h[mask], tgt[mask]                                       # (P, D), (P,)
             if len(tm) > cfg.max_positions:
                 pick = torch.randperm(len(tm), device=tm.device)[:cfg.max_positions]
                 hm, tm = hm[pick], tm[pick]
-            loss = masked_contrastive_loss(hm, table[tm], tm, model.cfg.temperature)
+            loss = masked_contrastive_loss(hm, table[torch.searchsorted(ids, tm)], tm, model.cfg.temperature)
             pair = cfg.cross_modal_pair
             if cfg.cross_modal_weight and pair is not None and all(p in z for p in pair):
-                items = torch.unique(tm)                                      # each item once
+                items = torch.searchsorted(ids, torch.unique(tm))             # each item once
                 loss = loss + cfg.cross_modal_weight * masked_contrastive_loss(
-                    z[pair[0]][items], z[pair[1]][items], items, model.cfg.temperature)
+                    z[pair[0]][items], z[pair[1]][items], ids[items], model.cfg.temperature)
         loss.backward()
         clip_and_step(ctx)
         return loss.item()
@@ -228,7 +233,7 @@ class Prepared:
     setting: D.CrossDomain
     source: SeqData
     source_features: D.ItemFeatures
-    target: "object"                 # experiment.Experiment
+    target: Experiment               # the target's split, groups, tensors, budget and runs
     target_features: D.ItemFeatures
     seconds: dict[str, float]        # stage -> seconds spent preparing
 
@@ -236,15 +241,17 @@ class Prepared:
 def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0, device: str = "auto",
             max_len: int = 50, slots: dict[str, str] | None = None, data_dir: str | None = None,
             progress: bool = True, head_frac: float = 0.2, cold_max: int = 5,
-            cache: bool | str = False) -> Prepared:
+            cache: bool | str = False, source_eval_users: int | None = 2000) -> Prepared:
     """Sample (smoke budget), split and tensorise the sources and the target of ``setting``, and
     build both item feature sets (text embeddings cached). Sequences are cut to ``max_len``;
-    ``cache`` keeps the target experiment's finished runs (see :func:`experiment.prepare`)."""
+    ``cache`` keeps the target experiment's finished runs (see :func:`experiment.prepare`).
+    Pre-training validates (early stopping) and reports on a seeded sample of
+    ``source_eval_users`` source sequences (None: all); it trains on every sequence."""
     from ..experiment import prepare as prepare_experiment
     b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
     t0 = time.perf_counter()
     setting = setting.sample(b.max_users, seed)
-    source = D.build_sequences(D.leave_one_out(setting.sources), max_len)
+    source = eval_sample(D.build_sequences(D.leave_one_out(setting.sources), max_len), source_eval_users, seed)
     exp = prepare_experiment(setting.target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
                              progress=progress, data_dir=data_dir, cache=cache)
     # a group no target user falls in (no cold-start users among ML genre targets) is left out
@@ -254,6 +261,35 @@ def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 
     tgt_f = D.item_features(exp.dataset, slots, data_dir, progress, genre_vocab=src_f.genre_vocab)
     t2 = time.perf_counter()
     return Prepared(setting, source, src_f, exp, tgt_f, {"data": t1 - t0, "features": t2 - t1})
+
+
+def eval_sample(data: SeqData, n_users: int | None, seed: int = 0) -> SeqData:
+    """``data`` with its validation and test parts cut to a seeded sample of ``n_users`` users
+    (training windows unchanged): ranking tens of thousands of source sequences at every
+    evaluation would cost more than the pre-training steps between evaluations."""
+    if n_users is None or n_users >= data.n_users:
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(data.n_users, n_users, replace=False))
+    idx = torch.from_numpy(keep)
+    ptr, items = {}, {}
+    for split in ("valid", "test"):
+        p = data.history_ptr[split]
+        parts = [data.history_items[split][p[u]:p[u + 1]] for u in keep]
+        lens = torch.tensor([len(x) for x in parts], dtype=torch.long)
+        ptr[split] = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+        items[split] = torch.cat(parts)
+    return replace(data, n_users=n_users,
+                   eval_inputs={k: v[idx] for k, v in data.eval_inputs.items()},
+                   eval_lengths={k: v[idx] for k, v in data.eval_lengths.items()},
+                   eval_targets={k: v[idx] for k, v in data.eval_targets.items()},
+                   history_ptr=ptr, history_items=items, activeness=data.activeness[keep])
+
+
+def cap_steps(cfg: TrainConfig, max_steps: int | None) -> TrainConfig:
+    """``cfg`` with at most ``max_steps`` steps, never more than its own cap (None: unchanged)."""
+    if max_steps is None:
+        return cfg
+    return replace(cfg, max_steps=max_steps if cfg.max_steps is None else min(max_steps, cfg.max_steps))
 
 
 def timings(results: list[MethodResult]) -> pd.DataFrame:
@@ -352,9 +388,7 @@ def ablation(prep: Prepared, cfg: AntConfig, seed: int = 0, label: str = "",
         model_change = {k: v for k, v in change.items() if k in ContentConfig.__dataclass_fields__}
         c = replace(cfg, **{k: v for k, v in change.items() if k not in model_change},
                     model=replace(cfg.model, **model_change), variant=variant)
-        if max_steps is not None:   # never more than the budget's own cap
-            cap = max_steps if c.pretrain.max_steps is None else min(max_steps, c.pretrain.max_steps)
-            c = replace(c, pretrain=replace(c.pretrain, max_steps=cap))
+        c = replace(c, pretrain=cap_steps(c.pretrain, max_steps))   # never above the budget's cap
         pre = pretrain(prep.source, prep.source_features, c, seed, variant=f"{prefix}ANT pre-train [{name}]")
         r = fit(prep.target.data, prep.target.groups, c, seed, variant=f"{prefix}ANT {variant} [{name}]",
                 pretrained=pre, features=prep.target_features)
