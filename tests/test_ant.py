@@ -278,3 +278,15 @@ def test_contrastive_step_equals_the_loss_on_the_full_item_table(toy_csv):
         expect = masked_contrastive_loss(h, full[tm], tm) + \
             0.5 * masked_contrastive_loss(z["text"][items], z["categorical"][items], items)
     assert got == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_transductive_mode_adds_an_id_embedding_per_domain():
+    feats = {"text": torch.randn(5, 3)}
+    m = ContentSASRec(feats, ContentConfig(dim=4, n_heads=1, transductive=True)).eval()
+    plain = ContentSASRec(feats, ContentConfig(dim=4, n_heads=1)).eval()
+    assert plain.item_emb is None
+    content = m.fuse(m.modality_vectors(torch.arange(5)))
+    torch.testing.assert_close(m.item_weights(), content + m.item_emb.weight)
+    assert torch.count_nonzero(m.item_emb.weight[0]) == 0
+    m.set_items({"text": torch.randn(9, 3)})                  # a new domain: a new id table
+    assert m.item_emb.num_embeddings == 9 and m.item_weights().shape == (9, 4)

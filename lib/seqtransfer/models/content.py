@@ -91,8 +91,6 @@ class ContentSASRec(SequentialRecommender):
                 nn.init.normal_(m.weight, std=0.02)
                 if isinstance(m, nn.Linear) and m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if self.item_emb is not None:
-            nn.init.normal_(self.item_emb.weight, std=0.02)
         self.set_items(feats)
 
     # -- items --------------------------------------------------------------------------------
@@ -116,9 +114,12 @@ class ContentSASRec(SequentialRecommender):
             x = torch.as_tensor(np.asarray(features[s]) if not torch.is_tensor(features[s]) else features[s],
                                 dtype=torch.float32, device=device) if s in features else None
             self.register_buffer(f"feat_{s}", x, persistent=False)   # (N+1, d_s) or None
-        if self.item_emb is not None and self.item_emb.num_embeddings != self.n_items + 1:
-            self.item_emb = nn.Embedding(self.n_items + 1, self.dim, padding_idx=0).to(device)
-            nn.init.normal_(self.item_emb.weight, std=0.02)
+        if self.item_emb is not None:   # ids do not transfer: a new domain gets a new table
+            if self.item_emb.num_embeddings != self.n_items + 1:
+                self.item_emb = nn.Embedding(self.n_items + 1, self.dim, padding_idx=0).to(device)
+            with torch.no_grad():
+                nn.init.normal_(self.item_emb.weight, std=0.02)
+                self.item_emb.weight[0].zero_()
 
     def modality_vectors(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """slot -> (..., D) adaptor output for item ``ids`` (...)."""
