@@ -64,6 +64,10 @@ def test_atomic_loader_malformed(tmp_path):
         load_atomic(folder)
     with pytest.raises(DataError, match="atomic layout"):
         data.load(tmp_path)          # a folder with no dataset in any known layout
+    folder = _atomic(tmp_path / "f")
+    (folder / "SHA256SUMS").write_text("0" * 64 + "  Toy.text\n")
+    with pytest.raises(DataError, match="Toy.text does not match its digest"):
+        load_atomic(folder)
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "../shared/data/amazon-scientific").is_dir(),

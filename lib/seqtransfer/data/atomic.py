@@ -17,7 +17,8 @@ rows; any mismatch is an error naming the user. The result is an :class:`Interac
 ``timestamp`` is the position in the sequence, so :func:`leave_one_out` gives back exactly the
 files' validation and test items.
 
-The dataset name ``"amazon-scientific"`` resolves to ``../shared/data/amazon-scientific`` next to
+A ``SHA256SUMS`` file in the folder, when present, is checked first. The dataset name
+``"amazon-scientific"`` resolves to ``../shared/data/amazon-scientific`` next to
 the project root (the files are read in place, never copied into the project).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .fetch import sha256
 from .loaders import DataError, Interactions, _tidy
 
 SUFFIXES = ("train.inter", "valid.inter", "test.inter", "text", "item2index", "user2index")
@@ -96,6 +98,21 @@ def _lists(col: pd.Series, path: Path) -> list[tuple[int, ...]]:
     return out
 
 
+def check_sums(folder: Path) -> None:
+    """When the folder has a ``SHA256SUMS`` file, every file it lists must match its digest."""
+    sums = folder / "SHA256SUMS"
+    if not sums.exists():
+        return
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, fname = line.split(maxsplit=1)
+        path = folder / fname.strip()
+        if path.exists() and sha256(path) != digest:
+            raise DataError(f"{path} does not match its digest in {sums}: the file changed or is "
+                            "corrupt; restore it (or delete its line from SHA256SUMS if you changed it on purpose).")
+
+
 def rebuild_sequence(prefixes: list[tuple[int, ...]], targets: list[int], max_prefix: int,
                      where: str) -> list[int]:
     """One user's training sequence from its (prefix, next item) rows, in any row order."""
@@ -152,6 +169,7 @@ def read_atomic(folder: str | Path, name: str | None = None,
                             "NAME.item2index, NAME.user2index.")
         name = names[0]
     f = {s: folder / f"{name}.{s}" for s in SUFFIXES}
+    check_sums(folder)
     item_idx = _read(f["item2index"], ("raw", "index"), header=False)
     user_idx = _read(f["user2index"], ("raw", "index"), header=False)
     item_raw = pd.Series(item_idx["raw"].to_numpy(), index=_ints(item_idx["index"], f["item2index"], "index"))
