@@ -135,3 +135,11 @@ def test_named_atomic_dataset_missing_folder(monkeypatch):
     monkeypatch.setitem(atomic.ATOMIC_DATASETS, "amazon-nowhere", ("../shared/data/nowhere", "X"))
     with pytest.raises(DataError, match="beside the project root .*does not exist"):
         data.load("amazon-nowhere")
+
+
+def test_dataset_setting_without_genres_uses_the_whole_source(tmp_path):
+    ds = _genre_toy(tmp_path)
+    plain = data.load(tmp_path / "inter.csv", min_user=1, min_item=1)      # no item file: no genres
+    plain.name = "plain"
+    s = data.dataset_setting(plain, ds, min_len=2)
+    assert set(s.sources.inter["domain"]) == {"plain"} and s.sources.n_users == plain.n_users

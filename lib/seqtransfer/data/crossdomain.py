@@ -21,13 +21,13 @@ within a domain and never across two of them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from .domains import RULES, genre_domains
-from .loaders import DataError, Interactions, sample_users
+from .loaders import DataError, Interactions, sample_users, subset
 
 KINDS = ("genre", "cross-platform", "sanity")
 SANITY_OVERLAP = 0.5   # share of target titles found among the sources that makes a sanity check
@@ -65,7 +65,6 @@ class CrossDomain:
         for _, users in self.sources.inter.groupby("domain")["user"]:
             u = np.unique(users.to_numpy())
             keep.append(rng.choice(u, size=min(max_users, len(u)), replace=False))
-        from .loaders import subset
         sources = subset(self.sources, users=np.concatenate(keep))
         return CrossDomain(self.name, self.kind, sources, sample_users(self.target, max_users, seed),
                            self.title_overlap, self.note, dict(self.meta, sampled=max_users))
@@ -166,9 +165,7 @@ def dataset_setting(source: Interactions, target: Interactions, rule: str = "rar
     if source.items["genres"].map(len).gt(0).any():
         src = _sources(source, rule, None, sources, min_len)
     else:
-        src = domain_sequences(source.__class__(source.name, source.inter.assign(domain=source.name),
-                                                source.items, source.user_ids, dict(source.meta)),
-                               None, min_len)
+        src = domain_sequences(replace(source, inter=source.inter.assign(domain=source.name)), None, min_len)
     overlap = _title_overlap(src, target)
     kind = "sanity" if overlap >= SANITY_OVERLAP else "cross-platform"
     note = (f"{overlap:.0%} of {target.name}'s titles also occur in {source.name}: text sees the same "
