@@ -41,6 +41,7 @@ NOTEBOOKS: dict[str, str] = {
     "01_backbones": "01_backbones.ipynb",
     "02_gradient_alignment": "02_gradient_alignment.ipynb",
     "03_intervened_network": "03_intervened_network.ipynb",
+    "04_ant": "04_ant.ipynb",
 }
 
 BUDGETS = tuple(_BUDGET_SETTINGS)  # smoke, quick, full: the size switch of every notebook

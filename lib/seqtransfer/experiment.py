@@ -208,13 +208,15 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
         An :class:`Experiment`.
     """
     b = budget if isinstance(budget, Budget) else get_budget(budget)
-    dataset = dataset or b.dataset
+    if isinstance(dataset, str) and not dataset:
+        dataset = b.dataset
     if not 0.0 <= cold_start_frac < 1.0:
         raise ValueError(f"cold_start_frac must be in [0, 1), got {cold_start_frac}")
     dev = resolve_device(device)
-    ds = D.sample_users(D.load(dataset, data_dir=data_dir, min_user=min_user, min_item=min_item,
-                               user_col=user_col, item_col=item_col, time_col=time_col),
-                        b.max_users, seed)
+    ds = dataset if isinstance(dataset, D.Interactions) else D.load(
+        dataset, data_dir=data_dir, min_user=min_user, min_item=min_item, user_col=user_col,
+        item_col=item_col, time_col=time_col)
+    ds = D.sample_users(ds, b.max_users, seed)
     split = D.leave_one_out(ds)
     cold = np.zeros(split.n_users, dtype=bool)
     if cold_start_frac > 0:

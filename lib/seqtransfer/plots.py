@@ -285,3 +285,23 @@ def sensitivity_lines(frame: pd.DataFrame, groups=("head", "tail"), metric: str 
         fig.update_xaxes(title=names.get(sweep, sweep), tickvals=sorted(part["setting"].unique()), row=1, col=col)
     fig.update_yaxes(title=f"test {metric}", row=1, col=1)
     return fig.update_layout(title=title, template="plotly_white", height=380)
+
+
+def gate_bars(gates: pd.DataFrame, title: str = "Mean gate weight of each expert, per modality") -> go.Figure:
+    """One panel per modality slot: the mean gate weight of every expert (x), one bar colour per
+    variant. A uniform gate sits at 1/E on every expert (dashed line)."""
+    slots = list(dict.fromkeys(gates["slot"]))
+    fig = make_subplots(rows=1, cols=len(slots), subplot_titles=slots, shared_yaxes=True)
+    variants = list(dict.fromkeys(gates["variant"]))
+    for j, slot in enumerate(slots, start=1):
+        part = gates[gates["slot"] == slot]
+        for i, v in enumerate(variants):
+            p = part[part["variant"] == v]
+            fig.add_bar(x=p["expert"], y=p["weight"], name=v, legendgroup=v, showlegend=j == 1,
+                        marker_color=_palette(i), row=1, col=j)
+        n = part["expert"].nunique()
+        if n:
+            fig.add_hline(y=1 / n, line_dash="dash", line_color="grey", row=1, col=j)
+        fig.update_xaxes(title="expert", row=1, col=j)
+    return fig.update_layout(title=title, template="plotly_white", height=380, barmode="group",
+                             yaxis_title="mean gate weight")

@@ -475,7 +475,10 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
     say what each step dropped). Interactions at the same time keep the file's order.
 
     Args:
-        source: ``"ml-1m"``, ``"ml-100k"``, a folder with GroupLens files, or a CSV/TSV/Parquet
+        source: ``"ml-1m"``, ``"ml-100k"``, ``"amazon-scientific"`` (read in place from
+            ``../shared/data/amazon-scientific``), a folder with GroupLens files, a folder in
+            UniSRec's atomic layout (see :mod:`.atomic`; its own filtering and split are kept,
+            so ``min_user``, ``min_item`` and ``dedupe`` do not apply), or a CSV/TSV/Parquet
             file. A file's columns are found by name (``USER_COLUMNS``, ``ITEM_COLUMNS``,
             ``TIME_COLUMNS``, any case, RecBole ``name:type`` headers too); times are Unix
             seconds, milliseconds (detected) or datetime strings (see :func:`parse_times`).
@@ -497,8 +500,17 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
                                ("time_col", time_col)) if v}
     if named and not path.is_file():
         raise DataError(f"{', '.join(named)} name columns of a CSV/Parquet file, but {source!r} is "
-                        "not a file; leave them empty for the built-in datasets and GroupLens folders.")
-    if isinstance(source, str) and not path.exists() and source in KNOWN_DATASETS:
+                        "not a file; leave them empty for the built-in datasets and folders.")
+    from .atomic import ATOMIC_DATASETS, is_atomic_folder, read_atomic, resolve_atomic
+    if isinstance(source, str) and not path.exists() and source in ATOMIC_DATASETS:
+        name = source
+        inter, items = read_atomic(resolve_atomic(source), ATOMIC_DATASETS[source][1])
+        min_user, min_item, dedupe = 1, 1, False   # the files' own filtering and split
+    elif is_atomic_folder(path):
+        name = path.name
+        inter, items = read_atomic(path)
+        min_user, min_item, dedupe = 1, 1, False
+    elif isinstance(source, str) and not path.exists() and source in KNOWN_DATASETS:
         name = source
         folder = fetch(name, data_dir)
         cache = folder / "interactions.parquet"
@@ -517,7 +529,8 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
             inter, items = _read_grouplens_100k(path)
         else:
             raise DataError(f"folder {path} holds neither ratings.dat (MovieLens-1M) nor u.data "
-                            "(MovieLens-100K); point at the unpacked GroupLens archive.")
+                            "(MovieLens-100K) nor NAME.train.inter (UniSRec's atomic layout); point "
+                            "at the unpacked GroupLens archive or an atomic-layout folder.")
     elif path.is_file():
         name = path.stem
         inter, read = _read_table_file(path, user_col, item_col, time_col, domain_col, sep)

@@ -1,5 +1,5 @@
 """One module per method: a commented config dataclass plus ``fit(...) -> MethodResult``."""
-from . import baseline, gradient_alignment, intervened
+from . import ant, baseline, gradient_alignment, intervened
 from .common import (MethodResult, backbone_name, combine_results, compare, compare_pairs, convergence_sentence,
                      diagnostics, null_check_sentence, run_facts, tuning_table,
                      difference_row, evaluate_both, gap_sentence, histories, still_improving, stopped_by_cap,

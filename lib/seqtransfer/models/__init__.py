@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from .adaptor import LinearExpert, MoEAdaptor, WhiteningExpert
 from .base import LOSS_TYPES, SequentialRecommender
+from .content import ContentConfig, ContentSASRec, masked_contrastive_loss
 from .gru4rec import GRU4Rec, GRU4RecConfig
 from .sasrec import SASRec, SASRecConfig
 
+# id-based backbones by name; content models (ContentSASRec) need feature matrices, built directly
 BACKBONES = {"sasrec": (SASRec, SASRecConfig), "gru4rec": (GRU4Rec, GRU4RecConfig)}
 
 

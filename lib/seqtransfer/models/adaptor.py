@@ -1,0 +1,90 @@
+"""Modality adaptors of ANT (Peng, Parthasarathy, Ning, arXiv 2309.10195; code ninglab/ANT).
+
+* :class:`WhiteningExpert`: parametric whitening ``W (dropout(x) - b)``, ``b`` = 0 and ``W``
+  xavier-normal at initialisation (text and image experts in ANT).
+* :class:`MoEAdaptor`: a mixture of ``E`` experts (whitening, or plain linear layers for numeric
+  features) weighted by a noisy softmax gate computed from the RAW feature x:
+  ``softmax(x G + eps * (softplus(x N) + 0.01))`` while training, ``softmax(x G)`` in eval,
+  with ``G = N = 0`` at initialisation, so every expert starts with weight 1/E.
+
+Tensors in, tensors out: ``(..., d_in) -> (..., d_out)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EXPERTS = ("whiten", "linear")
+
+
+class WhiteningExpert(nn.Module):
+    """``W (dropout(x) - b)``: a learned centre ``b`` then a projection."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.2):
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(d_in))
+        self.W = nn.Linear(d_in, d_out, bias=False)
+        self.drop = nn.Dropout(dropout)
+        self.reset(None)
+
+    def reset(self, gen: torch.Generator | None) -> None:
+        with torch.no_grad():
+            self.b.zero_()
+            nn.init.xavier_normal_(self.W.weight, generator=gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.W(self.drop(x) - self.b)                                   # (..., d_out)
+
+
+class LinearExpert(nn.Module):
+    """A plain linear layer (ANT's numeric experts); xavier-normal weight, zero bias."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.0):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+        self.reset(None)
+
+    def reset(self, gen: torch.Generator | None) -> None:
+        with torch.no_grad():
+            nn.init.xavier_normal_(self.lin.weight, generator=gen)
+            self.lin.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+class MoEAdaptor(nn.Module):
+    """Mixture of ``n_experts`` experts with a noisy gate on the raw feature."""
+
+    def __init__(self, d_in: int, d_out: int, n_experts: int = 8, expert: str = "whiten",
+                 dropout: float = 0.2, noisy: bool = True):
+        super().__init__()
+        if expert not in EXPERTS:
+            raise ValueError(f"unknown expert {expert!r}; choose one of {EXPERTS}")
+        cls = WhiteningExpert if expert == "whiten" else LinearExpert
+        self.experts = nn.ModuleList(cls(d_in, d_out, dropout) for _ in range(n_experts))
+        self.G = nn.Parameter(torch.zeros(d_in, n_experts))    # gate weights
+        self.N = nn.Parameter(torch.zeros(d_in, n_experts))    # noise scale weights
+        self.noisy = noisy
+        self.d_in, self.d_out = d_in, d_out
+
+    def reset(self, gen: torch.Generator | None = None) -> None:
+        """Re-initialise every expert and set the gate back to zero (uniform)."""
+        for e in self.experts:
+            e.reset(gen)
+        with torch.no_grad():
+            self.G.zero_()
+            self.N.zero_()
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) raw features -> (..., E) expert weights."""
+        logits = x @ self.G                                                    # (..., E)
+        if self.training and self.noisy:
+            logits = logits + torch.randn_like(logits) * (F.softplus(x @ self.N) + 0.01)
+        return logits.softmax(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gate(x)                                                       # (..., E)
+        z = torch.stack([e(x) for e in self.experts], dim=-2)                  # (..., E, d_out)
+        return (g.unsqueeze(-1) * z).sum(-2)                                   # (..., d_out)
