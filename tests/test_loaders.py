@@ -8,7 +8,7 @@ import pytest
 
 from seqtransfer import data
 from seqtransfer.data import DataError
-from seqtransfer.data.loaders import detect_columns, parse_times
+from seqtransfer.data.userfiles import detect_columns, parse_times
 
 pytestmark = pytest.mark.unit
 

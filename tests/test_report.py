@@ -474,6 +474,26 @@ def test_kernel_threads_share_the_cores_among_jobs():
     assert kernel_threads(3, cores=2)["OMP_NUM_THREADS"] == "1"  # never zero
 
 
+@pytest.mark.unit
+def test_parameters_go_where_declared_and_unknown_ones_are_errors(toy_notebooks, tmp_path):
+    folder, notebooks = toy_notebooks
+    write_notebook(folder / "good.ipynb", RECORD_CELL)
+    nb = nbformat.read(str(folder / "good.ipynb"), as_version=4)
+    nb.cells[0].source += "\nuser_col = ''  # a comment\nx: int = 3"
+    nbformat.write(nb, str(folder / "good.ipynb"))
+    assert batch.notebook_parameters(folder / "good.ipynb") == {"budget", "device", "interactive",
+                                                                "user_col", "x"}
+    assert batch.notebook_parameters(folder / "bad.ipynb") == {"budget", "device", "interactive"}
+    given = {"budget": "smoke", "device": "cpu", "interactive": False, "user_col": "uid"}
+    assert batch._own_parameters(given, {"user_col"}) == given
+    assert batch._own_parameters(given, set()) == {"budget": "smoke", "device": "cpu", "interactive": False}
+    with pytest.raises(report.BatchError, match="no selected notebook has the parameter.s. usr_col; "
+                                                "their parameters are budget, device, interactive, user_col, x"):
+        report.run_batch(budget="smoke", out=tmp_path / "out", notebooks_dir=folder,
+                         notebooks=notebooks, params={"usr_col": "uid", "user_col": "uid"})
+    assert not (tmp_path / "out").exists()    # nothing ran
+
+
 def test_batch_timeout_is_retried_once(tmp_path):
     write_notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(60)")
     out = tmp_path / "out"

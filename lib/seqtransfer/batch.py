@@ -10,6 +10,7 @@ papermill and nbconvert are imported inside the functions that use them.
 """
 from __future__ import annotations
 
+import ast
 import logging
 import multiprocessing
 import os
@@ -229,9 +230,10 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
               bar: bool | None = None) -> pd.DataFrame:
     """Execute notebooks with papermill and write their HTML reports, results and an index.
 
-    Every notebook gets the parameters ``budget``, ``device``, ``interactive=False`` and
-    ``params``; its kernel runs in the notebook's folder with plotly's renderer set to
-    ``BATCH_RENDERER``. A notebook that fails is recorded with its error and the batch goes
+    Every notebook gets the parameters ``budget``, ``device``, ``interactive=False`` and those
+    of ``params`` its parameters cell declares (a name no selected notebook declares is an
+    error, before anything runs); its kernel runs in the notebook's folder with plotly's
+    renderer set to ``BATCH_RENDERER``. A notebook that fails is recorded with its error and the batch goes
     on; one that times out is retried once. While they run, progress goes to stderr: a bar
     over the notebooks with each running notebook's cell, section and elapsed time on a
     terminal, else log lines of the ``seqtransfer.batch`` logger (``seqtransfer.progress``).
@@ -263,11 +265,17 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     timeout = DEFAULT_TIMEOUTS[budget] if timeout is None else float(timeout)
     if timeout <= 0:
         raise BatchError(f"timeout must be positive, got {timeout:g}")
+    declared = {name: notebook_parameters(src) for name, src in selected.items()}
+    unknown = [p for p in (params or {}) if not any(p in d for d in declared.values())]
+    if unknown:
+        raise BatchError(f"no selected notebook has the parameter(s) {', '.join(unknown)}; their "
+                         f"parameters are {', '.join(sorted(set().union(*declared.values())))}")
     out = Path(out) if out is not None else _project_path("reports", "latest")
     out.mkdir(parents=True, exist_ok=True)
 
     started = datetime.now().astimezone()
-    todo = [_Job(name, src, out, parameters, timeout) for name, src in selected.items()]
+    todo = [_Job(name, src, out, _own_parameters(parameters, declared[name]), timeout)
+            for name, src in selected.items()]
     with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER, **kernel_threads(jobs)):
         done = _run_jobs(todo, jobs, bar)
     status = pd.DataFrame([done[job.name] for job in todo], columns=list(STATUS_COLUMNS))
@@ -301,6 +309,30 @@ def _batch_parameters(budget: str, device: str, params: Mapping | None) -> dict:
         raise BatchError(f"params may not set {', '.join(clash)}: use the budget/device "
                          "arguments; batch runs are never interactive")
     return {"budget": budget, "device": device, "interactive": False, **params}
+
+
+def notebook_parameters(src: str | Path) -> set[str]:
+    """The names the notebook's cell tagged ``parameters`` assigns (empty without one)."""
+    nb = nbformat.read(str(src), as_version=4)
+    names = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                continue
+            names |= {t.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+                      for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                      if isinstance(t, ast.Name)}
+    return names
+
+
+def _own_parameters(parameters: dict, declared: set[str]) -> dict:
+    """The batch parameters a notebook gets: budget, device and interactive always, the others
+    where its parameters cell declares them (``-p cache_runs False`` skips the data notebook,
+    which trains nothing, instead of papermill warning about an unknown parameter)."""
+    return {k: v for k, v in parameters.items()
+            if k in ("budget", "device", "interactive") or k in declared}
 
 
 def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None) -> dict[str, dict]:

@@ -322,7 +322,7 @@ def _change_table_html(changes: pd.DataFrame, status: pd.DataFrame,
         flag = "" if state.get(nb, "ok") == "ok" else f" <span class='failed'>{html.escape(state[nb])}</span>"
         rows.append(f"<tr class='nb'><th colspan='{width}'>{html.escape(nb)}{link}{flag}</th></tr>")
         for _, r in part.iterrows():
-            cells = [f"<td class='label'>{_label_html(r['method'])}</td>",
+            cells = [f"<td>{_label_html(r['method'])}</td>",
                      f"<td class='label'>{_label_html(r['baseline'])}</td>",
                      f"<td>{html.escape(str(r['dataset']))}</td>", f"<td class='num'>{int(r['seeds'])}</td>"]
             for c in value_cols:
