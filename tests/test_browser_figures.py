@@ -231,3 +231,32 @@ def test_the_check_flags_the_two_broken_figures(tmp_path, browser_ready):
     assert any("axis x (log10)" in p and "more than 10x" in p for p in hist_check.problems), hist_check.problems
     assert any("reading 'length'" in e for e in check.errors), check.errors
     assert heat_check.problems, "the undrawn heatmap passed"
+
+
+def _inspected(**axis) -> dict:
+    """An ``inspect`` result with one titled, drawn trace and one axis."""
+    ax = {"id": "x", "type": "linear", "range": [0.0, 1.0], "data": [0.0, 1.0], "labels": True, "ticks": 5,
+          "fixed": False, **axis}
+    return {"drawnOk": True, "title": "t", "traces": 1, "drawn": 1, "axes": [ax]}
+
+
+@pytest.mark.unit
+def test_judge_hand_made_cases():
+    assert browser.judge(_inspected()) == []
+    # the batch's broken histogram: a log axis over 10^-13..10^258 for data in 10^1.24..10^3.07
+    (p,) = browser.judge(_inspected(type="log", range=[-13.36, 258.0], data=[1.241, 3.073]))
+    assert p.startswith("axis x (log10): range [-13.36, 258] is more than 10x")
+    # 10x the data's span passes, a little more fails
+    assert browser.judge(_inspected(range=[0.0, 10.0], data=[0.0, 1.0])) == []
+    assert browser.judge(_inspected(range=[0.0, 10.5], data=[0.0, 1.0]))
+    # one value (one epoch at x = 1): plotly's [0, 2] passes; a fixed range must hold the data
+    assert browser.judge(_inspected(range=[0.0, 2.0], data=[1.0, 1.0])) == []
+    assert browser.judge(_inspected(range=[-1.0, 1.05], data=[0.5, 0.7], fixed=True)) == []
+    (p,) = browser.judge(_inspected(range=[0.0, 1.0], data=[0.5, 1.5], fixed=True))
+    assert "cuts off data" in p
+    (p,) = browser.judge(_inspected(range=[2.0, 3.0], data=[0.0, 1.0]))
+    assert "misses the data" in p
+    assert browser.judge(_inspected(ticks=0)) == ["axis x: no tick labels drawn"]
+    assert browser.judge({**_inspected(), "title": "", "drawn": 0}) == [
+        "no title drawn", "no trace drawn (0 of 1 traces have visible marks)"]
+    assert browser.judge({"drawnOk": False}) == ["plotly did not draw it (no layout; see the page errors)"]

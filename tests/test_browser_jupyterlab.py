@@ -179,7 +179,7 @@ def _page_text_problems(page) -> list[str]:
 def _figures(page) -> list[dict]:
     """Every Plotly figure on the page, inspected as in the report check."""
     graphs = page.locator(".jp-Notebook .js-plotly-plot")
-    return [graphs.nth(i).evaluate(browser._INSPECT_JS) for i in range(graphs.count())]
+    return [browser.inspect(graphs.nth(i)) for i in range(graphs.count())]
 
 
 def _head_label(page) -> str:

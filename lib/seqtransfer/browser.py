@@ -143,8 +143,14 @@ _INSPECT_JS = r"""
 """
 
 
+def inspect(graph) -> dict:
+    """What plotly.js drew in one graph div (a playwright ``Locator``): title, traces, drawn
+    trace groups and, per axis showing data, its type, range, data extent and tick labels."""
+    return graph.evaluate(_INSPECT_JS)
+
+
 def judge(fig: dict) -> list[str]:
-    """The problems of one inspected figure (``_INSPECT_JS`` output), as sentences."""
+    """The problems of one inspected figure (``inspect`` output), as sentences."""
     problems = []
     if not fig.get("drawnOk"):
         return ["plotly did not draw it (no layout; see the page errors)"]
@@ -202,7 +208,7 @@ def check_page(browser, page_path: str | Path, png_dir: str | Path | None = None
         graphs = page.locator("div.plotly-graph-div")
         for i in range(graphs.count()):
             graph = graphs.nth(i)
-            fig = graph.evaluate(_INSPECT_JS)
+            fig = inspect(graph)
             check = FigureCheck(index=i + 1, title=fig["title"], traces=fig["traces"], drawn=fig["drawn"],
                                 axes=fig["axes"], problems=judge(fig))
             if png_dir is not None:
