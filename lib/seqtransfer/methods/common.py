@@ -200,6 +200,16 @@ def compare(results: list[MethodResult], variant: str, baseline: str, groups: Us
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
 
 
+def comparisons(results: list[MethodResult], pairs, groups: UserGroups | dict, metric: str = "ndcg",
+                k: int = 10, split: str = "test", data: SeqData | None = None, n_boot: int = N_BOOT,
+                seed: int = 0) -> pd.DataFrame:
+    """:func:`compare` for every ``(variant, baseline)`` in ``pairs`` (repeats are done once),
+    stacked: the table notebooks pass to :func:`transfer_verdict`."""
+    pairs = list(dict.fromkeys(tuple(p) for p in pairs))
+    return pd.concat([compare(results, v, b, groups, metric, k, split, data, n_boot, seed) for v, b in pairs],
+                     ignore_index=True)
+
+
 def _verdict(lo: float, hi: float) -> str:
     """"positive" / "negative" when the interval lo..hi excludes zero, else "none"."""
     if lo > 0:
@@ -220,6 +230,8 @@ def verdict_sentence(row) -> str:
     method, base, group = row["variant"], row["baseline"], row["group"]
     metric, k, a, b = row["metric"], int(row["k"]), float(row["a"]), float(row["b"])
     lo, hi = float(row["lo"]), float(row["hi"])
+    if row.get("n_users", 1) == 0:
+        return f"{method} vs {base}: no {group} users to compare on."
     rel = f" ({relative_change(a, b)})" if b else ""
     numbers = f"{metric.upper()}@{k} {a:.4f} vs {b:.4f}{rel}"
     if np.isnan(lo) or np.isnan(hi):
