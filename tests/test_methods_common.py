@@ -86,6 +86,8 @@ def test_compare_pairs_users_and_seeds_and_names_transfer_only_outside_the_inter
     assert "no detectable difference" in verdict_sentence(row)
     empty = compare(base + ours, "a", "b", {"none": np.zeros(U, bool)}, metric="hr", k=1).iloc[0]
     assert empty["n_users"] == 0 and verdict_sentence(empty) == "a vs b: no none users to compare on."
+    same = compare(base + [_ranked("c", s, np.full(U, 1)) for s in (0, 1)], "c", "b", groups, metric="hr", k=1)
+    assert verdict_sentence(same.iloc[0]).endswith("-- the same result for every user.")
     # per-user pairing, not per-seed means: seed 1 of "a" is unpaired and ignored
     extra = ours + [_ranked("a", 7, np.zeros(U))]
     assert compare(base + extra, "a", "b", groups, metric="hr", k=1)["n_seeds"].iloc[0] == 2

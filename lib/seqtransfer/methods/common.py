@@ -237,6 +237,8 @@ def verdict_sentence(row) -> str:
     if np.isnan(lo) or np.isnan(hi):
         return (f"{method} vs {base} for {group} users: {numbers}; no interval (one run each and no "
                 "per-user ranks), so no verdict.")
+    if lo == hi == 0:
+        return f"{method} vs {base} for {group} users: {numbers} -- the same result for every user."
     interval = f"difference {a - b:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]"
     verdict = _verdict(lo, hi)
     if verdict == "positive":
