@@ -271,7 +271,7 @@ def test_contrastive_step_equals_the_loss_on_the_full_item_table(toy_csv):
     with torch.no_grad():
         s, t = seqs.train_inputs[batch], seqs.train_targets[batch]
         full = model.item_weights()
-        h = model.encode(s, full)[t > 0]
+        h = model.encode(s, table=full)[t > 0]
         tm = t[t > 0]
         z = model.modality_vectors(torch.arange(seqs.n_items + 1))
         items = torch.unique(tm)

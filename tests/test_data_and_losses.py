@@ -43,6 +43,17 @@ def test_truncation_keeps_the_most_recent_items_of_the_chosen_users():
     assert not nobody.any() and np.array_equal(none.train_items, sp.train_items)
 
 
+def test_leave_one_out_sorts_by_time_whatever_the_row_order():
+    import pandas as pd
+    from seqtransfer.data.loaders import Interactions
+    inter = pd.DataFrame({"user": [0, 0, 1, 0, 1, 1, 0], "item": [4, 1, 2, 3, 5, 1, 2],
+                          "timestamp": [40, 10, 7, 30, 9, 8, 20]})
+    items = pd.DataFrame({"raw_id": list("abcde")}, index=pd.RangeIndex(1, 6, name="item"))
+    sp = data.leave_one_out(Interactions("rows", inter, items, np.array(["u", "v"], dtype=object)))
+    assert sp.train_seq(0).tolist() == [1, 2] and (sp.valid[0], sp.test[0]) == (3, 4)
+    assert sp.train_seq(1).tolist() == [2] and (sp.valid[1], sp.test[1]) == (1, 5)
+
+
 @pytest.mark.parametrize("kw, message", [(dict(frac=1.0, keep=2), "frac must be in"),
                                          (dict(frac=-0.1, keep=2), "frac must be in"),
                                          (dict(frac=0.5, keep=0), "keep must be >= 1")])

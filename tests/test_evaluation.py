@@ -100,6 +100,14 @@ def test_full_ranking_hand_computed_ranks(hand, split):
     assert rank_targets(model, sd, split, batch_size=2).tolist() == FULL_RANKS[split]   # batch edges
 
 
+def test_the_padding_column_never_counts_against_the_target(hand):
+    sd, _ = hand
+    loud = TableModel(SCORES)
+    loud.rows[:, 0] = 100.0                      # a model that forgot to score padding -inf
+    for split in ("valid", "test"):
+        assert rank_targets(loud, sd, split).tolist() == FULL_RANKS[split]
+
+
 def test_full_ranking_metrics_hand_computed(hand):
     sd, model = hand
     got = evaluate(model, sd, "test", ks=(1, 5)).set_index(["metric", "k"])["value"]
@@ -140,14 +148,15 @@ def test_per_user_metric_formulas():
 # user 0: seen 1-3 (+4 for test), target 4 / 5. Seen items and the target score 10, unseen
 #         items 0: every right negative scores below the target (rank 0); a seen item or the
 #         target itself among the negatives (a tie counts against) gives rank > 0.
-# user 1: seen 6-8 (+9), target 9 / 10. Unseen items score above the target, seen ones below:
-#         rank = n_negatives exactly, and a seen item among the negatives lowers it.
+# user 1: seen 6-8 (+9), target 9 / 10. Unseen items tie the target, seen ones score below:
+#         ties count against the model, so rank = n_negatives exactly; a seen item among the
+#         negatives, or ties counted for the model, lowers it.
 SAMPLED = _split(12, [[1, 2, 3], [6, 7, 8]], valid=[4, 9], test=[5, 10])
 SAMPLED_SCORES = {
     (1, 2, 3): [10] * 4 + [0] * 8,
     (1, 2, 3, 4): [10] * 5 + [0] * 7,
-    (6, 7, 8): [9] * 5 + [-5] * 3 + [0] + [1] * 3,
-    (6, 7, 8, 9): [9] * 5 + [-5] * 4 + [0] + [1] * 2,
+    (6, 7, 8): [0] * 5 + [-5] * 3 + [0] * 4,
+    (6, 7, 8, 9): [0] * 5 + [-5] * 4 + [0] * 3,
 }
 
 
@@ -275,6 +284,24 @@ def test_patience_counts_evaluations_and_keeps_the_best_weights(toy_data):
     assert len(res.history) == 3 and res.best_epoch == 0 and res.stopped.startswith("early stop")
     assert evaluate(res.model, toy_data, "valid", ks=(10,)).query("metric == 'ndcg'")["value"].iloc[0] == \
         pytest.approx(res.best_valid)
+
+
+def test_the_best_weights_are_returned_not_the_last(toy_data):
+    from seqtransfer.train import Hooks
+
+    def spoil_after_first_epoch(ctx):              # epoch 0 changes nothing; later epochs ruin the model
+        if ctx.epoch > 0:
+            with torch.no_grad():
+                ctx.model.item_emb.weight.zero_()
+        return 0.0
+
+    torch.manual_seed(0)
+    model = make_backbone("gru4rec", toy_data.n_items, dim=8)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fit(model, toy_data, TrainConfig(epochs=3, patience=100, **FAST), Hooks(step=spoil_after_first_epoch))
+    assert res.best_epoch == 0 and res.history["valid_ndcg10"].iloc[-1] < res.best_valid
+    for k, v in start.items():
+        assert torch.equal(v, res.model.state_dict()[k]), k
 
 
 def test_max_minutes_stops_after_the_epoch_that_ran_out_and_evaluates_it(toy_data):

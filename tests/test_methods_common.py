@@ -71,13 +71,21 @@ def test_compare_pairs_users_and_seeds_and_names_transfer_only_outside_the_inter
     assert tail["seed_ci95"] == 0.0
     everyone = table[table["group"] == "all"].iloc[0]
     assert everyone["diff"] == 0.5 and everyone["lo"] < 0.5 < everyone["hi"] and everyone["lo"] > 0
-    assert verdict_sentence(tail).endswith("-- positive transfer.")
+    assert verdict_sentence(tail).endswith("95% CI [+1.0000, +1.0000] (across 2 seeds \u00b10.0000) -- positive transfer.")
     # the base hits the even users, ours the odd ones: per-user +-1, mean 0, interval around 0
     mixed = [_ranked("m", s, np.arange(U) % 2 == 0) for s in (0, 1)]
     base1 = [_ranked("b", s, np.arange(U) % 2 == 1) for s in (0, 1)]
     row = compare(base1 + mixed, "m", "b", {"all": np.ones(U, bool)}, metric="hr", k=1).iloc[0]
     assert row["diff"] == 0.0 and row["lo"] < 0 < row["hi"] and row["verdict"] == "none"
     assert "no detectable difference" in verdict_sentence(row)
+    empty = compare(base + ours, "a", "b", {"none": np.zeros(U, bool)}, metric="hr", k=1).iloc[0]
+    assert empty["n_users"] == 0 and verdict_sentence(empty) == "a vs b: no none users to compare on."
+    same = compare(base + [_ranked("c", s, np.full(U, 1)) for s in (0, 1)], "c", "b", groups, metric="hr", k=1)
+    assert verdict_sentence(same.iloc[0]).endswith("-- the same result for every user.")
+    # seed spread: seed 0 hits every tail user, seed 1 half of them -> per-seed +1.0 and +0.5
+    uneven = [_ranked("u", 0, np.where(np.arange(U) < 100, 0, 1)), _ranked("u", 1, np.where(np.arange(U) < 50, 0, 1))]
+    row = compare(base + uneven, "u", "b", {"tail": groups["tail"]}, metric="hr", k=1).iloc[0]
+    assert row["diff"] == 0.75 and row["seed_ci95"] == pytest.approx(12.7062 * 0.5 / np.sqrt(2) / np.sqrt(2), rel=1e-4)
     # per-user pairing, not per-seed means: seed 1 of "a" is unpaired and ignored
     extra = ours + [_ranked("a", 7, np.zeros(U))]
     assert compare(base + extra, "a", "b", groups, metric="hr", k=1)["n_seeds"].iloc[0] == 2

@@ -15,6 +15,10 @@ from those the user has not interacted with, the protocol of older papers; it in
 number and is labelled as such in the output. Metrics are reported for every user group
 (all/head/tail/cold and any extra mask, e.g. per domain). Model selection uses ``split="valid"``
 only.
+
+Guards: a NaN or infinite score of any real item raises FloatingPointError naming the model and
+the split (a NaN target would otherwise rank first and look perfect), and every rank is checked
+to lie in [0, n_items) (full) or [0, n_negatives] (sampled).
 """
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ def contrastive_step(cfg: AntConfig):
             table = model.fuse(z)
             if model.item_emb is not None:
                 table = table + model.item_emb(ids)
-            h = model.encode(torch.searchsorted(ids, seqs), table)            # (B, T, D)
+            h = model.encode(torch.searchsorted(ids, seqs), table=table)            # (B, T, D)
             mask = tgt > 0
             hm, tm = h[mask], tgt[mask]                                       # (P, D), (P,)
             if len(tm) > cfg.max_positions:

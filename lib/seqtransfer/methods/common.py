@@ -195,11 +195,13 @@ def compare(results: list[MethodResult], variant: str, baseline: str, groups: Us
         if mask.shape != a.shape[1:]:
             raise ValueError(f"group {g!r} mask has shape {mask.shape}, the runs rank {a.shape[1]} users")
         diff, lo, hi = paired_bootstrap(a[:, mask], b[:, mask], n_boot=n_boot, seed=seed)
-        am, bm = float(a[:, mask].mean()) if mask.any() else np.nan, float(b[:, mask].mean()) if mask.any() else np.nan
-        per_seed = a[:, mask].mean(1) - b[:, mask].mean(1) if mask.any() else np.full(len(seeds), np.nan)
-        rows.append((variant, baseline, g, metric, k, am, bm, diff, lo, hi,
-                     diff / bm if bm else np.nan, int(mask.sum()), len(seeds), t_interval(per_seed)[1],
-                     _verdict(lo, hi)))
+        if mask.any():
+            am, bm = float(a[:, mask].mean()), float(b[:, mask].mean())
+            seed_ci = t_interval(a[:, mask].mean(1) - b[:, mask].mean(1))[1]   # per-seed differences
+        else:
+            am = bm = seed_ci = np.nan
+        rows.append((variant, baseline, g, metric, k, am, bm, diff, lo, hi, diff / bm if bm else np.nan,
+                     int(mask.sum()), len(seeds), seed_ci, _verdict(lo, hi)))
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
 
 
@@ -216,26 +218,34 @@ def verdict_sentence(row) -> str:
     """The one sentence every verdict in the workbench prints (notebooks, leaderboard, index).
 
     ``row`` is a mapping with variant, baseline, group, metric, k, a, b (the two means), diff,
-    lo and hi (its 95% interval; NaN when there is none), as in :func:`compare` output. Positive
-    or negative transfer is named only when the interval excludes zero; otherwise it says "no
-    detectable difference (+-x)" with x the interval's half-width.
+    lo and hi (its 95% interval; NaN when there is none), as in :func:`compare` output, and
+    optionally n_users (0: says so), n_seeds and seed_ci95 (the seed spread, quoted when finite).
+    Positive or negative transfer is named only when the interval excludes zero; otherwise it
+    says "no detectable difference (+-x)" with x the interval's half-width.
     """
     method, base, group = row["variant"], row["baseline"], row["group"]
     metric, k, a, b = row["metric"], int(row["k"]), float(row["a"]), float(row["b"])
     lo, hi = float(row["lo"]), float(row["hi"])
+    if row.get("n_users", 1) == 0:
+        return f"{method} vs {base}: no {group} users to compare on."
     rel = f" ({relative_change(a, b)})" if b else ""
     numbers = f"{metric.upper()}@{k} {a:.4f} vs {b:.4f}{rel}"
     if np.isnan(lo) or np.isnan(hi):
         return (f"{method} vs {base} for {group} users: {numbers}; no interval (one run each and no "
                 "per-user ranks), so no verdict.")
+    if lo == hi == 0:
+        return f"{method} vs {base} for {group} users: {numbers} -- the same result for every user."
     interval = f"difference {a - b:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]"
+    seeds = float(row.get("seed_ci95", np.nan))
+    spread = f" (across {int(row['n_seeds'])} seeds \u00b1{seeds:.4f})" if np.isfinite(seeds) else ""
     verdict = _verdict(lo, hi)
     if verdict == "positive":
-        return f"{method} beats {base} for {group} users: {numbers}, {interval} -- positive transfer."
+        return f"{method} beats {base} for {group} users: {numbers}, {interval}{spread} -- positive transfer."
     if verdict == "negative":
-        return f"{method} does NOT beat {base} for {group} users: {numbers}, {interval} -- negative transfer."
+        return (f"{method} does NOT beat {base} for {group} users: {numbers}, {interval}{spread} -- "
+                "negative transfer.")
     return (f"{method} vs {base} for {group} users: {numbers} -- no detectable difference "
-            f"(\u00b1{(hi - lo) / 2:.4f}).")
+            f"(\u00b1{(hi - lo) / 2:.4f}){spread}.")
 
 
 def difference_row(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
@@ -333,7 +343,8 @@ def run_facts(results: list[MethodResult]) -> dict:
 def compare_pairs(results: list[MethodResult], pairs, groups: UserGroups | dict,
                   metrics=("ndcg", "hr"), **kw) -> pd.DataFrame:
     """:func:`compare` for every ``(variant, baseline)`` in ``pairs`` and every metric, in one
-    table (what a notebook records for the index's change table)."""
+    table (what a notebook records for the index's change table); a repeated pair is done once."""
+    pairs = list(dict.fromkeys(tuple(p) for p in pairs))
     return pd.concat([compare(results, v, b, groups, metric=m, **kw) for m in metrics for v, b in pairs],
                      ignore_index=True)
 

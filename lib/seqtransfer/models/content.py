@@ -156,9 +156,11 @@ class ContentSASRec(SequentialRecommender):
     def transformer_modules(self) -> list[nn.Module]:
         return [*self.blocks, self.ln_f]
 
-    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) item ids -> (B, T, D); ``table`` = :meth:`item_weights` when already computed
-        (the adaptors then run once per item, not once per position)."""
+    def encode(self, seqs: torch.Tensor, users: torch.Tensor | None = None,
+               table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) item ids -> (B, T, D); ``users`` is ignored (the model contract); ``table`` =
+        :meth:`item_weights` when already computed (the adaptors then run once per item, not
+        once per position)."""
         B, T = seqs.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len {self.cfg.max_len}")
@@ -175,11 +177,12 @@ class ContentSASRec(SequentialRecommender):
         logits[..., 0] = float("-inf")
         return logits
 
-    def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor,
+                        users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) full-softmax loss per position (0 on padding), the item table computed once:
         input and scored items are the same vectors within a step."""
         table = self.item_weights()                                            # (N+1, D)
-        h = self.encode(seqs, table)
+        h = self.encode(seqs, table=table)
         mask = targets > 0
         out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         logits = self.score(h[mask], table).float()                            # (P, N+1)
