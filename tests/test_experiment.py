@@ -82,9 +82,10 @@ def lr_fit(data, groups, cfg, seed=0, variant=None, stage1=None):
 def test_every_arm_gets_its_learning_rate_from_the_same_grid_on_validation(exp):
     cfg = baseline.BaselineConfig(train=exp.train_config())
     out = exp.run({"a": (lr_fit, cfg), "b": (lr_fit, cfg)}, lr_grid=(1.5e-3, 3e-3, 6e-3))
-    # seed 0 searches the grid, seed 1 reuses the chosen value
-    assert CALLS == [("a", 0, 1.5e-3), ("a", 0, 3e-3), ("a", 0, 6e-3), ("a", 1, 3e-3),
-                     ("b", 0, 1.5e-3), ("b", 0, 3e-3), ("b", 0, 6e-3), ("b", 1, 6e-3)]
+    # seed 0 searches the grid (every arm's first, as nothing waits on them), seed 1 reuses the
+    # chosen value
+    assert CALLS == [("a", 0, 1.5e-3), ("a", 0, 3e-3), ("a", 0, 6e-3), ("b", 0, 1.5e-3),
+                     ("b", 0, 3e-3), ("b", 0, 6e-3), ("a", 1, 3e-3), ("b", 1, 6e-3)]
     assert [(r.variant, r.seed, r.lr) for r in out] == [("a", 0, 3e-3), ("a", 1, 3e-3), ("b", 0, 6e-3), ("b", 1, 6e-3)]
     t = out[0].tuning
     assert t["lr"].tolist() == [1.5e-3, 3e-3, 6e-3] and t["chosen"].tolist() == [False, True, False]
@@ -99,3 +100,20 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     with experiment._claim(path, poll=0.01):
         assert path.with_suffix(".lock").read_text() == str(__import__("os").getpid())
     assert not path.with_suffix(".lock").exists()
+
+
+def test_a_run_another_process_is_training_is_not_waited_for_while_others_can_go(exp):
+    """Two notebooks of one batch share the cache: while another process holds run "a", this
+    one trains "b" first, then waits for "a" (here the other process dies, so it trains it)."""
+    import os
+    import threading
+    cfg = {"value": 1.0}
+    key = exp._cache_key(fake_fit, cfg, "a", 0, [])
+    lock = exp.cache_dir / f"a-0-{key[:16]}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("1")                                   # held by a live process (init)
+    assert exp._run_one(fake_fit, cfg, "a", 0, {}, [], wait=False) is None and CALLS == []
+    threading.Timer(1.0, lambda: lock.unlink()).start()    # the other process lets go
+    exp.run({"a": (fake_fit, cfg), "b": (fake_fit, {"value": 2.0})}, seeds=[0])
+    assert CALLS == [("b", 0, None), ("a", 0, None)]
+    assert not os.path.exists(lock)

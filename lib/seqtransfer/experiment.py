@@ -100,12 +100,22 @@ class Experiment:
         grid = tuple(self.budget.lr_grid if lr_grid is None else lr_grid)
         if not grid or any(not (lr > 0) for lr in grid):
             raise ValueError(f"lr_grid must hold positive learning rates, got {grid}")
-        done: dict[tuple[str, int], tuple[MethodResult, str]] = {}   # (variant, seed) -> result, key
-        out = []
         for variant, spec in runs.items():
             if len(spec) not in (2, 3):
                 raise ValueError(f"run {variant!r} must be (fit, config) or (fit, config, inputs), "
                                  f"got a tuple of {len(spec)}")
+        if self.cache_dir is not None:
+            # first pass: train every independent run of the first seed that no other process
+            # holds (notebooks of one batch share the cache), so a notebook whose next run is
+            # being trained elsewhere works on its later runs instead of waiting; the pass below
+            # then finds them cached
+            for variant, spec in runs.items():
+                if len(spec) == 2:
+                    for lr in (grid if len(grid) > 1 else (None,)):
+                        self._run_one(*spec, variant, seeds[0], {}, [], lr=lr, wait=False)
+        done: dict[tuple[str, int], tuple[MethodResult, str]] = {}   # (variant, seed) -> result, key
+        out = []
+        for variant, spec in runs.items():
             fit, cfg = spec[:2]
             inputs = dict(spec[2]) if len(spec) == 3 else {}
             for arg, source in inputs.items():
@@ -117,7 +127,7 @@ class Experiment:
                 given = {arg: done[source, s][0] for arg, source in inputs.items()}
                 upstream = [done[source, s][1] for source in inputs.values()]
                 lrs = grid if (i == 0 and len(grid) > 1) else ((chosen,) if chosen else (None,))
-                trials = [self._run_one(fit, with_lr(cfg, lr), variant, s, given, upstream) for lr in lrs]
+                trials = [self._run_one(fit, cfg, variant, s, given, upstream, lr=lr) for lr in lrs]
                 best = 0 if len(trials) == 1 else max(range(len(trials)), key=lambda j: _valid_ndcg(trials[j][0]))
                 result, key = trials[best]
                 used = [_lr_of(cfg) if lr is None else lr for lr in lrs]
@@ -132,16 +142,23 @@ class Experiment:
         return out
 
     def _run_one(self, fit: Callable, cfg, variant: str, seed: int, given: dict,
-                 upstream: list[str]) -> tuple[MethodResult, str]:
-        """One (config, seed) run, through the cache when there is one."""
+                 upstream: list[str], lr: float | None = None,
+                 wait: bool = True) -> tuple[MethodResult, str] | None:
+        """One (config at ``lr``, seed) run, through the cache when there is one. With
+        ``wait=False`` a run that is cached, or held by another process, is left alone (None)."""
+        cfg = with_lr(cfg, lr)
         key = self._cache_key(fit, cfg, variant, seed, upstream)
         if self.cache_dir is None:
             return fit(self.data, self.groups, cfg, seed=seed, variant=variant, **given), key
         path = self.cache_dir / f"{_safe(variant)}-{seed}-{key[:16]}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _claim(path):
+        if not wait and path.exists():
+            return None
+        with _claim(path, wait=wait) as held:
+            if not held:
+                return None
             if path.exists():
-                return torch.load(path, map_location="cpu", weights_only=False), key
+                return (torch.load(path, map_location="cpu", weights_only=False), key) if wait else None
             result = fit(self.data, self.groups, cfg, seed=seed, variant=variant, **given)
             tmp = path.with_suffix(".tmp")
             torch.save(result, tmp)
@@ -255,10 +272,11 @@ def _valid_ndcg(result: MethodResult) -> float:
 
 
 @contextmanager
-def _claim(path: Path, poll: float = 2.0):
+def _claim(path: Path, poll: float = 2.0, wait: bool = True):
     """Hold ``path``'s lock file while a run is trained or read: another process (a notebook of
     the same batch) that wants the same run waits, then loads the finished file. A lock left by a
-    process that died is taken over."""
+    process that died is taken over. Yields True when held; with ``wait=False`` it yields False
+    at once, holding nothing, when another live process has the lock."""
     lock = path.with_suffix(".lock")
     while True:
         try:
@@ -275,9 +293,12 @@ def _claim(path: Path, poll: float = 2.0):
                 continue
             except PermissionError:
                 pass
+            if not wait:
+                yield False
+                return
             time.sleep(poll)
     try:
-        yield
+        yield True
     finally:
         lock.unlink(missing_ok=True)
 
