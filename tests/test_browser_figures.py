@@ -180,6 +180,13 @@ def test_group_bars_leave_out_an_empty_group_and_outline_negative_transfer():
     tail = fig.data[2]
     assert list(tail.y) == pytest.approx([0.07, 0.05])                     # joint, tail-only
     assert list(tail.marker.line.color) == ["rgba(0,0,0,0)", plots.NEGATIVE]  # tail-only below joint
+    # with the paired comparisons, only an interval below zero is outlined: here tail's is not,
+    # head's is
+    boot = pd.DataFrame([{"variant": "sasrec tail-only", "baseline": "sasrec joint", "group": g, "metric": "ndcg",
+                          "k": 10, "verdict": v} for g, v in (("tail", "none"), ("head", "negative"))])
+    fig = plots.group_bars(_summary(), baseline="sasrec joint", comparisons=boot)
+    assert list(fig.data[2].marker.line.color) == ["rgba(0,0,0,0)", "rgba(0,0,0,0)"]
+    assert list(fig.data[1].marker.line.color) == ["rgba(0,0,0,0)", plots.NEGATIVE]
 
 
 @pytest.mark.unit

@@ -56,22 +56,33 @@ def lorenz_curve(curves: dict[str, np.ndarray], head_frac: float | None = 0.2,
 
 
 def group_bars(summary: pd.DataFrame, metric: str = "ndcg", k: int = 10,
-               baseline: str | None = None, title: str | None = None) -> go.Figure:
+               baseline: str | None = None, title: str | None = None,
+               comparisons: pd.DataFrame | None = None) -> go.Figure:
     """Bars of mean metric per variant (x) and group (colour), 95% intervals when several seeds.
 
     ``summary`` is :func:`seqtransfer.methods.summarize` output. When ``baseline`` names a
-    variant, bars below the baseline's value for the same group get a red outline: negative
-    transfer shows in colour, not only in numbers.
+    variant, bars of negative transfer against it get a red outline, so it shows in colour, not
+    only in numbers: with ``comparisons`` (:func:`seqtransfer.methods.compare` output) only
+    where the paired interval lies below zero; without, wherever the mean is below the baseline's.
     """
     s = summary[(summary["metric"] == metric) & (summary["k"] == k)]
     s = s[s["n_seeds"] > 0]
+    negative = None
+    if comparisons is not None and baseline is not None:
+        c = comparisons[(comparisons["baseline"] == baseline) & (comparisons["metric"] == metric)
+                        & (comparisons["k"] == k)]
+        negative = {(v, g) for v, g, verdict in c[["variant", "group", "verdict"]].itertuples(index=False)
+                    if verdict == "negative"}
     fig = go.Figure()
     for group, part in s.groupby("group", sort=False):
         base = None
         if baseline is not None:
             b = s[(s["variant"] == baseline) & (s["group"] == group)]["mean"]
             base = float(b.iloc[0]) if len(b) else None
-        worse = [base is not None and v != baseline and m < base for v, m in zip(part["variant"], part["mean"])]
+        if negative is not None:
+            worse = [(v, group) in negative for v in part["variant"]]
+        else:
+            worse = [base is not None and v != baseline and m < base for v, m in zip(part["variant"], part["mean"])]
         fig.add_bar(x=part["variant"], y=part["mean"], name=group,
                     marker=dict(color=GROUP_COLORS.get(group),
                                 line=dict(color=[NEGATIVE if w else "rgba(0,0,0,0)" for w in worse], width=3)),
