@@ -436,7 +436,8 @@ def make_nbval_refs(names: Sequence[str] | None = None, dest: str | Path | None 
     with _kernel_env(PLOTLY_RENDERER=REFERENCE_RENDERER):
         for name, src in selected.items():
             target = dest / f"{name}.ipynb"
-            status, error = _execute(src, target, REFERENCE_PARAMETERS, timeout)
+            own = _own_parameters(REFERENCE_PARAMETERS, notebook_parameters(src))
+            status, error = _execute(src, target, own, timeout)
             if status != "ok":
                 raise RuntimeError(f"{name} {status}: {error}; partial copy in {target}")
             strip_volatile_metadata(target)
