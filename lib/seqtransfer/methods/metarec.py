@@ -1,0 +1,400 @@
+"""MetaRec: a shared VQ codebook and similarity-rescaled meta transfer (Yue et al., arXiv 2411.01785).
+
+The question: several source domains share no users, items or text with a small target; can a
+shared, vector-quantised item space plus meta-learning carry knowledge into the target, and
+which sources help?
+
+What the abstract says: every domain's item embeddings are vector-quantised into one shared
+space; meta transfer lets the limited target data guide what is transferred; each source's
+meta-gradient is rescaled by its similarity to the target. Everything below it is ours:
+
+* **VQ** [ours, after VQ-VAE]: one ID table per domain, one shared codebook (nearest code by L2,
+  straight-through, codebook + 0.25 x commitment loss; EMA updates, dead-code re-seeding and a
+  residual ``e + q`` mode as options), one shared encoder and positions
+  (:class:`~seqtransfer.models.MultiDomainSASRec`).
+* **Meta transfer** [ours, after the first author's public MetaAdapt code]: per iteration,
+  sample ``n_sampled`` source domains; for each, adapt a copy of the shared weights (and the
+  source's own table) with ``inner_steps`` SGD steps of ``inner_lr`` on that source's batches
+  (functional fast weights through ``torch.func.functional_call``; the model's weights never
+  change in place); the source's meta-gradient is the gradient of the target batch's loss at the
+  adapted weights (first order by default; ``order=2`` differentiates through the inner steps).
+  Each source is weighted by ``softmax(sim / tau)``, where ``sim`` is the mean over shared
+  parameter tensors of the cosine between the source's update ``phi - theta`` and the target's
+  descent direction ``-grad L_target(theta)`` (**descent alignment**, the default: a source whose
+  update lowers the target loss gets more weight). The weighted sum of the meta-gradients is
+  the gradient of one optimiser step on the shared weights and the target table.
+* **The sign.** MetaAdapt's code uses ``cos(phi - theta, +grad L_target)``, which is high when a
+  source's update *raises* the target loss; ``weights="public"`` builds it as an ablation. On a
+  quadratic toy with one helpful and one harmful source that rule weights the harmful one
+  (tests/test_metarec.py); ``weights="uniform"`` drops the rescaling.
+* The adapted source tables are written back after every inner loop (each source's table is its
+  own, so this is plain training of that source); EMA and re-seeding of the codebook happen only
+  in the pass at the real weights, never inside a fast-weight copy.
+* Model selection: validation NDCG@10 of the target (the shared training loop iterates over the
+  target's training windows; every step is one meta iteration on one target batch).
+
+Variants (:data:`VARIANTS`): ``target-only`` (the target's table and the encoder, target data
+only), ``joint`` (sources and target trained together, one loss per domain batch, averaged),
+``fine-tune`` (pre-train on the sources, then train everything on the target), ``meta`` (the
+method; after an optional joint pre-training on the sources). Switch VQ off with
+``model.vq = None``.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .. import data as D
+from ..budget import Budget, get_budget
+from ..data.batches import SeqData
+from ..data.split import UserGroups
+from ..models import MultiDomainConfig, MultiDomainSASRec, VQConfig
+from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
+from .common import MethodResult, evaluate_both
+
+if TYPE_CHECKING:
+    from ..experiment import Experiment
+
+VARIANTS = ("target-only", "joint", "fine-tune", "meta")
+WEIGHTS = ("descent", "public", "uniform")
+TARGET = "target"      # the target domain's table name inside the model
+
+
+@dataclass
+class MetaRecConfig:
+    model: MultiDomainConfig = field(default_factory=MultiDomainConfig)   # tables, VQ, encoder
+    variant: str = "meta"              # one of VARIANTS
+    weights: str = "descent"           # source weights: "descent" | "public" (MetaAdapt's sign) | "uniform"
+    tau: float = 0.1                   # temperature of softmax(sim / tau)
+    order: int = 1                     # 1: first-order meta-gradient; 2: through the inner steps
+    inner_steps: int = 1               # k SGD steps on a source per meta iteration
+    inner_lr: float = 0.01             # SGD step size of the inner loop
+    n_sampled: int = 3                 # source domains sampled per meta iteration (None/0: all)
+    pretrain_steps: int = 0            # joint pre-training steps on the sources (0: none)
+    pretrain_lr: float = 1e-3          # Adam learning rate of the pre-training
+    train: TrainConfig = field(default_factory=TrainConfig)   # the target-side loop (meta lr = train.lr)
+    snapshot_every: int = 10           # steps between codebook snapshots (0: none)
+
+
+# ---------------------------------------------------------------------------------------------
+# the meta-learning pieces, on dictionaries of tensors (testable on toy losses)
+# ---------------------------------------------------------------------------------------------
+
+Params = dict[str, torch.Tensor]
+
+
+def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Params, steps: int, lr: float,
+          second_order: bool = False) -> Params:
+    """``steps`` SGD steps of ``lr`` on ``loss_fn`` from ``params`` (functional fast weights;
+    ``params`` are not changed). With ``second_order`` the steps stay differentiable in
+    ``params``; otherwise every step starts from detached values."""
+    fast = dict(params) if second_order else {k: v.detach().requires_grad_() for k, v in params.items()}
+    for _ in range(steps):
+        loss = loss_fn(fast)
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order, allow_unused=True)
+        fast = {k: (v if g is None else v - lr * g) for (k, v), g in zip(fast.items(), grads)}
+        if not second_order:
+            fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
+    return fast
+
+
+def meta_gradient(source_loss: Callable[[Params], torch.Tensor], target_loss: Callable[[Params], torch.Tensor],
+                  params: Params, steps: int, lr: float, order: int = 1) -> tuple[Params, Params, float]:
+    """One source's meta-gradient: adapt ``params`` on ``source_loss``, then the gradient of
+    ``target_loss`` at the adapted weights, taken with respect to the adapted weights
+    (``order=1``, first-order MAML) or to ``params`` through the inner steps (``order=2``).
+    Returns (meta-gradient per name, adapted weights detached, target loss at them)."""
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 (first order) or 2 (second order), got {order}")
+    if order == 2:
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        fast = adapt(source_loss, leaves, steps, lr, second_order=True)
+        loss = target_loss(fast)
+        wrt = leaves
+    else:
+        fast = adapt(source_loss, params, steps, lr, second_order=False)
+        loss = target_loss(fast)
+        wrt = fast
+    grads = torch.autograd.grad(loss, list(wrt.values()), allow_unused=True)
+    g = {k: (torch.zeros_like(v) if gk is None else gk.detach()) for (k, v), gk in zip(wrt.items(), grads)}
+    return g, {k: v.detach() for k, v in fast.items()}, float(loss.detach())
+
+
+def similarity(a: Params, b: Params, names: list[str] | None = None) -> float:
+    """Mean over parameter tensors (``names``, default all of ``a``) of cos(a[n], b[n])."""
+    names = list(a) if names is None else names
+    if not names:
+        raise ValueError("similarity needs at least one parameter tensor")
+    return float(np.mean([float(F.cosine_similarity(a[n].reshape(-1), b[n].reshape(-1), dim=0)) for n in names]))
+
+
+def source_weights(alignment: torch.Tensor | np.ndarray, tau: float, rule: str = "descent") -> torch.Tensor:
+    """(S,) weights from each source's descent alignment ``cos(phi - theta, -grad L_target)``.
+
+    ``"descent"``: ``softmax(alignment / tau)``; ``"public"`` (MetaAdapt's sign):
+    ``softmax(cos(phi - theta, +grad L_target) / tau) = softmax(-alignment / tau)``;
+    ``"uniform"``: 1 / S."""
+    a = torch.as_tensor(np.asarray(alignment, dtype=np.float64))
+    if rule not in WEIGHTS:
+        raise ValueError(f"unknown source weighting {rule!r}; choose one of {WEIGHTS}")
+    if rule == "uniform":
+        return torch.full_like(a, 1.0 / len(a))
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    return torch.softmax((a if rule == "descent" else -a) / tau, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# meta transfer on the multi-domain model
+# ---------------------------------------------------------------------------------------------
+
+class DomainBatches:
+    """Seeded random batches of training windows of every source domain."""
+
+    def __init__(self, sources: dict[str, SeqData], batch_size: int, seed: int):
+        self.sources, self.batch_size = sources, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.sources[domain]
+        idx = torch.randint(0, len(d.train_inputs), (self.batch_size,), generator=self.gen).to(d.device)
+        return d.train_inputs[idx], d.train_targets[idx]
+
+    def sample_domains(self, n: int | None) -> list[str]:
+        names = list(self.sources)
+        if not n or n >= len(names):
+            return names
+        pick = torch.randperm(len(names), generator=self.gen)[:n].sort().values
+        return [names[i] for i in pick]
+
+
+def meta_iteration(model: MultiDomainSASRec, optimizer: torch.optim.Optimizer, target_batch,
+                   batches: DomainBatches, cfg: MetaRecConfig, domains: list[str] | None = None,
+                   grad_clip: float | None = None) -> list[dict]:
+    """One meta iteration on one target batch (the shared weights move only through
+    ``optimizer``). Returns one row per sampled source: alignment (descent sign), weight,
+    meta-gradient cosine with the target gradient at the shared weights, target loss after
+    adaptation."""
+    xt, yt = target_batch
+    domains = domains if domains is not None else batches.sample_domains(cfg.n_sampled)
+    shared = model.shared_names()
+    named = dict(model.named_parameters())
+    tgt_table = model.table_name(TARGET)
+    outer = [n for n in shared if named[n].requires_grad] + [tgt_table]
+    # the target's gradient at the real weights (EMA / re-seeding may update the codebook here)
+    loss0 = model.loss(xt, yt, domain=TARGET)
+    g0 = torch.autograd.grad(loss0, [named[n] for n in outer], allow_unused=True)
+    g_target = {n: (torch.zeros_like(named[n]) if g is None else g) for n, g in zip(outer, g0)}
+    descent = {n: -g for n, g in g_target.items()}
+    vq = model.quantizer
+    rows, grads = [], []
+    for d in domains:
+        src_table = model.table_name(d)
+        params = {n: named[n] for n in outer + [src_table]}
+        src_batches = [batches(d) for _ in range(max(1, cfg.inner_steps))]
+        it = iter(src_batches)
+
+        def source_loss(p, dom=d):
+            x, y = next(it)
+            return functional_call(model, p, (x, y), {"domain": dom})
+
+        def target_loss(p):
+            return functional_call(model, p, (xt, yt), {"domain": TARGET})
+
+        # second order differentiates through attention twice: only the math kernel supports it
+        kernels = sdpa_kernel([SDPBackend.MATH]) if cfg.order == 2 else _null()
+        with (vq.frozen() if vq is not None else _null()), kernels:
+            g, fast, lt = meta_gradient(source_loss, target_loss, params, cfg.inner_steps, cfg.inner_lr, cfg.order)
+        with torch.no_grad():                       # the source's own table keeps its adaptation
+            named[src_table].copy_(fast[src_table])
+        update = {n: fast[n] - named[n].detach() for n in shared if n in fast}
+        rows.append({"source": d, "alignment": similarity(update, descent, list(update)),
+                     "grad_cosine": similarity({n: g[n] for n in update}, g_target, list(update)),
+                     "target_loss_after": lt, "target_loss": float(loss0.detach())})
+        grads.append(g)
+    w = source_weights([r["alignment"] for r in rows], cfg.tau, cfg.weights).float()
+    optimizer.zero_grad(set_to_none=True)
+    for n in outer:
+        named[n].grad = sum(wi * g[n] for wi, g in zip(w, grads))
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_([named[n] for n in outer], grad_clip)
+    optimizer.step()
+    for r, wi in zip(rows, w.tolist()):
+        r["weight"] = wi
+    return rows
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# a setting's data, the model and the variants
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """Per-domain source tensors, the target as an Experiment, and item titles per domain."""
+
+    setting: D.CrossDomain
+    sources: dict[str, SeqData]          # domain -> its own sequences and item ids
+    source_items: dict[str, pd.DataFrame]  # domain -> items (index = that domain's ids; title ...)
+    target: Experiment
+    seconds: dict[str, float]
+
+
+def largest_domains(ds: D.Interactions, n: int, rule: str = "rarest", exclude: tuple[str, ...] = ()) -> list[str]:
+    """The ``n`` genre domains of ``ds`` with the most interactions (one genre per film by ``rule``)."""
+    counts = D.genre_domains(ds, rule).inter["domain"].value_counts()
+    return [d for d in counts.index if d not in exclude][:n]
+
+
+def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0, device: str = "auto",
+            max_len: int = 50, target_user_frac: float = 1.0, progress: bool = True,
+            head_frac: float = 0.2, cold_max: int = 5, cache: bool | str = False,
+            data_dir: str | None = None) -> Prepared:
+    """Sample (smoke budget), split and tensorise every source domain on its own and the target
+    (keeping a seeded ``target_user_frac`` of its users first: the limited-data target)."""
+    from ..experiment import prepare as prepare_experiment
+    if not 0.0 < target_user_frac <= 1.0:
+        raise ValueError(f"target_user_frac must be in (0, 1], got {target_user_frac}")
+    b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
+    t0 = time.perf_counter()
+    setting = setting.sample(b.max_users, seed)
+    sources, items = {}, {}
+    for d in sorted(setting.sources.inter["domain"].unique()):
+        ds = D.domain_sequences(setting.sources, [d], min_len=3)
+        sources[d] = D.build_sequences(D.leave_one_out(ds), max_len)
+        items[d] = ds.items
+    target = setting.target
+    if target_user_frac < 1.0:
+        target = D.sample_users(target, max(1, round(target_user_frac * target.n_users)), seed)
+    exp = prepare_experiment(target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
+                             progress=progress, data_dir=data_dir, cache=cache)
+    exp.groups.masks = {k: m for k, m in exp.groups.masks.items() if m.any()}
+    return Prepared(setting, sources, items, exp, {"data": time.perf_counter() - t0})
+
+
+def build(prep: Prepared, cfg: MetaRecConfig, seed: int, with_sources: bool = True) -> MultiDomainSASRec:
+    """A fresh seeded model with a table for every source (when ``with_sources``) and the target."""
+    seed_everything(seed)
+    domains = {d: s.n_items for d, s in prep.sources.items()} if with_sources else {}
+    domains[TARGET] = prep.target.data.n_items
+    model = MultiDomainSASRec(domains, replace(cfg.model, max_len=prep.target.data.max_len))
+    model.set_domain(TARGET)
+    return model
+
+
+def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed: int) -> pd.DataFrame:
+    """Joint pre-training on the sources: ``cfg.pretrain_steps`` Adam steps, each the mean loss
+    of one batch of every sampled source. No validation (no target); returns the loss curve."""
+    device = next(model.parameters()).device
+    batches = DomainBatches({d: s.to(device) for d, s in prep.sources.items()}, cfg.train.batch_size, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr)
+    model.train()
+    rows, t0 = [], time.perf_counter()
+    for step in range(cfg.pretrain_steps):
+        doms = batches.sample_domains(cfg.n_sampled)
+        opt.zero_grad(set_to_none=True)
+        loss = sum(model.loss(*batches(d), domain=d) for d in doms) / len(doms)
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        rows.append({"epoch": 0, "step": step + 1, "loss": float(loss), "seconds": time.perf_counter() - t0})
+    model.set_domain(TARGET)
+    return pd.DataFrame(rows, columns=["epoch", "step", "loss", "seconds"]).assign(stage="pre-train")
+
+
+def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
+    """Every domain's item codes at ``step``: columns step, domain, item, code."""
+    if model.quantizer is None:
+        return pd.DataFrame(columns=["step", "domain", "item", "code"])
+    frames = []
+    for d in model.tables:
+        codes = model.item_codes(d).cpu().numpy()
+        frames.append(pd.DataFrame({"step": step, "domain": d, "item": np.arange(1, len(codes) + 1), "code": codes}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None = None,
+        pretrained: MultiDomainSASRec | None = None) -> MethodResult:
+    """Train ``cfg.variant`` for ``prep``'s target and evaluate it on validation and test.
+
+    ``pretrained``: a model from :func:`pretrain` to start from (fine-tune and meta; else they
+    pre-train for ``cfg.pretrain_steps`` steps themselves; fine-tune needs at least one).
+    Diagnostics: ``weights`` (per meta iteration and source: alignment, weight, meta-gradient
+    cosine), ``codes`` (item codes of every domain at snapshots), ``codebook`` (the final codes)."""
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"unknown MetaRec variant {cfg.variant!r}; choose one of {VARIANTS}")
+    if cfg.weights not in WEIGHTS:
+        raise ValueError(f"unknown source weighting {cfg.weights!r}; choose one of {WEIGHTS}")
+    variant = variant or f"MetaRec {cfg.variant}"
+    exp, data = prep.target, prep.target.data
+    pre_hist = pd.DataFrame()
+    if cfg.variant == "target-only":
+        model = build(prep, cfg, seed, with_sources=False)
+    elif pretrained is not None and cfg.variant in ("fine-tune", "meta"):
+        model = copy.deepcopy(pretrained)
+    else:
+        model = build(prep, cfg, seed)
+        if cfg.variant == "fine-tune" and cfg.pretrain_steps < 1:
+            raise ValueError("fine-tune needs pre-training: set pretrain_steps >= 1 or pass pretrained=...")
+        if cfg.variant in ("fine-tune", "meta") and cfg.pretrain_steps:
+            model.to(exp.device)
+            pre_hist = pretrain(model, prep, cfg, seed)
+    model.set_domain(TARGET)
+    snaps, weights = [], []
+    state = {"batches": None}
+
+    def batches_for(ctx: StepContext) -> DomainBatches:
+        if state["batches"] is None:
+            state["batches"] = DomainBatches({d: s.to(ctx.data.device) for d, s in prep.sources.items()},
+                                             ctx.cfg.batch_size, seed)
+        return state["batches"]
+
+    def meta_step(ctx: StepContext) -> float:
+        batch = (ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch])
+        rows = meta_iteration(ctx.model, ctx.optimizer, batch, batches_for(ctx), cfg, grad_clip=ctx.cfg.grad_clip)
+        weights.extend({"step": ctx.step + 1, **r} for r in rows)
+        return rows[0]["target_loss"]
+
+    def joint_step(ctx: StepContext) -> float:
+        b = batches_for(ctx)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        doms = b.sample_domains(cfg.n_sampled)
+        lt = ctx.model.loss(ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch], domain=TARGET)
+        loss = (lt + sum(ctx.model.loss(*b(d), domain=d) for d in doms)) / (1 + len(doms))
+        loss.backward()
+        clip_and_step(ctx)
+        return float(lt)
+
+    def after_step(ctx: StepContext) -> None:
+        if cfg.snapshot_every and (ctx.step + 1) % cfg.snapshot_every == 0:
+            snaps.append(snapshot(ctx.model, ctx.step + 1))
+
+    step = {"meta": meta_step, "joint": joint_step}.get(cfg.variant)
+    train_cfg = replace(cfg.train, seed=seed)
+    snaps.append(snapshot(model, 0))
+    result = train_fit(model, data, train_cfg, Hooks(step=step, after_step=after_step),
+                       groups={"all": exp.groups["all"]})
+    snaps.append(snapshot(result.model, result.steps + 1).assign(step=-1))   # -1: the kept (best) weights
+    metrics, ranks = evaluate_both(result.model, data, exp.groups, variant, seed)
+    history = pd.concat([pre_hist, result.history.assign(stage=cfg.variant)], ignore_index=True)
+    diag = {"codes": pd.concat(snaps, ignore_index=True)}
+    if weights:
+        diag["weights"] = pd.DataFrame(weights)
+    return MethodResult("metarec", variant, seed, metrics, history, result.model, result, diag, ranks)
