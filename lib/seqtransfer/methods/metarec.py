@@ -320,14 +320,15 @@ def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed:
 
 
 def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
-    """Every domain's item codes at ``step``: columns step, domain, item, code."""
+    """The codebook and every domain's items at ``step``: columns step, domain, item, code, x, y
+    (:func:`~seqtransfer.diagnostics.codebook_projection`; empty without a quantiser)."""
+    from ..diagnostics import codebook_projection
     if model.quantizer is None:
-        return pd.DataFrame(columns=["step", "domain", "item", "code"])
-    frames = []
-    for d in model.tables:
-        codes = model.item_codes(d).cpu().numpy()
-        frames.append(pd.DataFrame({"step": step, "domain": d, "item": np.arange(1, len(codes) + 1), "code": codes}))
-    return pd.concat(frames, ignore_index=True)
+        return pd.DataFrame(columns=["step", "domain", "item", "code", "x", "y"])
+    with torch.no_grad():
+        items = {d: model.item_weights(d)[1:] for d in model.tables}
+        codes = {d: model.item_codes(d) for d in model.tables}
+        return codebook_projection(model.quantizer.codebook, items, codes).assign(step=step)
 
 
 def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None = None,
@@ -380,7 +381,7 @@ def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None =
         loss = (lt + sum(ctx.model.loss(*b(d), domain=d) for d in doms)) / (1 + len(doms))
         loss.backward()
         clip_and_step(ctx)
-        return float(lt)
+        return float(lt.detach())
 
     def after_step(ctx: StepContext) -> None:
         if cfg.snapshot_every and (ctx.step + 1) % cfg.snapshot_every == 0:

@@ -113,7 +113,7 @@ class MultiDomainSASRec(SequentialRecommender):
         ids = ids[ids > 0]
         vq = self.quantizer(table[ids])                                         # (M, D)
         lookup = torch.cat([table.new_zeros(1, self.dim), vq.out])              # (M+1, D)
-        pos = torch.searchsorted(ids, seqs) + 1                                 # (B, T)
+        pos = torch.searchsorted(ids, seqs.contiguous()) + 1                                # (B, T)
         pos = torch.where(seqs > 0, pos, torch.zeros_like(pos))
         return lookup[pos], vq.loss
 
