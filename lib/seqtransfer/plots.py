@@ -383,7 +383,7 @@ def source_weight_lines(weights: pd.DataFrame, smooth: int = 1,
             p = part[part["source"] == s].sort_values("step")
             for col, y in ((1, "weight"), (2, "grad_cosine")):
                 vals = p[y].rolling(max(1, smooth), min_periods=1).mean()
-                fig.add_scatter(x=p["step"], y=vals, mode="lines", name=str(s), legendgroup=str(s),
+                fig.add_scatter(x=p["step"], y=vals, mode="lines+markers", marker_size=4, name=str(s), legendgroup=str(s),
                                 showlegend=r == 1 and col == 1, line_color=_palette(i), row=r, col=col,
                                 hovertemplate=f"{s}<br>step %{{x}}<br>{y} %{{y:.3f}}<extra></extra>")
         fig.add_hline(y=0, line_color="lightgrey", row=r, col=2)
