@@ -56,8 +56,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .. import data as D
 from ..budget import Budget, get_budget
 from ..data.batches import SeqData
-from ..data.split import UserGroups
-from ..models import MultiDomainConfig, MultiDomainSASRec, VQConfig
+from ..models import MultiDomainConfig, MultiDomainSASRec
 from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
 from .common import MethodResult, evaluate_both
 
@@ -314,7 +313,7 @@ def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed:
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
-        rows.append({"epoch": 0, "step": step + 1, "loss": float(loss), "seconds": time.perf_counter() - t0})
+        rows.append({"epoch": 0, "step": step + 1, "loss": float(loss.detach()), "seconds": time.perf_counter() - t0})
     model.set_domain(TARGET)
     return pd.DataFrame(rows, columns=["epoch", "step", "loss", "seconds"]).assign(stage="pre-train")
 
@@ -331,12 +330,20 @@ def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
         return codebook_projection(model.quantizer.codebook, items, codes).assign(step=step)
 
 
+def pretrained_model(prep: Prepared, cfg: MetaRecConfig, seed: int) -> tuple[MultiDomainSASRec, pd.DataFrame]:
+    """A fresh seeded model jointly pre-trained on the sources for ``cfg.pretrain_steps`` steps,
+    and its loss curve (what fine-tune and meta start from; share it across variants)."""
+    model = build(prep, cfg, seed).to(prep.target.device)
+    return model, pretrain(model, prep, cfg, seed)
+
+
 def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None = None,
-        pretrained: MultiDomainSASRec | None = None) -> MethodResult:
+        pretrained: tuple[MultiDomainSASRec, pd.DataFrame] | None = None) -> MethodResult:
     """Train ``cfg.variant`` for ``prep``'s target and evaluate it on validation and test.
 
-    ``pretrained``: a model from :func:`pretrain` to start from (fine-tune and meta; else they
-    pre-train for ``cfg.pretrain_steps`` steps themselves; fine-tune needs at least one).
+    ``pretrained``: ``(model, history)`` from :func:`pretrained_model` to start from (fine-tune
+    and meta; a copy is trained); without it they pre-train for ``cfg.pretrain_steps`` steps
+    themselves (fine-tune needs at least one).
     Diagnostics: ``weights`` (per meta iteration and source: alignment, weight, meta-gradient
     cosine), ``codes`` (item codes of every domain at snapshots), ``codebook`` (the final codes)."""
     if cfg.variant not in VARIANTS:
@@ -349,15 +356,15 @@ def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None =
     if cfg.variant == "target-only":
         model = build(prep, cfg, seed, with_sources=False)
     elif pretrained is not None and cfg.variant in ("fine-tune", "meta"):
-        model = copy.deepcopy(pretrained)
+        model, pre_hist = copy.deepcopy(pretrained[0]), pretrained[1]
+    elif cfg.variant in ("fine-tune", "meta") and cfg.pretrain_steps:
+        model, pre_hist = pretrained_model(prep, cfg, seed)
     else:
-        model = build(prep, cfg, seed)
-        if cfg.variant == "fine-tune" and cfg.pretrain_steps < 1:
+        if cfg.variant == "fine-tune":
             raise ValueError("fine-tune needs pre-training: set pretrain_steps >= 1 or pass pretrained=...")
-        if cfg.variant in ("fine-tune", "meta") and cfg.pretrain_steps:
-            model.to(exp.device)
-            pre_hist = pretrain(model, prep, cfg, seed)
+        model = build(prep, cfg, seed)
     model.set_domain(TARGET)
+    t0 = time.perf_counter()
     snaps, weights = [], []
     state = {"batches": None}
 
@@ -395,7 +402,94 @@ def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None =
     snaps.append(snapshot(result.model, result.steps + 1).assign(step=-1))   # -1: the kept (best) weights
     metrics, ranks = evaluate_both(result.model, data, exp.groups, variant, seed)
     history = pd.concat([pre_hist, result.history.assign(stage=cfg.variant)], ignore_index=True)
-    diag = {"codes": pd.concat(snaps, ignore_index=True)}
+    diag = {"codes": pd.concat(snaps, ignore_index=True),
+            "times": pd.DataFrame([{"stage": "pre-train", "seconds": pre_hist["seconds"].max() if len(pre_hist) else 0.0,
+                                    "steps": len(pre_hist)},
+                                   {"stage": cfg.variant, "seconds": time.perf_counter() - t0, "steps": result.steps}])}
     if weights:
         diag["weights"] = pd.DataFrame(weights)
     return MethodResult("metarec", variant, seed, metrics, history, result.model, result, diag, ranks)
+
+
+# ---------------------------------------------------------------------------------------------
+# the notebook's comparison
+# ---------------------------------------------------------------------------------------------
+
+SPECS = {                                   # name -> MetaRecConfig changes ("vq": False = no quantiser)
+    "target only": {"variant": "target-only", "vq": False},
+    "joint (VQ)": {"variant": "joint"},
+    "joint (no VQ)": {"variant": "joint", "vq": False},
+    "pre-train + fine-tune": {"variant": "fine-tune"},
+    "MetaRec": {"variant": "meta", "weights": "descent"},
+    "MetaRec, public sign": {"variant": "meta", "weights": "public"},
+    "MetaRec, uniform weights": {"variant": "meta", "weights": "uniform"},
+    "MetaRec, no VQ": {"variant": "meta", "vq": False},
+}
+TRANSFER = tuple(k for k in SPECS if k != "target only")
+
+
+def spec_config(cfg: MetaRecConfig, change: dict) -> MetaRecConfig:
+    """``cfg`` with one :data:`SPECS` entry's changes (``vq: False`` drops the quantiser)."""
+    change = dict(change)
+    model = replace(cfg.model, vq=None) if change.pop("vq", True) is False else cfg.model
+    return replace(cfg, model=model, **change)
+
+
+def run_setting(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, label: str = "",
+                specs: dict[str, dict] | None = None) -> list[MethodResult]:
+    """Every spec (default :data:`SPECS`) on ``prep``'s target, named ``"<label> | <spec>"``.
+    Specs that pre-train share one pre-trained model per model config (with and without VQ)."""
+    prefix = f"{label} | " if label else ""
+    shared: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]] = {}
+    out = []
+    for name, change in (specs or SPECS).items():
+        c = spec_config(cfg, change)
+        pre = None
+        if c.variant in ("fine-tune", "meta") and c.pretrain_steps:
+            key = repr(c.model)
+            if key not in shared:
+                shared[key] = pretrained_model(prep, c, seed)
+            pre = shared[key]
+        out.append(fit(prep, c, seed, f"{prefix}{name}", pretrained=pre))
+    return out
+
+
+def verdicts(results: list[MethodResult], variants, baseline: str, groups, group: str = "all") -> list[str]:
+    """One sentence per variant: does it beat ``baseline`` for ``group``? Negative transfer named.
+    Uses the paired bootstrap over users (``common.compare_pairs``) where the library has it,
+    else the means of :func:`~.common.summarize`."""
+    from . import common
+    if hasattr(common, "compare_pairs"):
+        table = common.compare_pairs(results, [(v, baseline) for v in variants], groups)
+    else:
+        table = common.summarize(common.combine_results(results))
+    return [common.transfer_verdict(table, v, baseline, group) for v in variants]
+
+
+def stage_times(results: list[MethodResult], preps: dict[str, Prepared] | None = None) -> pd.DataFrame:
+    """Seconds and steps per stage: data preparation of every setting, then each run's
+    pre-training (a shared one appears under each run that started from it) and target stage."""
+    rows = [{"variant": label, "stage": stage, "seconds": sec, "steps": np.nan}
+            for label, p in (preps or {}).items() for stage, sec in p.seconds.items()]
+    for r in results:
+        t = r.diagnostics.get("times")
+        if t is not None:
+            rows += [{"variant": r.variant, **row} for row in t.to_dict("records") if row["steps"]]
+    return pd.DataFrame(rows, columns=["variant", "stage", "seconds", "steps"])
+
+
+def final_codes(result: MethodResult) -> pd.DataFrame:
+    """The item codes of the kept weights (the last snapshot) of a run with a quantiser."""
+    c = result.diagnostics["codes"]
+    return c[c["step"] == c["step"].iloc[-1]]
+
+
+def title_agreement(result: MethodResult, prep: Prepared) -> pd.DataFrame:
+    """How often a target film found by title among the sources' films lands on the same code
+    (:func:`~seqtransfer.diagnostics.title_code_agreement`) under ``result``'s kept weights."""
+    from ..diagnostics import title_code_agreement
+    c = final_codes(result)
+    codes = {d: part.sort_values("item")["code"].to_numpy() for d, part in c.groupby("domain")}
+    titles = prep.target.dataset.items["title"]
+    return title_code_agreement({d: prep.source_items[d]["title"] for d in prep.source_items},
+                                codes, titles, codes[TARGET]).assign(variant=result.variant)
