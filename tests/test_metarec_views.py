@@ -127,6 +127,10 @@ def test_codebook_figures_in_shapes(domains, steps):
     assert len(sh.data) == 2 and list(sh.data[0].x) == list(range(1, len(domains) + 1))
     with pytest.raises(ValueError, match="empty"):
         plots.codebook_map(f.iloc[:0])
+    h = plots.codebook_map(f, highlight="a")
+    assert h.data[-1].name == "a" and h.data[-1].marker.size == 6
+    with pytest.raises(ValueError, match="highlight 'zz'"):
+        plots.codebook_map(f, highlight="zz")
 
 
 @pytest.mark.parametrize("variants,sources", [(("descent",), ("s1",)), (("descent", "public", "uniform"), ("s1", "s2", "s3"))])
@@ -135,5 +139,8 @@ def test_source_weight_lines_in_shapes(variants, sources):
     fig = plots.source_weight_lines(w, smooth=2)
     assert len(fig.data) == 2 * len(variants) * len(sources)
     assert len(fig.layout.annotations) >= 2 * len(variants)      # one title per panel
+    for r in range(len(variants)):                                # fixed scales: weights, cosines
+        assert fig.layout[f"yaxis{2 * r + 1 if r else ''}"].range == (0, 1.02)
+        assert fig.layout[f"yaxis{2 * r + 2}"].range == (-1.02, 1.02)
     plain = plots.source_weight_lines(w.drop(columns="variant"))
     assert len(plain.data) == 2 * len(sources)

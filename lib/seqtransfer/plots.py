@@ -302,10 +302,11 @@ def code_usage_lines(usage: pd.DataFrame, n_codes: int | None = None,
     return fig.update_layout(title=title, template="plotly_white", height=380, legend_title_text="domain")
 
 
-def codebook_map(proj: pd.DataFrame, max_items: int = 600, seed: int = 0,
+def codebook_map(proj: pd.DataFrame, max_items: int = 600, seed: int = 0, highlight: str | None = None,
                  title: str = "Codebook and items, first two principal components") -> go.Figure:
     """The codes (black crosses, sized by how many items use them) and each domain's items
-    (dots, at most ``max_items`` per domain, the same ids at every step) in 2-D. With several
+    (dots, at most ``max_items`` per domain, the same ids at every step) in 2-D; the
+    ``highlight`` domain (e.g. the target) is drawn last, larger and opaque. With several
     snapshot steps a slider moves through training (axes fixed over all steps); negative steps
     (the kept weights) come last, labelled "kept"."""
     from .diagnostics import CODEBOOK
@@ -313,6 +314,10 @@ def codebook_map(proj: pd.DataFrame, max_items: int = 600, seed: int = 0,
         raise ValueError("nothing to draw: the projection frame is empty (a model without a quantiser?)")
     steps = sorted(proj["step"].unique(), key=lambda s: (s < 0, s))
     domains = [d for d in dict.fromkeys(proj["domain"]) if d != CODEBOOK]
+    if highlight is not None:
+        if highlight not in domains:
+            raise ValueError(f"highlight {highlight!r} is not a domain of the frame; domains: {domains}")
+        domains = [d for d in domains if d != highlight] + [highlight]
     rng = np.random.default_rng(seed)
     keep = {}
     for d in domains:
@@ -331,7 +336,9 @@ def codebook_map(proj: pd.DataFrame, max_items: int = 600, seed: int = 0,
         for i, d in enumerate(domains):
             p = items[(items["domain"] == d) & items["item"].isin(keep[d])]
             out.append(go.Scatter(x=p["x"], y=p["y"], mode="markers", name=str(d), text=p["code"],
-                                  marker=dict(color=_palette(i), size=4, opacity=0.55),
+                                  marker=dict(color=_palette(i), size=6 if d == highlight else 4,
+                                              opacity=0.9 if d == highlight else 0.5,
+                                              line=dict(width=0.5 if d == highlight else 0, color="black")),
                                   hovertemplate=f"{d} item %{{customdata}} on code %{{text}}<extra></extra>",
                                   customdata=p["item"]))
         return out
@@ -387,6 +394,8 @@ def source_weight_lines(weights: pd.DataFrame, smooth: int = 1,
                                 showlegend=r == 1 and col == 1, line_color=_palette(i), row=r, col=col,
                                 hovertemplate=f"{s}<br>step %{{x}}<br>{y} %{{y:.3f}}<extra></extra>")
         fig.add_hline(y=0, line_color="lightgrey", row=r, col=2)
+        fig.update_yaxes(range=[0, 1.02], row=r, col=1)       # weights: a fixed scale
+        fig.update_yaxes(range=[-1.02, 1.02], row=r, col=2)   # cosines: a fixed scale
     fig.update_xaxes(title="meta iteration", row=len(groups))
     return fig.update_layout(title=title, template="plotly_white", height=300 + 220 * len(groups),
                              legend_title_text="source")

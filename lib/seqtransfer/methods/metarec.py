@@ -287,13 +287,16 @@ def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 
     return Prepared(setting, sources, items, exp, {"data": time.perf_counter() - t0})
 
 
-def build(prep: Prepared, cfg: MetaRecConfig, seed: int, with_sources: bool = True) -> MultiDomainSASRec:
-    """A fresh seeded model with a table for every source (when ``with_sources``) and the target."""
+def build(prep: Prepared, cfg: MetaRecConfig, seed: int, with_sources: bool = True,
+          with_target: bool = True) -> MultiDomainSASRec:
+    """A fresh seeded model with a table for every source (``with_sources``) and the target."""
     seed_everything(seed)
     domains = {d: s.n_items for d, s in prep.sources.items()} if with_sources else {}
-    domains[TARGET] = prep.target.data.n_items
+    if with_target:
+        domains[TARGET] = prep.target.data.n_items
     model = MultiDomainSASRec(domains, replace(cfg.model, max_len=prep.target.data.max_len))
-    model.set_domain(TARGET)
+    if with_target:
+        model.set_domain(TARGET)
     return model
 
 
@@ -314,7 +317,6 @@ def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         rows.append({"epoch": 0, "step": step + 1, "loss": float(loss.detach()), "seconds": time.perf_counter() - t0})
-    model.set_domain(TARGET)
     return pd.DataFrame(rows, columns=["epoch", "step", "loss", "seconds"]).assign(stage="pre-train")
 
 
@@ -331,9 +333,10 @@ def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
 
 
 def pretrained_model(prep: Prepared, cfg: MetaRecConfig, seed: int) -> tuple[MultiDomainSASRec, pd.DataFrame]:
-    """A fresh seeded model jointly pre-trained on the sources for ``cfg.pretrain_steps`` steps,
-    and its loss curve (what fine-tune and meta start from; share it across variants)."""
-    model = build(prep, cfg, seed).to(prep.target.device)
+    """A fresh seeded model of the source domains (no target table: :func:`fit` adds one), jointly
+    pre-trained for ``cfg.pretrain_steps`` steps, and its loss curve. What fine-tune and meta
+    start from; share it across variants and across targets with the same sources."""
+    model = build(prep, cfg, seed, with_target=False).to(prep.target.device)
     return model, pretrain(model, prep, cfg, seed)
 
 
@@ -355,10 +358,18 @@ def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None =
     pre_hist = pd.DataFrame()
     if cfg.variant == "target-only":
         model = build(prep, cfg, seed, with_sources=False)
-    elif pretrained is not None and cfg.variant in ("fine-tune", "meta"):
-        model, pre_hist = copy.deepcopy(pretrained[0]), pretrained[1]
-    elif cfg.variant in ("fine-tune", "meta") and cfg.pretrain_steps:
-        model, pre_hist = pretrained_model(prep, cfg, seed)
+    elif pretrained is not None or (cfg.variant in ("fine-tune", "meta") and cfg.pretrain_steps):
+        if cfg.variant not in ("fine-tune", "meta"):
+            raise ValueError(f"variant {cfg.variant!r} trains from scratch; pass pretrained= to fine-tune or meta only")
+        pre, pre_hist = pretrained if pretrained is not None else pretrained_model(prep, cfg, seed)
+        model = copy.deepcopy(pre)
+        if TARGET in model.tables:
+            raise ValueError("the pre-trained model already has a target table; pre-train with pretrained_model()")
+        missing = set(prep.sources) - set(model.tables)
+        if missing:
+            raise ValueError(f"the pre-trained model has no table for source(s) {sorted(missing)}")
+        torch.manual_seed(seed)
+        model.add_domain(TARGET, data.n_items)                  # a fresh target table, N(0, 0.02^2)
     else:
         if cfg.variant == "fine-tune":
             raise ValueError("fine-tune needs pre-training: set pretrain_steps >= 1 or pass pretrained=...")
@@ -435,18 +446,30 @@ def spec_config(cfg: MetaRecConfig, change: dict) -> MetaRecConfig:
     return replace(cfg, model=model, **change)
 
 
+def _source_digest(prep: Prepared) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for d, s in sorted(prep.sources.items()):
+        h.update(d.encode())
+        h.update(s.train_inputs.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def run_setting(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, label: str = "",
-                specs: dict[str, dict] | None = None) -> list[MethodResult]:
+                specs: dict[str, dict] | None = None,
+                pretrained: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]] | None = None) -> list[MethodResult]:
     """Every spec (default :data:`SPECS`) on ``prep``'s target, named ``"<label> | <spec>"``.
-    Specs that pre-train share one pre-trained model per model config (with and without VQ)."""
+    Specs that pre-train share one pre-trained model per model config (with and without VQ);
+    pass the same ``pretrained`` dict to several calls to share it across targets whose source
+    tensors are identical (it is keyed by the model config and a digest of the sources)."""
     prefix = f"{label} | " if label else ""
-    shared: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]] = {}
+    shared = {} if pretrained is None else pretrained
     out = []
     for name, change in (specs or SPECS).items():
         c = spec_config(cfg, change)
         pre = None
         if c.variant in ("fine-tune", "meta") and c.pretrain_steps:
-            key = repr(c.model)
+            key = f"{c.model!r} {c.pretrain_steps} {c.pretrain_lr} {c.n_sampled} {seed} {_source_digest(prep)}"
             if key not in shared:
                 shared[key] = pretrained_model(prep, c, seed)
             pre = shared[key]
