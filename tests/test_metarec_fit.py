@@ -105,3 +105,17 @@ def test_ema_codebook_moves_only_in_the_pass_at_the_real_weights(toy_prep):
             assert torch.allclose(cb[k], e[codes == k].mean(0), atol=1e-6)
         else:
             assert torch.equal(cb[k], old[k])
+
+
+def test_recent_share_keeps_the_most_recent_part_of_every_history(toy_csv):
+    ds = data.load(toy_csv, min_user=1, min_item=1)          # histories of 4, 7, 10 and 13 items
+    cut = metarec.recent_share(ds, 0.5)
+    n_before = ds.inter.groupby("user").size().to_numpy()
+    n_after = cut.inter.groupby("user").size().to_numpy()
+    assert n_after.tolist() == [max(int(np.ceil(n / 2)), 3) for n in n_before]   # 3, 4, 5, 7
+    u = 3                                                     # 13 items -> its last 7, in order
+    raw = lambda d: d.items.loc[d.inter[d.inter["user"] == u]["item"], "raw_id"].tolist()  # noqa: E731
+    assert raw(cut) == raw(ds)[-7:]
+    assert metarec.recent_share(ds, 1.0) is ds
+    with pytest.raises(ValueError, match="kept share"):
+        metarec.recent_share(ds, 0.0)

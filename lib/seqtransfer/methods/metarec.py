@@ -261,12 +261,30 @@ def largest_domains(ds: D.Interactions, n: int, rule: str = "rarest", exclude: t
     return [d for d in counts.index if d not in exclude][:n]
 
 
+def recent_share(ds: D.Interactions, frac: float, min_len: int = 3) -> D.Interactions:
+    """Every user's most recent ``ceil(frac * n)`` interactions (at least ``min_len``, so that
+    leave-one-out keeps a training item; fewer only when the user has fewer): the target with
+    limited histories. Items no one keeps any more are dropped and ids re-indexed."""
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(f"the kept share of each history must be in (0, 1], got {frac}")
+    if frac == 1.0:
+        return ds
+    inter = ds.inter.sort_values(["user", "timestamp"], kind="stable")
+    n = inter.groupby("user")["item"].transform("size").to_numpy()
+    rank_from_end = inter.groupby("user").cumcount(ascending=False).to_numpy()    # 0 = most recent
+    keep = rank_from_end < np.maximum(np.ceil(frac * n), min_len)
+    items = np.unique(inter.loc[keep, "item"].to_numpy())
+    cut = replace(ds, inter=inter[keep].reset_index(drop=True))
+    return D.subset(cut, items=items, name=ds.name)
+
+
 def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0, device: str = "auto",
-            max_len: int = 50, target_user_frac: float = 1.0, progress: bool = True,
-            head_frac: float = 0.2, cold_max: int = 5, cache: bool | str = False,
+            max_len: int = 50, target_user_frac: float = 1.0, target_history_frac: float = 1.0,
+            progress: bool = True, head_frac: float = 0.2, cold_max: int = 5, cache: bool | str = False,
             data_dir: str | None = None) -> Prepared:
-    """Sample (smoke budget), split and tensorise every source domain on its own and the target
-    (keeping a seeded ``target_user_frac`` of its users first: the limited-data target)."""
+    """Sample (smoke budget), split and tensorise every source domain on its own and the target.
+    The limited-data target keeps a seeded ``target_user_frac`` of its users and, of every kept
+    user, the most recent ``target_history_frac`` of the history (:func:`recent_share`)."""
     from ..experiment import prepare as prepare_experiment
     if not 0.0 < target_user_frac <= 1.0:
         raise ValueError(f"target_user_frac must be in (0, 1], got {target_user_frac}")
@@ -281,6 +299,7 @@ def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 
     target = setting.target
     if target_user_frac < 1.0:
         target = D.sample_users(target, max(1, round(target_user_frac * target.n_users)), seed)
+    target = recent_share(target, target_history_frac)
     exp = prepare_experiment(target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
                              progress=progress, data_dir=data_dir, cache=cache)
     exp.groups.masks = {k: m for k, m in exp.groups.masks.items() if m.any()}
