@@ -114,8 +114,8 @@ def test_codebook_figures_in_shapes(domains, steps):
     assert len(fig.data) == 2 * len(domains)
     assert all(min(t.x) >= 0 for t in fig.data)                  # the kept (-1) snapshot is not a step
     m = plots.codebook_map(f, max_items=2)
-    assert [t.name for t in m.data] == ["codes", *domains]
-    assert all(len(t.x) <= 2 for t in m.data[1:])
+    assert [t.name for t in m.data] == [*domains, "codes"]
+    assert all(len(t.x) <= 2 for t in m.data[:-1])
     if len(steps) > 1:
         assert [s.label for s in m.layout.sliders[0].steps] == ["0", "5", "10", "kept"]
         assert len(m.frames) == len(steps) and m.layout.sliders[0].active == len(steps) - 1
@@ -128,7 +128,7 @@ def test_codebook_figures_in_shapes(domains, steps):
     with pytest.raises(ValueError, match="empty"):
         plots.codebook_map(f.iloc[:0])
     h = plots.codebook_map(f, highlight="a")
-    assert h.data[-1].name == "a" and h.data[-1].marker.size == 6
+    assert h.data[-2].name == "a" and h.data[-2].marker.size == 6
     with pytest.raises(ValueError, match="highlight 'zz'"):
         plots.codebook_map(f, highlight="zz")
 

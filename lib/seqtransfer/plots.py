@@ -306,7 +306,8 @@ def codebook_map(proj: pd.DataFrame, max_items: int = 600, seed: int = 0, highli
                  title: str = "Codebook and items, first two principal components") -> go.Figure:
     """The codes (black crosses, sized by how many items use them) and each domain's items
     (dots, at most ``max_items`` per domain, the same ids at every step) in 2-D; the
-    ``highlight`` domain (e.g. the target) is drawn last, larger and opaque. With several
+    ``highlight`` domain (e.g. the target) is drawn after the others, larger and outlined; the
+    codes on top of all. With several
     snapshot steps a slider moves through training (axes fixed over all steps); negative steps
     (the kept weights) come last, labelled "kept"."""
     from .diagnostics import CODEBOOK
@@ -330,17 +331,19 @@ def codebook_map(proj: pd.DataFrame, max_items: int = 600, seed: int = 0, highli
         use = items["code"].value_counts()
         cb = part[part["domain"] == CODEBOOK]
         size = 4 + 12 * np.sqrt(cb["code"].map(use).fillna(0).to_numpy() / max(1, use.max() if len(use) else 1))
-        out = [go.Scatter(x=cb["x"], y=cb["y"], mode="markers", name="codes", marker=dict(
-            symbol="x", color="black", size=size, line_width=0), customdata=cb["code"].map(use).fillna(0),
-            text=cb["code"], hovertemplate="code %{text}: %{customdata} items<extra></extra>")]
+        out = []
         for i, d in enumerate(domains):
             p = items[(items["domain"] == d) & items["item"].isin(keep[d])]
             out.append(go.Scatter(x=p["x"], y=p["y"], mode="markers", name=str(d), text=p["code"],
                                   marker=dict(color=_palette(i), size=6 if d == highlight else 4,
-                                              opacity=0.9 if d == highlight else 0.5,
+                                              opacity=0.7 if d == highlight else 0.5,
                                               line=dict(width=0.5 if d == highlight else 0, color="black")),
                                   hovertemplate=f"{d} item %{{customdata}} on code %{{text}}<extra></extra>",
                                   customdata=p["item"]))
+        # the codes last, on top of the items
+        out.append(go.Scatter(x=cb["x"], y=cb["y"], mode="markers", name="codes", marker=dict(
+            symbol="x", color="black", size=size, line_width=0), customdata=cb["code"].map(use).fillna(0),
+            text=cb["code"], hovertemplate="code %{text}: %{customdata} items<extra></extra>"))
         return out
 
     label = lambda s: "kept" if s < 0 else str(s)  # noqa: E731
