@@ -309,3 +309,22 @@ def test_meta_iteration_applies_the_weighted_sum_of_meta_gradients():
         expect += 0.5 * gt
     moved = dict(ref.named_parameters())[name] - dict(model.named_parameters())[name]
     assert torch.allclose(moved, expect, atol=1e-6)
+
+
+def test_multi_domain_model_names_bad_domains():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="unknown domain 'nope'"):
+        model.set_domain("nope")
+    with pytest.raises(ValueError, match="already has a table"):
+        model.add_domain("s1", 3)
+    with pytest.raises(ValueError, match="contain no '.'"):
+        model.add_domain("a.b", 3)
+    with pytest.raises(ValueError, match="no quantiser"):
+        tiny_model(vq=False).item_codes("s1")
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model.encode(torch.ones(1, 9, dtype=torch.long), domain="s1")
+    model.set_domain("s2")                                       # the contract follows the domain
+    assert model.n_items == 12 and model.score(torch.zeros(2, 8)).shape == (2, 13)
+    x = torch.tensor([[1, 2, 3, 0]])
+    assert model.represent(x, torch.tensor([3]), None).shape == (1, 8)   # main's users argument
+    assert model.position_losses(x, torch.tensor([[2, 3, 4, 0]]), None).shape == (1, 4)
