@@ -256,3 +256,109 @@ def activeness_probe(reps: np.ndarray | torch.Tensor, head_mask: np.ndarray, tes
         pred = (torch.as_tensor(x[test]) @ w + b > 0).numpy()
     truth = y[test]
     return float(np.mean([(pred[truth == c] == c).mean() for c in (False, True)]))
+
+
+# ---------------------------------------------------------------------------------------------
+# VQ codebook views (MetaRec): which codes each domain's items use, how evenly, how the domains
+# meet in the shared code space, and whether the same film in two datasets lands on one code.
+# Input: a "codes" frame with columns step, domain, item, code (and x, y from
+# :func:`codebook_projection`); rows of domain ``CODEBOOK`` are the codes themselves.
+
+CODEBOOK = "codebook"
+
+
+def codebook_projection(codebook: np.ndarray | torch.Tensor, items: dict[str, np.ndarray | torch.Tensor],
+                        codes: dict[str, np.ndarray | torch.Tensor]) -> pd.DataFrame:
+    """The codebook (K, D) and every domain's item vectors (N_d, D) on the first two principal
+    components of all of them together (:func:`pca_2d`). Returns domain, item, code, x, y; the
+    codes are rows of domain ``"codebook"`` with item = code = their index; item ids are 1..N_d."""
+    as_np = lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)  # noqa: E731
+    cb = as_np(codebook)
+    if cb.ndim != 2:
+        raise ValueError(f"codebook must be (K, D), got shape {cb.shape}")
+    if set(items) != set(codes):
+        raise ValueError(f"items and codes must name the same domains, got {sorted(items)} and {sorted(codes)}")
+    parts, rows = [cb], [pd.DataFrame({"domain": CODEBOOK, "item": np.arange(len(cb)), "code": np.arange(len(cb))})]
+    for d, v in items.items():
+        v, c = as_np(v), as_np(codes[d]).reshape(-1)
+        if v.ndim != 2 or v.shape[1] != cb.shape[1] or len(v) != len(c):
+            raise ValueError(f"domain {d!r}: items must be (N, {cb.shape[1]}) with N codes, got {v.shape} and {c.shape}")
+        parts.append(v)
+        rows.append(pd.DataFrame({"domain": d, "item": np.arange(1, len(v) + 1), "code": c}))
+    xy = pca_2d(np.concatenate(parts))
+    out = pd.concat(rows, ignore_index=True)
+    out["x"], out["y"] = xy[:, 0], xy[:, 1]
+    return out
+
+
+def code_usage_over_training(codes: pd.DataFrame, n_codes: int) -> pd.DataFrame:
+    """Per snapshot step and domain: items, codes used, their share of the codebook and the
+    perplexity of the items' code frequencies (exp entropy: uniform use of m codes gives m)."""
+    from .models.vq import code_usage, perplexity
+    c = codes[codes["domain"] != CODEBOOK]
+    rows = []
+    for (step, d), part in c.groupby(["step", "domain"], sort=False):
+        counts = code_usage(part["code"].to_numpy(), n_codes)
+        rows.append({"step": step, "domain": d, "items": len(part), "codes_used": int((counts > 0).sum()),
+                     "share_used": float((counts > 0).mean()), "perplexity": perplexity(counts)})
+    return pd.DataFrame(rows, columns=["step", "domain", "items", "codes_used", "share_used", "perplexity"])
+
+
+def code_sharing(codes: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+    """At one snapshot (default: the last row's step): how many used codes are used by exactly
+    1, 2, ... domains, their share of the used codes, and the share of items that sit on a code
+    of several domains. One row per number of domains."""
+    c = codes[codes["domain"] != CODEBOOK]
+    if c.empty:
+        raise ValueError("no item codes to compare: the frame holds no domain's items")
+    step = c["step"].iloc[-1] if step is None else step
+    c = c[c["step"] == step]
+    per_code = c.groupby("code")["domain"].nunique()                              # code -> domains
+    n_dom = c["domain"].nunique()
+    items_on = c["code"].map(per_code)
+    rows = [{"step": step, "domains": k, "codes": int((per_code == k).sum()),
+             "share_of_used": float((per_code == k).mean()), "share_of_items": float((items_on == k).mean())}
+            for k in range(1, n_dom + 1)]
+    return pd.DataFrame(rows)
+
+
+def title_code_agreement(source_titles: dict[str, pd.Series], source_codes: dict[str, np.ndarray],
+                         target_titles: pd.Series, target_codes: np.ndarray) -> pd.DataFrame:
+    """How often the same film (matched by normalised title, which the model never sees) gets the
+    same code in the target as in its source domain. ``*_titles``: titles of items 1..N (index
+    order = code order); ``*_codes``: (N,) codes. A title found in several source items counts as
+    agreeing if any of them shares the code. ``chance``: the rate if target codes were drawn
+    independently from their own frequencies: sum_k p_source(k) p_target(k) over matched films.
+    One row: matched, same_code, rate (NaN when nothing matched), chance."""
+    norm = lambda s: pd.Series(s).astype(str).str.lower().str.strip().to_numpy()  # noqa: E731
+    src: dict[str, set] = {}
+    for d, titles in source_titles.items():
+        codes = np.asarray(source_codes[d]).reshape(-1)
+        if len(codes) != len(titles):
+            raise ValueError(f"domain {d!r} has {len(titles)} titles but {len(codes)} codes")
+        for t, c in zip(norm(titles), codes):
+            src.setdefault(t, set()).add(int(c))
+    tcodes = np.asarray(target_codes).reshape(-1)
+    if len(tcodes) != len(target_titles):
+        raise ValueError(f"the target has {len(target_titles)} titles but {len(tcodes)} codes")
+    pairs = [(src[t], int(c)) for t, c in zip(norm(target_titles), tcodes) if t in src]
+    if not pairs:
+        return pd.DataFrame([{"matched": 0, "same_code": 0, "rate": np.nan, "chance": np.nan}])
+    same = sum(c in s for s, c in pairs)
+    s_codes = np.array([min(s) for s, _ in pairs])
+    t_codes = np.array([c for _, c in pairs])
+    ps = pd.Series(s_codes).value_counts(normalize=True)
+    pt = pd.Series(t_codes).value_counts(normalize=True)
+    chance = float((ps * pt.reindex(ps.index, fill_value=0)).sum())
+    return pd.DataFrame([{"matched": len(pairs), "same_code": int(same), "rate": same / len(pairs), "chance": chance}])
+
+
+def source_weight_summary(weights: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (when given) and source, over the meta iterations it was sampled in: times
+    sampled, mean weight, mean descent alignment, mean meta-gradient cosine with the target
+    gradient, and the weight at its first and last sampled iteration."""
+    keys = [k for k in ("variant", "source") if k in weights.columns]
+    g = weights.sort_values("step").groupby(keys, sort=False)
+    return pd.DataFrame({"sampled": g.size(), "mean_weight": g["weight"].mean(),
+                         "mean_alignment": g["alignment"].mean(), "mean_grad_cosine": g["grad_cosine"].mean(),
+                         "first_weight": g["weight"].first(), "last_weight": g["weight"].last()}).reset_index()

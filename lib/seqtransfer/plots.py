@@ -316,3 +316,125 @@ def gate_bars(gates: pd.DataFrame, title: str = "Mean gate weight of each expert
         fig.update_xaxes(title="expert", row=1, col=j)
     return fig.update_layout(title=title, template="plotly_white", height=380, barmode="group",
                              yaxis_title="mean gate weight")
+
+
+# ---------------------------------------------------------------------------------------------
+# VQ codebook views (MetaRec); inputs from the codebook functions at the end of diagnostics.py
+
+def code_usage_lines(usage: pd.DataFrame, n_codes: int | None = None,
+                     title: str = "Codebook use per domain over training") -> go.Figure:
+    """Two panels over the snapshot steps, one line per domain: codes used (the codebook size
+    dashed when given) and the perplexity of the items' code frequencies."""
+    u = usage[usage["step"] >= 0].sort_values("step")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("codes used", "perplexity (exp entropy)"))
+    for i, (d, part) in enumerate(u.groupby("domain", sort=False)):
+        for col, y in ((1, "codes_used"), (2, "perplexity")):
+            fig.add_scatter(x=part["step"], y=part[y], mode="lines+markers", name=str(d), legendgroup=str(d),
+                            showlegend=col == 1, line_color=_palette(i), row=1, col=col,
+                            hovertemplate=f"{d}<br>step %{{x}}<br>{y} %{{y:.1f}}<extra></extra>")
+    if n_codes:
+        fig.add_hline(y=n_codes, line_dash="dash", line_color="grey", annotation_text=f"K = {n_codes}", row=1, col=1)
+    fig.update_xaxes(title="training step")
+    return fig.update_layout(title=title, template="plotly_white", height=380, legend_title_text="domain")
+
+
+def codebook_map(proj: pd.DataFrame, max_items: int = 600, seed: int = 0, highlight: str | None = None,
+                 title: str = "Codebook and items, first two principal components") -> go.Figure:
+    """The codes (black crosses, sized by how many items use them) and each domain's items
+    (dots, at most ``max_items`` per domain, the same ids at every step) in 2-D; the
+    ``highlight`` domain (e.g. the target) is drawn after the others, larger and outlined; the
+    codes on top of all. With several
+    snapshot steps a slider moves through training (axes fixed over all steps); negative steps
+    (the kept weights) come last, labelled "kept"."""
+    from .diagnostics import CODEBOOK
+    if proj.empty:
+        raise ValueError("nothing to draw: the projection frame is empty (a model without a quantiser?)")
+    steps = sorted(proj["step"].unique(), key=lambda s: (s < 0, s))
+    domains = [d for d in dict.fromkeys(proj["domain"]) if d != CODEBOOK]
+    if highlight is not None:
+        if highlight not in domains:
+            raise ValueError(f"highlight {highlight!r} is not a domain of the frame; domains: {domains}")
+        domains = [d for d in domains if d != highlight] + [highlight]
+    rng = np.random.default_rng(seed)
+    keep = {}
+    for d in domains:
+        ids = np.unique(proj.loc[proj["domain"] == d, "item"])
+        keep[d] = set(rng.choice(ids, size=min(max_items, len(ids)), replace=False).tolist())
+
+    def traces(step):
+        part = proj[proj["step"] == step]
+        items = part[part["domain"] != CODEBOOK]
+        use = items["code"].value_counts()
+        cb = part[part["domain"] == CODEBOOK]
+        size = 4 + 12 * np.sqrt(cb["code"].map(use).fillna(0).to_numpy() / max(1, use.max() if len(use) else 1))
+        out = []
+        for i, d in enumerate(domains):
+            p = items[(items["domain"] == d) & items["item"].isin(keep[d])]
+            out.append(go.Scatter(x=p["x"], y=p["y"], mode="markers", name=str(d), text=p["code"],
+                                  marker=dict(color=_palette(i), size=6 if d == highlight else 4,
+                                              opacity=0.7 if d == highlight else 0.5,
+                                              line=dict(width=0.5 if d == highlight else 0, color="black")),
+                                  hovertemplate=f"{d} item %{{customdata}} on code %{{text}}<extra></extra>",
+                                  customdata=p["item"]))
+        # the codes last, on top of the items
+        out.append(go.Scatter(x=cb["x"], y=cb["y"], mode="markers", name="codes", marker=dict(
+            symbol="x", color="black", size=size, line_width=0), customdata=cb["code"].map(use).fillna(0),
+            text=cb["code"], hovertemplate="code %{text}: %{customdata} items<extra></extra>"))
+        return out
+
+    label = lambda s: "kept" if s < 0 else str(s)  # noqa: E731
+    fig = go.Figure(traces(steps[-1]))
+    if len(steps) > 1:
+        fig.frames = [go.Frame(data=traces(s), name=label(s)) for s in steps]
+        fig.update_layout(sliders=[dict(active=len(steps) - 1, currentvalue=dict(prefix="step: "), pad=dict(t=40),
+                                        steps=[dict(label=label(s), method="animate",
+                                                    args=[[label(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
+                                                                             transition=dict(duration=0))])
+                                               for s in steps])])
+    pad = lambda a: (a.min() - 0.05 * (np.ptp(a) or 1), a.max() + 0.05 * (np.ptp(a) or 1))  # noqa: E731
+    fig.update_xaxes(title="PC 1", range=pad(proj["x"].to_numpy()))
+    fig.update_yaxes(title="PC 2", range=pad(proj["y"].to_numpy()))
+    return fig.update_layout(title=title, template="plotly_white", height=520, legend_title_text="")
+
+
+def code_sharing_bars(sharing: pd.DataFrame, title: str = "Codes shared by several domains") -> go.Figure:
+    """Bars over the number of domains using a code: the share of used codes and the share of
+    items on such codes (one bar group per variant when a ``variant`` column is given)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("share of used codes", "share of items"), shared_yaxes=True)
+    groups = sharing.groupby("variant", sort=False) if "variant" in sharing.columns else [("", sharing)]
+    for i, (v, part) in enumerate(groups):
+        for col, y in ((1, "share_of_used"), (2, "share_of_items")):
+            fig.add_bar(x=part["domains"], y=part[y], name=str(v) or "codes", legendgroup=str(v),
+                        showlegend=col == 1, marker_color=_palette(i), row=1, col=col,
+                        hovertemplate="used by %{x} domain(s): %{y:.1%}<extra></extra>")
+    fig.update_xaxes(title="domains using the code", dtick=1)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1])
+    return fig.update_layout(title=title, template="plotly_white", height=360, barmode="group")
+
+
+def source_weight_lines(weights: pd.DataFrame, smooth: int = 1,
+                        title: str = "Source weights and meta-gradient cosines per meta iteration") -> go.Figure:
+    """One row of two panels per variant (when a ``variant`` column is given): each source's
+    weight at the iterations it was sampled (uniform 1/S dotted) and the cosine of its
+    meta-gradient with the target gradient; ``smooth`` = rolling mean over that many points."""
+    groups = list(weights.groupby("variant", sort=False)) if "variant" in weights.columns else [("", weights)]
+    fig = make_subplots(rows=len(groups), cols=2, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=[t for v, _ in groups for t in (f"{v} weight".strip(), f"{v} cosine with target gradient".strip())])
+    sources = list(dict.fromkeys(weights["source"]))
+    for r, (v, part) in enumerate(groups, start=1):
+        n_per_step = part.groupby("step")["source"].nunique()
+        if len(n_per_step):
+            fig.add_hline(y=1 / n_per_step.max(), line_dash="dot", line_color="grey", row=r, col=1)
+        for i, s in enumerate(sources):
+            p = part[part["source"] == s].sort_values("step")
+            for col, y in ((1, "weight"), (2, "grad_cosine")):
+                vals = p[y].rolling(max(1, smooth), min_periods=1).mean()
+                fig.add_scatter(x=p["step"], y=vals, mode="lines+markers", marker_size=4, name=str(s), legendgroup=str(s),
+                                showlegend=r == 1 and col == 1, line_color=_palette(i), row=r, col=col,
+                                hovertemplate=f"{s}<br>step %{{x}}<br>{y} %{{y:.3f}}<extra></extra>")
+        fig.add_hline(y=0, line_color="lightgrey", row=r, col=2)
+        fig.update_yaxes(range=[0, 1.02], row=r, col=1)       # weights: a fixed scale
+        fig.update_yaxes(range=[-1.02, 1.02], row=r, col=2)   # cosines: a fixed scale
+    fig.update_xaxes(title="meta iteration", row=len(groups))
+    return fig.update_layout(title=title, template="plotly_white", height=300 + 220 * len(groups),
+                             legend_title_text="source")

@@ -7,7 +7,9 @@ from .adaptor import LinearExpert, MoEAdaptor, WhiteningExpert
 from .base import LOSS_TYPES, SequentialRecommender
 from .content import ContentConfig, ContentSASRec, masked_contrastive_loss
 from .gru4rec import GRU4Rec, GRU4RecConfig
+from .multidomain import MultiDomainConfig, MultiDomainSASRec
 from .sasrec import SASRec, SASRecConfig
+from .vq import VectorQuantizer, VQConfig, VQOutput, code_usage, perplexity
 
 # id-based backbones by name; content models (ContentSASRec) need feature matrices, built directly
 BACKBONES = {"sasrec": (SASRec, SASRecConfig), "gru4rec": (GRU4Rec, GRU4RecConfig)}
