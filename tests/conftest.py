@@ -18,6 +18,23 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.notebook)
 
 
+@pytest.fixture
+def smoke_notebook(tmp_path):
+    """Run a registered notebook through papermill at the smoke budget (the nbval reference
+    parameters plus ``extra``) into ``tmp_path``; returns the executed path and its records."""
+    import papermill as pm
+
+    from seqtransfer import report
+
+    def run(name: str, **extra):
+        out = tmp_path / f"{name}.ipynb"
+        src = Path(__file__).resolve().parents[1] / "notebooks" / report.NOTEBOOKS[name]
+        pm.execute_notebook(str(src), str(out), kernel_name="python3", progress_bar=False,
+                            parameters={**report.REFERENCE_PARAMETERS, **extra}, execution_timeout=600)
+        return out, report.read_records(out)
+    return run
+
+
 @pytest.fixture(scope="session")
 def toy_csv(tmp_path_factory) -> Path:
     """A user,item,timestamp CSV: 16 users with 4, 7, 10 or 13 interactions over 17 items

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import papermill as pm
 import pytest
 
-from seqtransfer import report
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "amazon-scientific"
@@ -16,12 +14,8 @@ SHARED = ROOT.parent / "shared" / "data" / "amazon-scientific"
 
 @pytest.mark.notebook
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/amazon-scientific is not beside the project")
-def test_ant_notebook_smoke(tmp_path):
-    out = tmp_path / "04_ant.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "04_ant.ipynb"), str(out), kernel_name="python3",
-                        parameters=dict(report.REFERENCE_PARAMETERS), progress_bar=False,
-                        execution_timeout=600)
-    rows = report.read_records(out)
+def test_ant_notebook_smoke(smoke_notebook):
+    out, rows = smoke_notebook("04_ant")
     labels = ("Horror", "Film-Noir", "amazon-scientific", "ml-100k")
     expect = {f"ant:{t} | ANT {v}" for t in labels for v in ("scratch", "fine-tune", "adaptor-tune", "re-learn")}
     expect |= {f"baseline:{t} | SASRec ID (target only)" for t in labels}

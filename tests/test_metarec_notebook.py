@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import papermill as pm
 import pytest
 
-from seqtransfer import report
 from seqtransfer.methods import metarec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,12 +15,8 @@ SHARED = ROOT.parent / "shared" / "data" / "amazon-scientific"
 
 @pytest.mark.notebook
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/amazon-scientific is not beside the project")
-def test_metarec_notebook_smoke(tmp_path):
-    out = tmp_path / "05_metarec.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "05_metarec.ipynb"), str(out), kernel_name="python3",
-                        parameters=dict(report.REFERENCE_PARAMETERS), progress_bar=False,
-                        execution_timeout=600)
-    rows = report.read_records(out)
+def test_metarec_notebook_smoke(smoke_notebook):
+    out, rows = smoke_notebook("05_metarec")
     targets = ("ml-100k", "amazon-scientific")
     assert set(rows["method"]) == {f"metarec:{t} | {v}" for t in targets for v in metarec.SPECS}
     assert rows["value"].between(0, 1).all()

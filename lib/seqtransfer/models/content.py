@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .adaptor import MoEAdaptor
 from .base import SequentialRecommender
-from .sasrec import Block
+from .sasrec import Block, init_normal
 
 
 @dataclass
@@ -87,10 +87,7 @@ class ContentSASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout, 0.0) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
         for m in [*self.blocks.modules(), self.pos_emb]:
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            init_normal(m)
         self.set_items(feats)
 
     # -- items --------------------------------------------------------------------------------

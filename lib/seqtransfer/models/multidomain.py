@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import SequentialRecommender
-from .sasrec import Block
+from .sasrec import Block, init_normal
 from .vq import VectorQuantizer, VQConfig
 
 
@@ -58,10 +58,7 @@ class MultiDomainSASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout, 0.0) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
         for m in [*self.blocks.modules(), self.pos_emb]:
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            init_normal(m)
         for name, n in domains.items():
             self.add_domain(name, n)
         self.set_domain(next(iter(domains)))

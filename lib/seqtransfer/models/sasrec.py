@@ -43,6 +43,17 @@ class SASRecConfig:
     n_negatives: int = 1     # negatives per position when loss_type == "bce"
 
 
+def init_normal(m: nn.Module) -> None:
+    """The transformer initialisation every SASRec-style encoder here uses: linear and embedding
+    weights N(0, 0.02), biases zero, an embedding's padding row zero."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            m.weight.data[m.padding_idx].zero_()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float, attn_dropout: float):
         super().__init__()
@@ -109,16 +120,7 @@ class SASRec(SequentialRecommender):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout, cfg.attn_dropout) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-                m.weight.data[m.padding_idx].zero_()
+        self.apply(init_normal)
 
     def _embed(self, seqs: torch.Tensor) -> torch.Tensor:
         B, T = seqs.shape
