@@ -326,3 +326,10 @@ def test_every_variant_and_option_runs(name):
     assert len(d["counts"]) == replace(cfg, **change).n_periods
     if replace(cfg, **change).distill in ("adaptive", "gate"):
         assert d["alpha"]["alpha"].between(0, 1).all() and len(d["alpha"])
+
+
+def test_period_budget_split():
+    t = TrainConfig(epochs=4, max_steps=10)
+    assert (ecat.period_train(t, 4).epochs, ecat.period_train(t, 4).max_steps) == (1, 3)
+    assert ecat.period_train(t, 3).epochs == 2 and ecat.period_train(TrainConfig(epochs=4), 4).max_steps is None
+    assert ecat.period_train(t, 4, split=False) == t and ecat.period_train(t, 1) == t

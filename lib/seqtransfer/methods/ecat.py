@@ -100,6 +100,8 @@ class EcatConfig:
     alpha_const: float = 0.5               # alpha when distill="constant"
     # continual [ours]
     n_periods: int = 4                     # chronological periods (1: train once on everything)
+    split_budget: bool = True              # each period gets 1/n_periods of the epochs and step
+                                           # cap, so n periods cost what one does
     max_teacher_users: int | None = 2000   # teacher validation on a seeded sample of sequences
 
 
@@ -660,6 +662,15 @@ def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     return Hooks(batches=batches, step=step)
 
 
+def period_train(tcfg: TrainConfig, n_periods: int, split: bool = True) -> TrainConfig:
+    """One period's share of ``tcfg``: ceil(epochs / n) epochs and ceil(max_steps / n) steps
+    (at least 1 each) when ``split``, else ``tcfg`` unchanged."""
+    if not split or n_periods == 1:
+        return tcfg
+    steps = None if tcfg.max_steps is None else max(1, -(-tcfg.max_steps // n_periods))
+    return replace(tcfg, epochs=max(1, -(-tcfg.epochs // n_periods)), max_steps=steps)
+
+
 def _backbone(cfg: EcatConfig, n_items: int, max_len: int, seed: int) -> nn.Module:
     seed_everything(seed)
     return make_backbone(cfg.backbone, n_items, **{"max_len": max_len, **cfg.backbone_kwargs})
@@ -673,7 +684,7 @@ def train_teachers(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, n_perio
     n = cfg.n_periods if n_periods is None else n_periods
     cuts = period_cuts(setting.times, n)
     model = _backbone(cfg, setting.split.n_items, setting.target.data.max_len, seed)
-    tcfg = replace(cfg.teacher_train or cfg.train, seed=seed)
+    tcfg = period_train(replace(cfg.teacher_train or cfg.train, seed=seed), n, cfg.split_budget)
     out, hist = [], []
     for t, cut in enumerate(cuts):
         data = eval_sample(D.build_sequences(truncate(setting.split, setting.times, cut),
@@ -707,7 +718,7 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
         raise ValueError(f"got {len(teachers)} teachers for {cfg.n_periods} periods; train them with "
                          f"the same n_periods")
     cuts = period_cuts(setting.times, cfg.n_periods)
-    tcfg = replace(cfg.train, seed=seed)
+    tcfg = period_train(replace(cfg.train, seed=seed), cfg.n_periods, cfg.split_budget)
     device = torch.device(tcfg.device if tcfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if cfg.init == "teacher":
         backbone = copy.deepcopy(teachers[-1] if cfg.n_periods == 1 else teachers[0])
