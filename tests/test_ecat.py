@@ -114,7 +114,7 @@ def test_gaussian_domain_shift_keeps_the_matching_half():
 
 def test_density_ratio_formula_with_clipping():
     p = np.array([0.5, 0.9, 0.1, 0.99])
-    kept, w = ecat.importance_weights(p, n_target=2, p_min=0.2, clip=10.0)
+    kept, w = ecat.importance_weights(p, n_target=2, p_min=0.2, clip=10.0, count_scale=True)
     # p/(1-p) = 1, 9, (dropped), 99; times |cand|/|target| = 4/2 -> 2, 18, 198; clip -> 2, 10, 10
     raw = np.array([2.0, 10.0, 10.0])
     assert kept.tolist() == [True, True, False, True]
@@ -333,3 +333,12 @@ def test_period_budget_split():
     assert (ecat.period_train(t, 4).epochs, ecat.period_train(t, 4).max_steps) == (1, 3)
     assert ecat.period_train(t, 3).epochs == 2 and ecat.period_train(TrainConfig(epochs=4), 4).max_steps is None
     assert ecat.period_train(t, 4, split=False) == t and ecat.period_train(t, 1) == t
+
+
+def test_without_graph_every_source_position_is_a_candidate():
+    s = _setting()
+    data = D.build_sequences(s.split, 10)
+    w, stats = ecat.select(s, s.split, data, None, _cfg(graph="none", fine="none", top_m=0.1))
+    tg = data.train_targets
+    source = (tg > 0) & ~torch.as_tensor(s.target_items)[tg]
+    assert torch.equal(w > 0, source) and stats["graph candidates"] == stats["source samples"]

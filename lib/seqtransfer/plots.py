@@ -321,8 +321,8 @@ def selection_histograms(p: np.ndarray, w: np.ndarray, alpha: np.ndarray, p_min:
             fig.add_histogram(x=v, nbinsx=40, name=name, showlegend=False, marker_color=_palette(j - 1),
                               hovertemplate=name + " %{x}: %{y} samples<extra></extra>", row=1, col=j)
         else:
-            fig.add_annotation(text="not recorded", showarrow=False, xref=f"x{j if j > 1 else ''} domain",
-                               yref=f"y{j if j > 1 else ''} domain", x=0.5, y=0.5)
+            fig.add_annotation(text="not recorded in this run", showarrow=False, xref="x domain",
+                               yref="y domain", x=0.5, y=0.5, row=1, col=j)
         if rng:
             fig.update_xaxes(range=list(rng), row=1, col=j)
         fig.update_xaxes(title=name, row=1, col=j)

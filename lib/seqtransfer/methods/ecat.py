@@ -17,9 +17,12 @@ below is ours** [ours], each kept configurable in :class:`EcatConfig`:
   and its next item) whose next item is among the top-M scored source items.
 * **Fine selection** (:func:`domain_classifier`, :func:`importance_weights`): a class-balanced
   logistic domain classifier (target samples = 1, candidates = 0) on the frozen entire-space
-  teacher's hidden state at each sample; candidates with ``p >= p_min`` are kept with weight
-  ``w = p / (1 - p) * |candidates| / |target|``, clipped at ``clip`` (10) and then normalised
-  to mean 1. Option: a gradient-reversal domain head on the student instead (``fine="grl"``).
+  teacher's hidden state at each sample (its context in the entire space); candidates with
+  ``p >= p_min`` (0.2) are kept with weight ``w = p / (1 - p)``, clipped at ``clip`` (10) and
+  then normalised to mean 1. METHODS.md also scales by ``|candidates| / |target|``; that is the
+  ``count_scale`` option, off by default because class balancing already makes ``p / (1 - p)``
+  the density ratio, and the extra factor (tens on ML-1M) sends most weights to the clip.
+  Option: a gradient-reversal domain head on the student instead (``fine="grl"``).
 * **Adaptive distillation** (:func:`adaptive_alpha`, :func:`ecat_loss`): per sample
   ``alpha = sg(p_t(y) / (p_t(y) + p_s(y)))`` with p the softmax probability of the true next
   item under the teacher (t) and the student (s); loss per sample
@@ -88,7 +91,10 @@ class EcatConfig:
     fine: str = "classifier"               # "classifier" | "grl" | "none" (weight 1 for all)
     p_min: float = 0.2                     # keep candidates with p >= p_min
     clip: float = 10.0                     # importance weights clipped here before normalising
-    count_scale: bool = True               # scale p/(1-p) by |candidates| / |target|
+    count_scale: bool = False              # also scale p/(1-p) by |candidates| / |target|: off,
+                                           # since the class-balanced p/(1-p) already estimates the
+                                           # density ratio and the scale would push most weights
+                                           # onto the clip (all equal after normalising)
     clf_steps: int = 300                   # full-batch Adam steps of the logistic classifier
     clf_lr: float = 0.05
     clf_max: int = 20000                   # samples per class the classifier is fitted on
@@ -274,7 +280,7 @@ def domain_classifier(x_target: np.ndarray | torch.Tensor, x_cand: np.ndarray | 
 
 
 def importance_weights(p: np.ndarray, n_target: int, p_min: float = 0.2, clip: float = 10.0,
-                       count_scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                       count_scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Candidates with ``p >= p_min`` and their weights.
 
     ``w = p / (1 - p) * (|candidates| / |target| if count_scale)``, clipped to at most ``clip``,
@@ -568,7 +574,10 @@ def select(setting: EcatSetting, split: Split, windows: SeqData, teacher: nn.Mod
     owner = np.repeat(np.arange(split.n_users), np.diff(split.train_ptr))
     adj = interaction_graph(owner, split.train_items, split.n_users, split.n_items, setting.bridges)
     scores = item_scores(adj, split.n_users, setting.target_items, cfg)
-    chosen = torch.as_tensor(coarse_select(scores, setting.target_items, cfg.top_m))
+    if cfg.graph == "none":                                   # every source item a candidate
+        chosen = torch.as_tensor(~setting.target_items & (np.arange(len(scores)) > 0))
+    else:
+        chosen = torch.as_tensor(coarse_select(scores, setting.target_items, cfg.top_m))
     cand = real & chosen[targets]
     stats = {"source samples": int((real & ~is_target).sum()), "target samples (entire space)": int(is_target.sum()),
              "graph candidates": int(cand.sum()), "candidate items": int(chosen.sum()),
