@@ -342,3 +342,17 @@ def test_without_graph_every_source_position_is_a_candidate():
     tg = data.train_targets
     source = (tg > 0) & ~torch.as_tensor(s.target_items)[tg]
     assert torch.equal(w > 0, source) and stats["graph candidates"] == stats["source samples"]
+
+
+def test_history_runs_on_across_periods():
+    r = ecat.fit(_setting(), _cfg(n_periods=3, top_m=0.5), seed=0)
+    h = r.history
+    assert h["period"].tolist() == [0, 1, 2] and h["epoch"].tolist() == [0, 1, 2]
+    assert h["step"].is_monotonic_increasing and h["step"].iloc[-1] == r.train.steps + h["step"].iloc[-2]
+
+
+def test_a_period_without_candidates_transfers_nothing():
+    s = _setting()
+    data = D.build_sequences(s.split, 10)
+    w, stats = ecat.select(s, s.split, data, None, _cfg(top_m=0))       # no candidate item
+    assert stats["graph candidates"] == 0 and stats["selected"] == 0 and not (w > 0).any()

@@ -583,6 +583,9 @@ def select(setting: EcatSetting, split: Split, windows: SeqData, teacher: nn.Mod
              "graph candidates": int(cand.sum()), "candidate items": int(chosen.sum()),
              "auc": float("nan"), "p": np.zeros(0), "w": np.zeros(0)}
     weights = torch.zeros(targets.shape)
+    if cfg.fine == "classifier" and (int(cand.sum()) < 2 or int(is_target.sum()) < 2):
+        stats["selected"] = 0                      # nothing to classify (e.g. a period before the
+        return weights, stats                      # entire space has data): no transfer this period
     if cfg.fine != "classifier":
         weights[cand] = 1.0
         stats["selected"] = int(cand.sum())
@@ -772,7 +775,9 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
             ws.append(pd.DataFrame({"period": t, "w": stats["w"]}))
         if alphas:
             alphas_all.append(pd.DataFrame({"period": t, "alpha": np.concatenate(alphas)}))
-        hist.append(res.history.assign(period=t, stage="student"))
+        h = res.history
+        done = (int(hist[-1]["epoch"].max()) + 1, int(hist[-1]["step"].max())) if hist else (0, 0)
+        hist.append(h.assign(period=t, stage="student", epoch=h["epoch"] + done[0], step=h["step"] + done[1]))
         if teacher is not None:
             teachers[t].cpu()
         last = res
@@ -819,3 +824,33 @@ def run_variants(setting: EcatSetting, cfg: EcatConfig, variants: dict[str, dict
         setting.seconds[f"{prefix}{name}"] = time.perf_counter() - t0
         out.append(r)
     return out, t_hist
+
+
+ABLATIONS = ("ECAT w/o graph", "ECAT w/o domain adaptation", "ECAT w/o distillation", "ECAT constant alpha",
+             "ECAT one period")
+BASELINES = ("target-only", "joint (unweighted)", "pre-train + fine-tune")
+
+
+def negative_transfer(table: pd.DataFrame, label: str, baseline: str = "target-only", group: str = "all",
+                      variants: tuple[str, ...] | None = None) -> list[str]:
+    """One sentence per variant of setting ``label`` present in ``table`` (a ``summarize`` or
+    ``compare`` table): does it beat ``baseline`` for ``group``? Negative transfer named."""
+    from .common import transfer_verdict
+    prefix = f"{label} | " if label else ""
+    names = [v for v in (variants or VARIANTS) if v != baseline and f"{prefix}{v}" in set(table["variant"])]
+    return [transfer_verdict(table, f"{prefix}{v}", f"{prefix}{baseline}", group) for v in names]
+
+
+def stage_times(settings: dict[str, EcatSetting]) -> pd.DataFrame:
+    """Seconds per stage of every setting: data preparation, teachers (once per number of
+    periods, shared by the variants) and every variant's selection and student training."""
+    return pd.DataFrame([{"setting": label, "stage": stage, "seconds": sec}
+                         for label, s in settings.items() for stage, sec in s.seconds.items()])
+
+
+def selection_values(results: list[MethodResult], variant: str) -> dict[str, np.ndarray]:
+    """p, w and alpha of one run (every period pooled), for :func:`plots.selection_histograms`."""
+    r = next((r for r in results if r.variant == variant), None)
+    if r is None:
+        raise KeyError(f"no run named {variant!r}; runs: {[x.variant for x in results]}")
+    return {k: r.diagnostics[k][k].to_numpy(dtype=float) for k in ("p", "w", "alpha")}
