@@ -166,7 +166,7 @@ def test_alpha_carries_no_gradient():
     loss = ecat.ecat_loss(torch.tensor([0.0]), torch.tensor([1.0]), hs, torch.tensor([[1.0, 0.0]]), alpha, lam=1.0)
     loss.backward()
     assert ls.grad is None and lt.grad is None                      # nothing flows into alpha's inputs
-    assert torch.allclose(hs.grad, torch.tensor([[-2 * 0.9, 0.0]]))  # d/dh alpha * ||h - t||^2
+    assert torch.allclose(hs.grad, torch.tensor([[-0.9, 0.0]]))   # d/dh alpha * ||h - t||^2 / 2
 
 
 def test_weighted_loss_against_manual():
@@ -175,8 +175,9 @@ def test_weighted_loss_against_manual():
     hs = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     ht = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
     alpha = torch.tensor([0.5, 1.0])
-    # (0.5*1 + 0.1*0.5*1 + 2*2 + 0.1*1*1) / 2 = (0.55 + 4.1) / 2
-    assert ecat.ecat_loss(ce, w, hs, ht, alpha, lam=0.1).item() == pytest.approx(2.325)
+    # squared distances 1 and 1, over D = 2 dimensions: 0.5 each
+    # (0.5*1 + 0.1*0.5*0.5 + 2*2 + 0.1*1*0.5) / 2 = (0.525 + 4.05) / 2
+    assert ecat.ecat_loss(ce, w, hs, ht, alpha, lam=0.1).item() == pytest.approx(2.2875)
     assert ecat.ecat_loss(ce, w).item() == pytest.approx(2.25)
 
 

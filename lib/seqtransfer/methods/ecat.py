@@ -26,8 +26,9 @@ below is ours** [ours], each kept configurable in :class:`EcatConfig`:
 * **Adaptive distillation** (:func:`adaptive_alpha`, :func:`ecat_loss`): per sample
   ``alpha = sg(p_t(y) / (p_t(y) + p_s(y)))`` with p the softmax probability of the true next
   item under the teacher (t) and the student (s); loss per sample
-  ``w * CE + lambda * alpha * ||P h_s - h_t||^2`` averaged over the samples of a batch (P a
-  learned linear map, identity at start). Options: constant alpha, or a learned gate that
+  ``w * CE + lambda * alpha * ||P h_s - h_t||^2 / D`` averaged over the samples of a batch (P a
+  learned linear map, identity at start; the distance per dimension, so lambda does not depend
+  on the hidden size D). Options: constant alpha, or a learned gate that
   predicts from (h_s, h_t) whether the teacher is the better one (trained by its own BCE term,
   used under stop-gradient).
 * **Continual** (:func:`continual`): ``n_periods`` chronological periods (quantiles of the
@@ -336,13 +337,16 @@ def adaptive_alpha(p_teacher: torch.Tensor, p_student: torch.Tensor) -> torch.Te
 def ecat_loss(ce: torch.Tensor, w: torch.Tensor, h_student: torch.Tensor | None = None,
               h_teacher: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
               lam: float = 0.0) -> torch.Tensor:
-    """Mean over samples of ``w * ce + lam * alpha * ||h_student - h_teacher||^2``.
+    """Mean over samples of ``w * ce + lam * alpha * ||h_student - h_teacher||^2 / D``.
+
+    The squared distance is divided by the hidden size D [ours], so ``lam`` means the same at
+    any D (summed, it is about 2D(1 - cos) for layer-normed states and swamps the CE).
 
     ``ce``, ``w``, ``alpha``: (P,); ``h_student`` (already through P) and ``h_teacher``: (P, D).
     Without a teacher (or ``lam`` 0) it is the weighted CE alone."""
     per = w * ce
     if h_teacher is not None and lam:
-        per = per + lam * alpha * ((h_student.float() - h_teacher.float()) ** 2).sum(-1)
+        per = per + lam * alpha * ((h_student.float() - h_teacher.float()) ** 2).mean(-1)
     return per.mean()
 
 
