@@ -2,6 +2,8 @@
 selection on a two-component graph, PPR along a path, the Gaussian domain-shift toy, the
 density-ratio formula with clipping, the adaptive distillation weight and its missing gradient,
 the weighted loss, warm starts between periods, and no leakage of the target's future."""
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -334,6 +336,7 @@ def test_period_budget_split():
     assert (ecat.period_train(t, 4).epochs, ecat.period_train(t, 4).max_steps) == (1, 3)
     assert ecat.period_train(t, 3).epochs == 2 and ecat.period_train(TrainConfig(epochs=4), 4).max_steps is None
     assert ecat.period_train(t, 4, split=False) == t and ecat.period_train(t, 1) == t
+    assert ecat.period_train(TrainConfig(max_minutes=8.0), 4).max_minutes == 2.0
 
 
 def test_without_graph_every_source_position_is_a_candidate():
@@ -357,3 +360,19 @@ def test_a_period_without_candidates_transfers_nothing():
     data = D.build_sequences(s.split, 10)
     w, stats = ecat.select(s, s.split, data, None, _cfg(top_m=0))       # no candidate item
     assert stats["graph candidates"] == 0 and stats["selected"] == 0 and not (w > 0).any()
+
+
+def test_runs_with_the_same_selection_share_it():
+    s = _setting()
+    cfg = _cfg(n_periods=2, top_m=0.5)
+    teachers, _ = ecat.train_teachers(s, cfg)
+    cache = {}
+    a = ecat.fit(s, cfg, 0, "a", teachers, cache)
+    assert len(cache) == 2                                          # one selection per period
+    b = ecat.fit(s, replace(cfg, distill="none"), 0, "b", teachers, cache)
+    assert len(cache) == 2                                          # reused: same key
+    assert a.diagnostics["counts"].drop(columns="variant").equals(b.diagnostics["counts"].drop(columns="variant"))
+    fresh = ecat.fit(s, cfg, 0, "c", teachers)                      # recomputed: the same samples
+    assert np.array_equal(fresh.diagnostics["w"]["w"], a.diagnostics["w"]["w"])
+    ecat.fit(s, replace(cfg, p_min=0.5), 0, "d", teachers, cache)
+    assert len(cache) == 4                                          # a different cut selects anew

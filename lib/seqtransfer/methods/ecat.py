@@ -679,12 +679,13 @@ def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Te
 
 
 def period_train(tcfg: TrainConfig, n_periods: int, split: bool = True) -> TrainConfig:
-    """One period's share of ``tcfg``: ceil(epochs / n) epochs and ceil(max_steps / n) steps
-    (at least 1 each) when ``split``, else ``tcfg`` unchanged."""
+    """One period's share of ``tcfg``: ceil(epochs / n) epochs, ceil(max_steps / n) steps (at
+    least 1 each) and max_minutes / n when ``split``, else ``tcfg`` unchanged."""
     if not split or n_periods == 1:
         return tcfg
     steps = None if tcfg.max_steps is None else max(1, -(-tcfg.max_steps // n_periods))
-    return replace(tcfg, epochs=max(1, -(-tcfg.epochs // n_periods)), max_steps=steps)
+    minutes = None if tcfg.max_minutes is None else tcfg.max_minutes / n_periods
+    return replace(tcfg, epochs=max(1, -(-tcfg.epochs // n_periods)), max_steps=steps, max_minutes=minutes)
 
 
 def _backbone(cfg: EcatConfig, n_items: int, max_len: int, seed: int) -> nn.Module:
@@ -716,14 +717,23 @@ def train_teachers(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, n_perio
     return out, pd.concat(hist, ignore_index=True)
 
 
+def selection_key(cfg: EcatConfig, period: int, seed: int) -> tuple:
+    """What a period's selection depends on (besides the setting and the teachers): runs with
+    the same key and the same teachers select the same samples."""
+    return (period, cfg.n_periods, seed, cfg.graph, cfg.restart, cfg.ppr_iters, cfg.hops, cfg.top_m,
+            cfg.fine, cfg.p_min, cfg.clip, cfg.count_scale, cfg.clf_steps, cfg.clf_lr, cfg.clf_max,
+            cfg.clf_holdout)
+
+
 def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: list[nn.Module] | None = None,
-              observe=None) -> tuple[nn.Module, dict]:
+              observe=None, cache: dict | None = None) -> tuple[nn.Module, dict]:
     """Train the student over ``cfg.n_periods`` chronological periods.
 
     Period t: teacher t (given, or trained here continuing from t-1); selection re-run on the
     graph of the entire space up to the period's end; the student continues from where period
     t-1 ended (best validation weights) on the target's and the selected samples up to then.
-    ``observe(period, stage, model)`` sees the student at the start and end of every period.
+    ``observe(period, stage, model)`` sees the student at the start and end of every period;
+    ``cache`` (a dict shared by runs with the same teachers) keeps each period's selection.
     Returns the student and the diagnostics (counts, p, w, alpha, per-period metrics, history)."""
     check(cfg)
     exp = setting.target
@@ -755,7 +765,13 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
         if cfg.use_source:
             esplit = truncate(setting.split, setting.times, cut)
             source = D.build_sequences(esplit, exp.data.max_len)
-            weights, stats = select(setting, esplit, source, teacher, cfg, seed + t)
+            key = selection_key(cfg, t, seed)
+            if cache is not None and key in cache:
+                weights, stats = cache[key]
+            else:
+                weights, stats = select(setting, esplit, source, teacher, cfg, seed + t)
+                if cache is not None:
+                    cache[key] = weights, stats
         x, y, w = _pool(tdata, source, weights)
         if cfg.fine == "grl":
             domain = torch.zeros(w.shape)
@@ -794,10 +810,10 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
 
 
 def fit(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, variant: str = "ECAT",
-        teachers: list[nn.Module] | None = None) -> MethodResult:
+        teachers: list[nn.Module] | None = None, cache: dict | None = None) -> MethodResult:
     """One ECAT variant on ``setting``: continual training, then validation and test metrics of
     the target's users (all/head/tail/cold)."""
-    student, diag = continual(setting, cfg, seed, teachers)
+    student, diag = continual(setting, cfg, seed, teachers, cache=cache)
     exp = setting.target
     metrics, ranks = evaluate_both(student, exp.data, exp.groups, variant, seed)
     history = diag.pop("history").assign(variant=variant)
@@ -813,6 +829,7 @@ def run_variants(setting: EcatSetting, cfg: EcatConfig, variants: dict[str, dict
     ``"<label> | <variant>"``) and the teacher histories per number of periods."""
     prefix = f"{label} | " if label else ""
     teachers: dict[int, list] = {}
+    caches: dict[int, dict] = {}                     # selections, per set of teachers
     t_hist: dict[int, pd.DataFrame] = {}
     out = []
     for name, change in (variants or VARIANTS).items():
@@ -824,7 +841,8 @@ def run_variants(setting: EcatSetting, cfg: EcatConfig, variants: dict[str, dict
             teachers[c.n_periods], t_hist[c.n_periods] = train_teachers(setting, c, seed)
             setting.seconds[f"teachers ({c.n_periods} period{'s' if c.n_periods > 1 else ''})"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        r = fit(setting, c, seed, f"{prefix}{name}", teachers.get(c.n_periods) if need else None)
+        r = fit(setting, c, seed, f"{prefix}{name}", teachers.get(c.n_periods) if need else None,
+                cache=caches.setdefault(c.n_periods, {}) if need else None)
         setting.seconds[f"{prefix}{name}"] = time.perf_counter() - t0
         out.append(r)
     return out, t_hist
