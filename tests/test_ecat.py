@@ -376,3 +376,59 @@ def test_runs_with_the_same_selection_share_it():
     assert np.array_equal(fresh.diagnostics["w"]["w"], a.diagnostics["w"]["w"])
     ecat.fit(s, replace(cfg, p_min=0.5), 0, "d", teachers, cache)
     assert len(cache) == 4                                          # a different cut selects anew
+
+
+def _step_case(distill="adaptive", fine="classifier"):
+    from seqtransfer.models import make_backbone
+    from seqtransfer.train import StepContext
+    from contextlib import nullcontext
+    torch.manual_seed(0)
+    mk = lambda: make_backbone("sasrec", 6, dim=4, n_heads=1, max_len=3, dropout=0.0)   # noqa: E731
+    teacher, student = mk().eval(), ecat.TargetScored(mk(), np.array([False, True, True, False, False, False, False]),
+                                                     gate=distill == "gate", domain_head=fine == "grl")
+    x = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    y = torch.tensor([[2, 3, 4], [5, 6, 0]])
+    w = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]])           # (0, 1) dropped; padding 0
+    cfg = _cfg(distill=distill, fine=fine, lam=0.3)
+    hooks = ecat.student_hooks(x, y, w, teacher, cfg, [], torch.tensor([[1.0] * 3, [0.0] * 3]))
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)
+    data = D.build_sequences(D.Split("x", 1, 6, np.array([0, 3]), np.array([1, 2, 3]), np.array([4]),
+                                     np.array([5])), 3)
+    ctx = StepContext(student, opt, data, torch.tensor([0, 1]), 0, 0, cfg.train, nullcontext)
+    return hooks, ctx, teacher, student, x, y, w
+
+
+def test_step_loss_against_manual():
+    hooks, ctx, teacher, student, x, y, w = _step_case()
+    with torch.no_grad():
+        m = w > 0
+        hs, ht = student.backbone.encode(x)[m], teacher.encode(x)[m]
+        ls, lt = student.backbone.score(hs), teacher.score(ht)
+        ys = y[m]
+        ce = torch.nn.functional.cross_entropy(ls, ys, reduction="none")
+        ps, pt = torch.softmax(ls, -1)[range(len(ys)), ys], torch.softmax(lt, -1)[range(len(ys)), ys]
+        alpha = pt / (pt + ps)
+        dist = ((hs - ht) ** 2).mean(-1)                             # P is the identity at start
+        manual = (w[m] * ce + 0.3 * alpha * dist).sum() / 4          # 4 positions with w > 0
+    assert hooks.step(ctx) == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_gate_and_domain_head_get_gradients():
+    hooks, ctx, *_ = _step_case(distill="gate", fine="grl")
+    hooks.step(ctx)
+    assert ctx.model.gate.weight.grad.abs().sum() > 0 and ctx.model.domain_head.weight.grad.abs().sum() > 0
+    assert ctx.model.proj.weight.grad.abs().sum() > 0
+
+
+def test_fine_tune_starts_from_the_teacher_and_trains_everything():
+    s = _setting()
+    cfg = replace(_cfg(), **ecat.VARIANTS["pre-train + fine-tune"])
+    teachers, _ = ecat.train_teachers(s, cfg)
+    for p in teachers[0].parameters():
+        p.requires_grad_(False)                                     # as after serving as a teacher
+    seen = []
+    ecat.continual(s, cfg, 0, teachers, observe=lambda t, st, m: seen.append(
+        {k: v.detach().clone() for k, v in m.backbone.state_dict().items()}))
+    start = seen[0]
+    assert all(torch.equal(start[k], v) for k, v in teachers[0].state_dict().items())
+    assert all(not torch.equal(seen[1][k], start[k]) for k in start if k.startswith("blocks.0.attn.qkv"))

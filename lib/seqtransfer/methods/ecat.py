@@ -748,6 +748,8 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
     device = torch.device(tcfg.device if tcfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if cfg.init == "teacher":
         backbone = copy.deepcopy(teachers[-1] if cfg.n_periods == 1 else teachers[0])
+        for p in backbone.parameters():               # teachers are frozen once used as teachers
+            p.requires_grad_(True)
     else:
         backbone = _backbone(cfg, setting.split.n_items, exp.data.max_len, seed)
     student = TargetScored(backbone, setting.target_items, gate=cfg.distill == "gate",
