@@ -52,6 +52,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,9 @@ from ..data.split import Split, UserGroups
 from ..models import make_backbone
 from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
 from .common import MethodResult, evaluate_both
+
+if TYPE_CHECKING:
+    from ..experiment import Experiment
 
 GRAPHS = ("ppr", "khop", "none")
 FINES = ("classifier", "grl", "none")
@@ -402,7 +406,7 @@ class EcatSetting:
     entire: D.Interactions         # entire space after removing target users' held-out future
     split: Split                   # entire-space leave-one-out split (the teacher's)
     times: np.ndarray              # (len(split.train_items),) timestamp of every training item
-    target: "object"               # Experiment over the target subsequences (same item ids)
+    target: Experiment             # the target subsequences: split, groups, tensors (same item ids)
     target_times: np.ndarray       # timestamps of the target's training items
     target_items: np.ndarray       # (N+1,) bool, items of the target domain
     bridges: np.ndarray            # (k, 2) item-item bridge edges (empty when none)
