@@ -355,8 +355,8 @@ def ecat_loss(ce: torch.Tensor, w: torch.Tensor, h_student: torch.Tensor | None 
 
 
 class TargetScored(nn.Module):
-    """A backbone (``.backbone``) that, in eval mode, scores only the target's items (others
-    -inf), plus ECAT's trainable extras: the projection ``P`` (identity at start), the optional
+    """A backbone (``.backbone``) that, in eval mode, scores only the target's items (the others
+    and padding get the lowest finite score, below every real one), plus ECAT's trainable extras: the projection ``P`` (identity at start), the optional
     distillation gate and the optional gradient-reversal domain head."""
 
     def __init__(self, backbone: nn.Module, target_items: np.ndarray, gate: bool = False,
@@ -384,7 +384,8 @@ class TargetScored(nn.Module):
 
     def score(self, h):
         s = self.backbone.score(h)
-        return s if self.training else s.masked_fill(~self.allowed, float("-inf"))
+        # the lowest finite value, not -inf: evaluators may reject non-finite scores as divergence
+        return s if self.training else s.masked_fill(~self.allowed, torch.finfo(s.dtype).min)
 
     def position_losses(self, seqs, targets, users=None):
         return self.backbone.position_losses(seqs, targets)
@@ -857,6 +858,22 @@ def run_variants(setting: EcatSetting, cfg: EcatConfig, variants: dict[str, dict
 ABLATIONS = ("ECAT w/o graph", "ECAT w/o domain adaptation", "ECAT w/o distillation", "ECAT constant alpha",
              "ECAT one period")
 BASELINES = ("target-only", "joint (unweighted)", "pre-train + fine-tune")
+
+
+def verdict_table(results: list[MethodResult], label: str, groups: UserGroups | dict,
+                  baseline: str = "target-only") -> pd.DataFrame:
+    """What the verdicts of setting ``label`` read: every variant against ``baseline`` by the
+    paired bootstrap over users (``common.compare``) where the library has it, else the
+    per-variant means (``summarize``; the wording then carries no interval)."""
+    from . import common
+    prefix = f"{label} | " if label else ""
+    mine = [r for r in results if r.variant.startswith(prefix)]
+    compare = getattr(common, "compare", None)
+    if compare is None:
+        return common.summarize(common.combine_results(mine))
+    names = [r.variant for r in mine if r.variant != f"{prefix}{baseline}"]
+    return pd.concat([compare(mine, v, f"{prefix}{baseline}", groups) for v in dict.fromkeys(names)],
+                     ignore_index=True)
 
 
 def negative_transfer(table: pd.DataFrame, label: str, baseline: str = "target-only", group: str = "all",
