@@ -44,6 +44,7 @@ NOTEBOOKS: dict[str, str] = {
     "03_intervened_network": "03_intervened_network.ipynb",
     "04_ant": "04_ant.ipynb",
     "05_metarec": "05_metarec.ipynb",
+    "06_ecat": "06_ecat.ipynb",
 }
 
 BUDGETS = tuple(_BUDGET_SETTINGS)  # smoke, quick, full: the size switch of every notebook

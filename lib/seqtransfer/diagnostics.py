@@ -362,3 +362,34 @@ def source_weight_summary(weights: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"sampled": g.size(), "mean_weight": g["weight"].mean(),
                          "mean_alignment": g["alignment"].mean(), "mean_grad_cosine": g["grad_cosine"].mean(),
                          "first_weight": g["weight"].first(), "last_weight": g["weight"].last()}).reset_index()
+
+
+# ECAT: sample selection and continual periods
+# ---------------------------------------------------------------------------------------------
+
+FUNNEL_STAGES = ("source samples", "graph candidates", "selected")
+
+
+def selection_funnel(counts: pd.DataFrame) -> pd.DataFrame:
+    """ECAT's per-period selection counts (``diagnostics["counts"]`` of its runs: variant, period,
+    source samples, graph candidates, selected, target samples, auc) as a tidy frame: variant,
+    period, stage, samples, share of the period's source samples, auc. A stage a run did not
+    record (no source samples at all, e.g. target-only) is left out."""
+    rows = []
+    for r in counts.to_dict("records"):
+        total = r.get("source samples")
+        for stage in FUNNEL_STAGES:
+            n = r.get(stage)
+            if n is None or (isinstance(n, float) and np.isnan(n)):
+                continue
+            rows.append({"variant": r.get("variant", ""), "period": int(r["period"]), "stage": stage,
+                         "samples": int(n), "share": n / total if total else np.nan,
+                         "auc": r.get("auc", np.nan)})
+    return pd.DataFrame(rows, columns=["variant", "period", "stage", "samples", "share", "auc"])
+
+
+def period_table(periods: pd.DataFrame, split: str = "test", groups=("all", "head", "tail")) -> pd.DataFrame:
+    """NDCG@10 after each period (``diagnostics["periods"]`` of ECAT runs), one row per variant
+    and period, one column per group."""
+    p = periods[(periods["split"] == split) & periods["group"].isin(groups)]
+    return p.pivot_table(index=["variant", "period"], columns="group", values="ndcg10", sort=False)

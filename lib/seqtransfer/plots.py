@@ -438,3 +438,75 @@ def source_weight_lines(weights: pd.DataFrame, smooth: int = 1,
     fig.update_xaxes(title="meta iteration", row=len(groups))
     return fig.update_layout(title=title, template="plotly_white", height=300 + 220 * len(groups),
                              legend_title_text="source")
+
+
+# ECAT
+# ---------------------------------------------------------------------------------------------
+
+def selection_funnel_bars(funnel: pd.DataFrame, title: str = "Entire-space samples at each selection stage"
+                          ) -> go.Figure:
+    """One panel per variant: for every period (x) the source samples, the graph candidates and
+    the samples kept by the domain classifier (bars, log axis); the classifier's AUC on hover."""
+    variants = list(dict.fromkeys(funnel["variant"]))
+    fig = make_subplots(rows=1, cols=max(1, len(variants)), subplot_titles=variants or [""], shared_yaxes=True)
+    stages = list(dict.fromkeys(funnel["stage"]))
+    for j, v in enumerate(variants, start=1):
+        part = funnel[funnel["variant"] == v]
+        for i, stage in enumerate(stages):
+            p = part[part["stage"] == stage]
+            fig.add_bar(x=[f"period {k}" for k in p["period"]], y=p["samples"], name=stage, legendgroup=stage,
+                        showlegend=j == 1, marker_color=_palette(i), customdata=np.c_[p["share"], p["auc"]],
+                        hovertemplate=stage + ": %{y:,} (%{customdata[0]:.1%} of source samples)"
+                                      "<br>classifier AUC %{customdata[1]:.3f}<extra></extra>", row=1, col=j)
+    fig.update_yaxes(type="log", title="samples (log)", row=1, col=1)
+    return fig.update_layout(title=title, template="plotly_white", height=380, barmode="group")
+
+
+def selection_histograms(p: np.ndarray, w: np.ndarray, alpha: np.ndarray, p_min: float | None = None,
+                         clip: float | None = None, title: str = "Selection probability, importance weight and "
+                         "distillation weight") -> go.Figure:
+    """Three histograms: the domain classifier's p of the graph candidates (cut ``p_min``
+    dashed), the importance weights w of the kept ones (mean 1; the clip, before normalising,
+    is not drawn since normalising moves it) and the adaptive distillation weight alpha."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["p (candidate looks like the target)",
+                                                        "w (importance weight, mean 1)",
+                                                        "alpha (teacher's share)"])
+    for j, (name, values, rng) in enumerate((("p", p, (0, 1)), ("w", w, None), ("alpha", alpha, (0, 1))), start=1):
+        v = np.asarray(values, dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            fig.add_histogram(x=v, nbinsx=40, name=name, showlegend=False, marker_color=_palette(j - 1),
+                              hovertemplate=name + " %{x}: %{y} samples<extra></extra>", row=1, col=j)
+        else:
+            fig.add_annotation(text="not recorded in this run", showarrow=False, xref="x domain",
+                               yref="y domain", x=0.5, y=0.5, row=1, col=j)
+        if rng:
+            fig.update_xaxes(range=list(rng), row=1, col=j)
+        fig.update_xaxes(title=name, row=1, col=j)
+    if p_min is not None:
+        fig.add_vline(x=p_min, line_dash="dash", line_color=NEGATIVE, row=1, col=1,
+                      annotation_text=f"p_min {p_min}", annotation_position="top right")
+    if len(np.asarray(w)):
+        fig.add_vline(x=1.0, line_dash="dot", line_color="grey", row=1, col=2)
+    fig.update_yaxes(title="samples", row=1, col=1)
+    return fig.update_layout(title=title, template="plotly_white", height=360)
+
+
+def period_curves(periods: pd.DataFrame, split: str = "test", groups=("all", "tail"),
+                  title: str = "Target NDCG@10 after each period") -> go.Figure:
+    """NDCG@10 of the target's users after each chronological period, one line per variant,
+    one panel per group; a one-period run is a single marker at the last period."""
+    p = periods[periods["split"] == split]
+    groups = [g for g in groups if g in set(p["group"])]
+    fig = make_subplots(rows=1, cols=max(1, len(groups)), subplot_titles=groups or [""], shared_yaxes=True)
+    last = int(p["period"].max()) if len(p) else 0
+    for j, g in enumerate(groups, start=1):
+        for i, (v, part) in enumerate(p[p["group"] == g].groupby("variant", sort=False)):
+            part = part.sort_values("period")
+            x = part["period"] if len(part) > 1 else [last]
+            fig.add_scatter(x=x, y=part["ndcg10"], name=v, legendgroup=v, showlegend=j == 1,
+                            mode="lines+markers", line=dict(color=_palette(i)),
+                            hovertemplate=v + "<br>period %{x}: %{y:.4f}<extra></extra>", row=1, col=j)
+        fig.update_xaxes(title="period", tickvals=list(range(last + 1)), row=1, col=j)
+    fig.update_yaxes(title=f"{split} NDCG@10", row=1, col=1)
+    return fig.update_layout(title=title, template="plotly_white", height=380)

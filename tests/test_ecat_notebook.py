@@ -1,0 +1,45 @@
+"""Notebook 06_ecat at the smoke budget through papermill: what it records (every variant of both
+settings, coherent full rankings over the target's items) and its verdicts' wording."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from seqtransfer import report
+from seqtransfer.methods import ecat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.notebook
+def test_ecat_notebook_smoke(tmp_path):
+    out = tmp_path / "06_ecat.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "06_ecat.ipynb"), str(out), kernel_name="python3",
+                        parameters=dict(report.REFERENCE_PARAMETERS), progress_bar=False,
+                        execution_timeout=600)
+    rows = report.read_records(out)
+    expect = {f"ecat:Film-Noir | {v}" for v in ecat.VARIANTS}
+    expect |= {f"ecat:ml-100k | {v}" for v in ("ECAT", *ecat.BASELINES)}
+    assert set(rows["method"]) == expect
+    assert rows["value"].between(0, 1).all()
+    wide = rows.pivot_table(index=["method", "group", "k"], columns="metric", values="value")
+    assert (wide["mrr"] <= wide["ndcg"] + 1e-9).all() and (wide["ndcg"] <= wide["hr"] + 1e-9).all()
+    users = rows[rows["group"] == "all"].groupby("method")["n_users"].first()
+    assert (users <= 300).all()                                  # the smoke budget's user sample
+    noir = rows[rows["method"].str.startswith("ecat:Film-Noir")]
+    assert set(noir["group"]) == {"all", "head", "tail", "cold"}  # short genre histories are cold
+    text = "\n".join(o.get("text", "") for c in nbformat.read(str(out), 4).cells if c.cell_type == "code"
+                     for o in c.outputs if o.output_type == "stream")
+    lines = text.splitlines()
+    for v in ecat.VARIANTS:                                      # one verdict per variant and group
+        if v == "target-only":
+            continue
+        for g in ("all", "head", "tail", "cold"):
+            said = [ln for ln in lines if any(ln.strip().startswith(f"Film-Noir | {v} {word} ")
+                                              for word in ("beats", "does", "vs"))
+                    and "Film-Noir | target-only" in ln and f"for {g} users" in ln]
+            assert len(said) == 1, (v, g)
+    assert "negative transfer" in text or "no variant ends below target-only" in text
