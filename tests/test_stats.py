@@ -79,3 +79,10 @@ def test_interval_agrees_with_scipy():
     lo, hi = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
     mean, half = t_interval(x)
     assert (mean - half, mean + half) == pytest.approx((lo, hi))
+
+
+def test_percent_keeps_real_small_changes_and_drops_float_noise():
+    from seqtransfer.stats import percent
+    assert percent(0.0123) == "+1.2%" and percent(-0.25) == "-25.0%"
+    assert percent(-0.00004) == "-0.004%"                     # a real change never reads as 0.0%
+    assert percent(1e-16) == "+0.0%" and percent(0.0) == "+0.0%"   # noise of equal means

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .browser import gallery_html
-from .stats import ci95
+from .stats import ci95, percent
 from .pages import PLOTLYJS, write_plotlyjs
 from .record import _present
 
@@ -268,12 +268,6 @@ def _label_html(label: str) -> str:
     return f"{html.escape(variant)}<br><span class='ci'>{html.escape(method)}</span>"
 
 
-def _percent(x: float) -> str:
-    """0.0123 -> "+1.2%"; a non-zero change never reads as 0.0% ("-0.004%")."""
-    rel = 100 * x
-    return f"{rel:+.1f}%" if rel == 0 or abs(rel) >= 0.05 else f"{rel:+.1g}%"
-
-
 def _interval_lookup(comparisons: pd.DataFrame | None) -> dict:
     """(notebook, variant, baseline variant, "metric@k group") -> (relative half-width, verdict)."""
     out = {}
@@ -332,7 +326,7 @@ def _change_table_html(changes: pd.DataFrame, status: pd.DataFrame,
                     continue
                 key = (nb, str(r["method"]).split(":", 1)[-1], str(r["baseline"]).split(":", 1)[-1], c)
                 cls, interval = _change_class(v, ci, intervals.get(key))
-                cells.append(f"<td class='{cls}'>{_percent(v)}{interval}</td>")
+                cells.append(f"<td class='{cls}'>{percent(v)}{interval}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
         if said:
             items = "".join(f"<li>{html.escape(v)}</li>" for v in said)

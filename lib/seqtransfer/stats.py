@@ -93,3 +93,13 @@ def paired_bootstrap(a, b, n_boot: int = N_BOOT, seed: int = 0,
         means[s:s + m] = d[idx].mean(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(d.mean()), float(lo), float(hi)
+
+
+def percent(change: float) -> str:
+    """A relative change (0.0123) as text ("+1.2%"): enough digits that a real non-zero change
+    never reads as 0.0% ("-0.004%"), while floating-point noise (below 1e-12 relative, e.g. the
+    difference of two means of the same numbers) reads as "+0.0%"."""
+    rel = 100 * change
+    if abs(change) < 1e-12:
+        rel = 0.0
+    return f"{rel:+.1f}%" if rel == 0 or abs(rel) >= 0.05 else f"{rel:+.1g}%"

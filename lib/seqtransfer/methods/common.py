@@ -12,7 +12,7 @@ from ..data.split import UserGroups
 from ..diagnostics import ConflictProbe
 from ..evaluate import evaluate, per_user_metric, rank_targets
 from ..models import BACKBONES, SequentialRecommender, make_backbone
-from ..stats import N_BOOT, ci95, paired_bootstrap, t_interval
+from ..stats import N_BOOT, ci95, paired_bootstrap, percent, t_interval
 from ..train import TrainResult, seed_everything
 
 
@@ -136,8 +136,7 @@ def gap_sentence(table: pd.DataFrame, variant: str, metric: str = "ndcg", k: int
 def relative_change(a: float, b: float) -> str:
     """``a`` against ``b`` in percent, with enough digits that a non-zero change never reads
     as 0.0% (``+1.3%``, ``-0.004%``)."""
-    rel = (a - b) / b * 100
-    return f"{rel:+.1f}%" if rel == 0 or abs(rel) >= 0.05 else f"{rel:+.1g}%"
+    return percent((a - b) / b)
 
 
 COMPARE_COLUMNS = ("variant", "baseline", "group", "metric", "k", "a", "b", "diff", "lo", "hi",
