@@ -28,7 +28,7 @@ import pandas as pd
 
 from .budget import BUDGETS as _BUDGET_SETTINGS
 from .index import write_index
-from .pages import notebook_to_html, share_plotlyjs
+from .pages import notebook_to_html, share_plotlyjs, write_plotlyjs
 from .browser import capture_batch
 from .progress import ENGINE, Progress, cell_reporter, register_engine
 from .record import RESULT_COLUMNS, read_payloads
@@ -285,6 +285,8 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
 
     results = collect_results(out, list(selected))
     results.to_csv(out / "results.csv", index=False)
+    # the pages load the folder's one plotly.js: it must be there before anything opens them
+    write_plotlyjs(out)
     # every figure checked in headless chromium, a PNG each in out/figures/ (seqtransfer.browser);
     # one log line and nothing else where playwright or chromium is missing
     capture_batch(out, list(selected))
