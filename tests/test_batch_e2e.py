@@ -31,7 +31,7 @@ def test_every_notebook_runs_and_records(smoke_batch):
     for name in report.NOTEBOOKS:
         assert f"href='{name}.html'" in index
     board = report.leaderboard(results)
-    assert {"baseline:sasrec joint", "baseline:gru4rec joint"} <= set(board["method"])
+    assert "baseline:sasrec joint" in set(board["method"])            # one backbone by default
     assert not board["method"].str.startswith("data").any()   # data stats never rank
 
 

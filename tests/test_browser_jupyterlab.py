@@ -218,7 +218,9 @@ def test_00_runs_in_jupyterlab_and_its_slider_redraws(lab, chrome, browser_ready
 
 def test_01_runs_in_jupyterlab_and_every_figure_draws(lab, chrome, browser_ready):
     t0 = time.monotonic()
-    page, saved, took = _run_all(chrome, lab, _copy("01_backbones", lab[2], cache_runs=False))
+    # both backbones: the conflict heatmap then has panels with different layer lists
+    page, saved, took = _run_all(chrome, lab, _copy("01_backbones", lab[2], cache_runs=False,
+                                                    backbones=["sasrec", "gru4rec"]))
     try:
         assert _errors(saved) == []
         assert _page_text_problems(page) == []

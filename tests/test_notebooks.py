@@ -107,7 +107,8 @@ def _check_baselines_and_verdicts(rows: pd.DataFrame, payload: dict) -> None:
     expected = "baseline:" + rows.loc[~joint, "backbone"] + " joint"
     assert (rows.loc[~joint, "baseline"] == expected).all()
     assert len(payload["verdicts"]) >= 4
-    assert any("does NOT beat" in v or " beats " in v for v in payload["verdicts"])
+    # verdict_sentence's three forms: outside the noise either way, or inside it
+    assert any(w in v for v in payload["verdicts"] for w in ("does NOT beat", " beats ", "no detectable difference"))
 
 
 def _check_ranking_rows(rows: pd.DataFrame) -> None:
@@ -121,15 +122,26 @@ def _check_ranking_rows(rows: pd.DataFrame) -> None:
     assert (hr[5] <= hr[10]).all() and (hr[10] <= hr[20]).all()
 
 
-def _base_labels() -> set[str]:
+def _base_labels(backbones=("sasrec",)) -> set[str]:
     """How every notebook labels the base and tail-only runs: the same rows, counted once."""
-    return {f"baseline:{b} {v}" for b in ("sasrec", "gru4rec") for v in ("joint", "tail-only")}
+    return {f"baseline:{b} {v}" for b in backbones for v in ("joint", "tail-only")}
 
 
-def _check_method_rows(rows: pd.DataFrame) -> None:
-    """What every method notebook records at the smoke budget: both backbones, every group and
+def _backbones(dataset: str) -> tuple[str, ...]:
+    """The notebooks default to SASRec alone; on ml-1m the smoke tests also pass GRU4Rec, so the
+    two-backbone paths (panels with different layers, per-backbone bars) run too."""
+    return ("sasrec", "gru4rec") if dataset == "ml-1m" else ("sasrec",)
+
+
+def _method_smoke(name: str, tmp_path: Path, dataset: str) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    backbones = _backbones(dataset)
+    return _smoke(name, tmp_path, dataset=dataset, backbones=list(backbones)), backbones
+
+
+def _check_method_rows(rows: pd.DataFrame, backbones=("sasrec",)) -> None:
+    """What every method notebook records at the smoke budget: its backbones, every group and
     cut-off, coherent rankings, and group sizes of the 300-user sample."""
-    assert set(rows["backbone"]) == {"sasrec", "gru4rec"}
+    assert set(rows["backbone"]) == set(backbones)
     assert set(rows["group"]) == {"all", "head", "tail", "cold"}
     assert set(rows["k"]) == {5, 10, 20}
     _check_ranking_rows(rows)
@@ -168,10 +180,10 @@ def test_data_notebook_smoke(tmp_path, dataset):
 @pytest.mark.notebook
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_backbones_notebook_smoke(tmp_path, dataset):
-    rows = _smoke("01_backbones", tmp_path, dataset=dataset)
+    rows, backbones = _method_smoke("01_backbones", tmp_path, dataset)
     assert set(rows["dataset"]) == {dataset}
-    assert set(rows["method"]) == _base_labels()
-    _check_method_rows(rows)
+    assert set(rows["method"]) == _base_labels(backbones)
+    _check_method_rows(rows, backbones)
     _check_baselines_and_verdicts(rows, _payload(tmp_path, "01_backbones"))
 
 
@@ -197,7 +209,7 @@ def test_backbones_notebook_on_own_csv_through_the_cli(tmp_path):
     _check_baselines_and_verdicts(rows, _payload(out, "01_backbones"))
     index = (out / "index.html").read_text()
     assert "sasrec tail-only<br><span class='ci'>baseline</span>" in index
-    assert "does NOT beat" in index or " beats " in index
+    assert any(w in index for w in ("does NOT beat", " beats ", "no detectable difference"))
 
 
 def _base_block(name: str) -> list[str]:
@@ -219,22 +231,22 @@ def test_method_notebook_shares_the_base_runs_of_notebook_01(name):
 @pytest.mark.notebook
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_gradient_alignment_notebook_smoke(tmp_path, dataset):
-    rows = _smoke("02_gradient_alignment", tmp_path, dataset=dataset)
+    rows, backbones = _method_smoke("02_gradient_alignment", tmp_path, dataset)
     assert set(rows["dataset"]) == {dataset}
-    assert set(rows["method"]) == _base_labels() | {f"gradient_alignment:{b} {v}" for b in ("sasrec", "gru4rec")
-                                                    for v in ("+align", "+adv", "GA")}
-    _check_method_rows(rows)
+    assert set(rows["method"]) == _base_labels(backbones) | {f"gradient_alignment:{b} {v}" for b in backbones
+                                                             for v in ("+align", "+adv", "GA", "null")}
+    _check_method_rows(rows, backbones)
     _check_baselines_and_verdicts(rows, _payload(tmp_path, "02_gradient_alignment"))
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_intervened_notebook_smoke(tmp_path, dataset):
-    rows = _smoke("03_intervened_network", tmp_path, dataset=dataset)
+    rows, backbones = _method_smoke("03_intervened_network", tmp_path, dataset)
     assert set(rows["dataset"]) == {dataset}
     variants = ("aggregation", "plugins", "aggregation+plugins")
-    assert set(rows["method"]) == _base_labels() | {f"intervened:{b} intervened ({v})"
-                                                    for b in ("sasrec", "gru4rec") for v in variants}
+    assert set(rows["method"]) == _base_labels(backbones) | {f"intervened:{b} intervened ({v})"
+                                                             for b in backbones for v in variants}
     assert not rows["method"].str.contains(r"\[").any()          # sensitivity runs are not recorded
-    _check_method_rows(rows)
+    _check_method_rows(rows, backbones)
     _check_baselines_and_verdicts(rows, _payload(tmp_path, "03_intervened_network"))
