@@ -46,9 +46,10 @@ def test_reports_draw_their_figures_offline(smoke_batch, browser_ready):
         assert 'src="plotly.min.js"' in page.read_text() and "plotly.js v" not in page.read_text()
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"batch folder {out}: {size / 2**20:.1f} MB")
-    # one 4.6 MB plotly.js and the figure PNGs; before it was shared every report inlined its own
-    # copy twice (HTML and ipynb), about 40 MB for four notebooks
-    assert size < 16 * 2**20
+    # one 4.6 MB plotly.js, the figure PNGs and each report's own figure data (06's histograms
+    # are the largest, about 6 MB in HTML and ipynb): 17.6 MB for seven notebooks, measured.
+    # Inlined, plotly.js alone would be 2 x 4.6 MB per notebook, 64 MB for seven
+    assert size < 24 * 2**20
     checks = read_checks(out)
     assert [c["page"] for c in checks] == [f"{name}.html" for name in report.NOTEBOOKS]
     problems = [p for c in checks for p in c["problems"]]
