@@ -19,6 +19,18 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture
+def amazon_scientific() -> Path:
+    """The Amazon Scientific folder where the library finds it (``../shared`` beside the
+    project); the test is skipped when it is not there."""
+    from seqtransfer.data.atomic import resolve_atomic
+    from seqtransfer.data.errors import DataError
+    try:
+        return resolve_atomic("amazon-scientific")
+    except DataError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture
 def smoke_notebook(tmp_path):
     """Run a registered notebook through papermill at the smoke budget (the nbval reference
     parameters plus ``extra``) into ``tmp_path``; returns the executed path and its records."""

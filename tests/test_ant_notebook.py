@@ -2,19 +2,12 @@
 variants and the ID-only SASRec, coherent full rankings) and its verdicts' wording."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "amazon-scientific"
-
-
 @pytest.mark.notebook
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/amazon-scientific is not beside the project")
-def test_ant_notebook_smoke(smoke_notebook):
+def test_ant_notebook_smoke(smoke_notebook, amazon_scientific):
     out, rows = smoke_notebook("04_ant")
     labels = ("Horror", "Film-Noir", "amazon-scientific", "ml-100k")
     expect = {f"ant:{t} | ANT {v}" for t in labels for v in ("scratch", "fine-tune", "adaptor-tune", "re-learn")}

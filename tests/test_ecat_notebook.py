@@ -2,25 +2,15 @@
 settings, coherent full rankings over the target's items) and its verdicts' wording."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
-import papermill as pm
 import pytest
 
-from seqtransfer import report
 from seqtransfer.methods import ecat
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.notebook
-def test_ecat_notebook_smoke(tmp_path):
-    out = tmp_path / "06_ecat.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "06_ecat.ipynb"), str(out), kernel_name="python3",
-                        parameters=dict(report.REFERENCE_PARAMETERS), progress_bar=False,
-                        execution_timeout=600)
-    rows = report.read_records(out)
+def test_ecat_notebook_smoke(smoke_notebook):
+    out, rows = smoke_notebook("06_ecat")
     expect = {f"ecat:Film-Noir | {v}" for v in ecat.VARIANTS}
     expect |= {f"ecat:ml-100k | {v}" for v in ("ECAT", *ecat.BASELINES)}
     assert set(rows["method"]) == expect

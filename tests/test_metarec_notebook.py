@@ -2,20 +2,13 @@
 both targets, coherent full rankings) and its verdicts' wording, and the VQ views it draws."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 
 from seqtransfer.methods import metarec
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "amazon-scientific"
-
-
 @pytest.mark.notebook
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/amazon-scientific is not beside the project")
-def test_metarec_notebook_smoke(smoke_notebook):
+def test_metarec_notebook_smoke(smoke_notebook, amazon_scientific):
     out, rows = smoke_notebook("05_metarec")
     targets = ("ml-100k", "amazon-scientific")
     assert set(rows["method"]) == {f"metarec:{t} | {v}" for t in targets for v in metarec.SPECS}
