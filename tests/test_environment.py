@@ -23,3 +23,12 @@ def test_torch_pinned_exactly():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch = [d for d in deps if d.startswith("torch")]
     assert torch == ["torch==2.13.0"], "an open torch range downloads a multi-GB CUDA build"
+
+
+def test_the_test_command_installs_the_ray_extra():
+    """The Ray executor's tests run in CI: the README's test command and .ci/run install it."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("ray==") for d in extras["ray"]), "pin ray exactly"
+    readme = (ROOT / "README.md").read_text()
+    test_cmd = next(line for line in readme.splitlines() if "python -m pytest" in line)
+    assert '".[dev,ray]"' in test_cmd and '".[dev,ray]"' in (ROOT / ".ci" / "run").read_text()

@@ -117,3 +117,41 @@ def test_a_run_another_process_is_training_is_not_waited_for_while_others_can_go
     exp.run({"a": (fake_fit, cfg), "b": (fake_fit, {"value": 2.0})}, seeds=[0])
     assert CALLS == [("b", 0, None), ("a", 0, None)]
     assert not os.path.exists(lock)
+
+
+def test_executor_choices_and_cluster_addresses_are_clear_errors(toy_csv, monkeypatch):
+    """Unknown executor, an address nothing listens on, a malformed address, Ray missing: each
+    fails in prepare (before any data work) with the fix; none needs a running Ray."""
+    from seqtransfer import executor
+
+    kw = dict(budget="smoke", device="cpu", min_user=1, min_item=1, progress=False)
+    with pytest.raises(ValueError, match=r"unknown executor 'dask'; choose one of local, ray"):
+        experiment.prepare(str(toy_csv), executor="dask", **kw)
+    pytest.importorskip("ray")
+    import ray
+    if ray.is_initialized():                      # connect() reuses a running Ray: test a fresh one
+        pytest.skip("a Ray instance is running in this process")
+    import socket
+    with socket.socket() as s:                    # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError, match=rf"cannot reach the Ray cluster at '127.0.0.1:{port}'.*"
+                                              r"ray start --head.*executor=\"local\""):
+        experiment.prepare(str(toy_csv), executor="ray", ray_address=f"127.0.0.1:{port}", **kw)
+    with pytest.raises(ValueError, match=r"ray_address 'headnode' is not an address"):
+        experiment.prepare(str(toy_csv), executor="ray", ray_address="headnode", **kw)
+    with pytest.raises(ValueError, match=r"cpus_per_run must be positive"):
+        experiment.prepare(str(toy_csv), executor="ray", ray_cpus_per_run=0, **kw)
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)        # as if not installed
+    with pytest.raises(ImportError, match=r"executor='ray' needs Ray.*pip install -e '.\[ray\]'"):
+        experiment.prepare(str(toy_csv), executor="ray", **kw)
+    assert not ray.is_initialized()
+
+
+def test_run_facts_say_where_each_seed_ran(exp):
+    from seqtransfer.methods.common import run_facts
+
+    out = exp.run({"a": (fake_fit, {"value": 1.0})})
+    facts = run_facts(out)
+    assert facts["a"]["ran_on"] == {"0": "local", "1": "local"}
+    assert out[0].ran_on["executor"] == "local" and out[0].ran_on["pid"] == __import__("os").getpid()

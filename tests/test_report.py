@@ -387,6 +387,11 @@ def test_cli_run_passes_arguments_and_fails_on_failed_notebook(monkeypatch, tmp_
     assert calls[0]["names"] == ["a", "b"] and calls[0]["jobs"] == 2
     out = capsys.readouterr().out
     assert "failed" in out and f"index: {tmp_path.resolve() / 'index.html'}" in out
+    # the executor reaches every notebook as two parameters
+    cli.main(["run", "--executor", "ray", "--ray-address", "ray://head:10001", "--out", str(tmp_path)])
+    assert calls[1]["params"] == {"executor": "ray", "ray_address": "ray://head:10001"}
+    cli.main(["run", "--executor", "ray", "--out", str(tmp_path)])
+    assert calls[2]["params"] == {"executor": "ray", "ray_address": ""}
 
 
 @pytest.mark.unit
@@ -394,6 +399,8 @@ def test_cli_run_passes_arguments_and_fails_on_failed_notebook(monkeypatch, tmp_
     (["run", "--budget", "huge"], "unknown budget 'huge'; choose one of smoke, quick, full"),
     (["run", "--only", "nope"], "unknown notebook(s) nope; known notebooks are 00_data"),
     (["fetch", "nope"], "unknown dataset 'nope'"),
+    (["run", "--executor", "spark"], "unknown executor 'spark'; choose one of local, ray"),
+    (["run", "--ray-address", "auto"], "--ray-address needs --executor ray"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
@@ -469,7 +476,8 @@ def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch, c
 def test_kernel_threads_share_the_cores_among_jobs():
     from seqtransfer.batch import kernel_threads
     assert kernel_threads(1, cores=8) == {}                    # a lone kernel uses every core
-    assert kernel_threads(2, cores=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert kernel_threads(2, cores=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                          "SEQTRANSFER_RAY_CPUS": "1"}
     assert kernel_threads(2, cores=8)["OMP_NUM_THREADS"] == "4"
     assert kernel_threads(3, cores=2)["OMP_NUM_THREADS"] == "1"  # never zero
 

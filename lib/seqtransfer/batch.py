@@ -131,11 +131,12 @@ def kernel_threads(jobs: int, cores: int | None = None) -> dict[str, str]:
     share of the cores (at least one), so parallel notebooks do not oversubscribe the CPU (two
     kernels each running two threads on two cores are slower than one thread each). PyTorch,
     OpenMP and MKL read these when a kernel starts. With one job nothing is set: a lone kernel
-    uses every core, as PyTorch does by default."""
+    uses every core, as PyTorch does by default. A local Ray that a kernel starts (executor
+    "ray" without an address) gets the same share (``SEQTRANSFER_RAY_CPUS``)."""
     if jobs <= 1:
         return {}
     share = str(max(1, (cores or os.cpu_count() or 1) // jobs))
-    return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
+    return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share, "SEQTRANSFER_RAY_CPUS": share}
 
 
 @contextmanager

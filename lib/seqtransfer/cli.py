@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (the default)")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds "
                                                    "(default: by budget)")
+    run.add_argument("--executor", help="where the notebooks' runs train: local (the default: in "
+                     "each kernel) or ray (Ray tasks in parallel; needs pip install -e '.[ray]')")
+    run.add_argument("--ray-address", help="with --executor ray: empty (the default: a local Ray "
+                     "on this machine), auto (the cluster this machine belongs to), host:6379 or "
+                     "ray://host:10001")
 
     fetch = commands.add_parser("fetch", help="download and cache datasets")
     fetch.add_argument("names", nargs="+", metavar="NAME")
@@ -92,6 +97,18 @@ def _run(args: argparse.Namespace) -> int:
     from seqtransfer import batch
 
     params = {name: parse_value(value) for name, value in args.p}
+    if args.ray_address is not None and args.executor != "ray":
+        print("seqtransfer run: --ray-address needs --executor ray", file=sys.stderr)
+        return 2
+    if args.executor is not None:
+        from seqtransfer.executor import check_executor
+        try:
+            params["executor"] = check_executor(args.executor)
+        except ValueError as err:
+            print(f"seqtransfer run: {err}", file=sys.stderr)
+            return 2
+        if args.executor == "ray":
+            params["ray_address"] = args.ray_address or ""
     try:
         status = batch.run_batch(names=args.only, budget=args.budget, out=args.out,
                                  jobs=args.jobs, params=params, device=args.device,

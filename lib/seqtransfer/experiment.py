@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from . import data as D
+from . import executor as X
 from .budget import Budget, get_budget
 from .methods.common import MethodResult
 from .train import TrainConfig, resolve_device
@@ -45,6 +46,8 @@ class Experiment:
     cold_users: np.ndarray        # (U,) users whose histories were truncated
     progress: bool = True
     cache_dir: Path | None = None # finished runs are kept here and reused (None: no cache)
+    executor: str = "local"       # where run() trains: "local" (this process) | "ray"
+    ray: X.RayOptions = field(default_factory=X.RayOptions)   # address, CPUs a run, retries
     _data_digest: str | None = field(default=None, repr=False)   # of ``data``, for cache keys
 
     @property
@@ -95,6 +98,10 @@ class Experiment:
         notebook re-run after a crash, or the base model shared by several notebooks). A run
         that another process is training (notebooks of one batch in parallel) is waited for,
         not trained twice.
+
+        Where the runs train is ``executor``: ``"local"``, one after another in this process, or
+        ``"ray"``, as Ray tasks in parallel (:mod:`seqtransfer.executor`); both give the same
+        results for the same seeds. Every result's ``ran_on`` says where it trained.
         """
         seeds = self.seeds if seeds is None else seeds
         grid = tuple(self.budget.lr_grid if lr_grid is None else lr_grid)
@@ -104,6 +111,16 @@ class Experiment:
             if len(spec) not in (2, 3):
                 raise ValueError(f"run {variant!r} must be (fit, config) or (fit, config, inputs), "
                                  f"got a tuple of {len(spec)}")
+        listed = list(runs)
+        for variant, spec in runs.items():
+            earlier = listed[:listed.index(variant)]
+            for arg, source in (dict(spec[2]) if len(spec) == 3 else {}).items():
+                if source not in earlier:
+                    raise ValueError(f"run {variant!r} takes {arg}={source!r}, which must be a variant "
+                                     f"listed before it in runs; earlier: {earlier}")
+        pick = _Chooser()
+        if X.check_executor(self.executor) == "ray":
+            return X.run_ray(self, runs, seeds, grid, pick)
         if self.cache_dir is not None:
             # first pass: train every independent run of the first seed that no other process
             # holds (notebooks of one batch share the cache), so a notebook whose next run is
@@ -118,27 +135,17 @@ class Experiment:
         for variant, spec in runs.items():
             fit, cfg = spec[:2]
             inputs = dict(spec[2]) if len(spec) == 3 else {}
-            for arg, source in inputs.items():
-                if (source, seeds[0]) not in done:
-                    raise ValueError(f"run {variant!r} takes {arg}={source!r}, which must be a variant "
-                                     f"listed before it in runs; earlier: {list(dict.fromkeys(v for v, _ in done))}")
             chosen = None
             for i, s in enumerate(seeds):
                 given = {arg: done[source, s][0] for arg, source in inputs.items()}
                 upstream = [done[source, s][1] for source in inputs.values()]
                 lrs = grid if (i == 0 and len(grid) > 1) else ((chosen,) if chosen else (None,))
                 trials = [self._run_one(fit, cfg, variant, s, given, upstream, lr=lr) for lr in lrs]
-                best = 0 if len(trials) == 1 else max(range(len(trials)), key=lambda j: _valid_ndcg(trials[j][0]))
-                result, key = trials[best]
-                used = [_lr_of(cfg) if lr is None else lr for lr in lrs]
+                best = pick(variant, cfg, lrs, [t[0] for t in trials], i == 0)
                 if i == 0:
                     chosen = lrs[best]
-                    tuning = pd.DataFrame({"variant": variant, "lr": used,
-                                           "valid_ndcg10": [_valid_ndcg(t[0]) for t in trials],
-                                           "chosen": [j == best for j in range(len(trials))]})
-                result.lr, result.tuning = used[best], tuning
-                done[variant, s] = result, key
-                out.append(result)
+                done[variant, s] = trials[best]
+                out.append(trials[best][0])
         return out
 
     def _run_one(self, fit: Callable, cfg, variant: str, seed: int, given: dict,
@@ -149,7 +156,7 @@ class Experiment:
         cfg = with_lr(cfg, lr)
         key = self._cache_key(fit, cfg, variant, seed, upstream)
         if self.cache_dir is None:
-            return fit(self.data, self.groups, cfg, seed=seed, variant=variant, **given), key
+            return _fit_here(fit, self.data, self.groups, cfg, seed, variant, given), key
         path = self.cache_dir / f"{_safe(variant)}-{seed}-{key[:16]}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         if not wait and path.exists():
@@ -159,7 +166,7 @@ class Experiment:
                 return None
             if path.exists():
                 return (torch.load(path, map_location="cpu", weights_only=False), key) if wait else None
-            result = fit(self.data, self.groups, cfg, seed=seed, variant=variant, **given)
+            result = _fit_here(fit, self.data, self.groups, cfg, seed, variant, given)
             tmp = path.with_suffix(".tmp")
             torch.save(result, tmp)
             os.replace(tmp, path)      # atomic: a killed run never leaves half a file
@@ -200,7 +207,8 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
             cold_max: int = 5, cold_start_frac: float = 0.0, min_user: int = 5,
             min_item: int = 5, data_dir: str | None = None, progress: bool = True,
             cache: bool | str = False, user_col: str | None = None, item_col: str | None = None,
-            time_col: str | None = None) -> Experiment:
+            time_col: str | None = None, executor: str = "local", ray_address: str = "",
+            ray_cpus_per_run: float = 1.0) -> Experiment:
     """Load ``dataset`` and build the split, groups and tensors for ``budget``.
 
     Args:
@@ -218,6 +226,12 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
         user_col, item_col, time_col: column names of a CSV/Parquet ``dataset`` (None or "":
             detected from the header).
         progress: show progress bars while training.
+        executor: where :meth:`Experiment.run` trains: ``"local"`` (this process) or ``"ray"``
+            (Ray tasks; see :mod:`seqtransfer.executor`). With ``"ray"`` the cluster is joined
+            (or a local Ray started) here, so a wrong address fails before any data work.
+        ray_address: ``""`` (start a local Ray on 127.0.0.1), ``"auto"``, ``"host:6379"`` or
+            ``"ray://host:10001"``.
+        ray_cpus_per_run: CPUs each run reserves on a CPU device (and its torch threads).
         cache: keep finished runs and reuse them (``True``: ``runs/`` inside the data folder;
             a path: there; ``False``: always train).
 
@@ -225,6 +239,9 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
         An :class:`Experiment`.
     """
     b = budget if isinstance(budget, Budget) else get_budget(budget)
+    ray = X.RayOptions(address=ray_address or "", cpus_per_run=ray_cpus_per_run)
+    if X.check_executor(executor) == "ray":
+        X.connect(ray)
     if isinstance(dataset, str) and not dataset:
         dataset = b.dataset
     if not 0.0 <= cold_start_frac < 1.0:
@@ -244,7 +261,8 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
     cache_dir = None
     if cache:
         cache_dir = Path(data_dir or D.default_data_dir()) / "runs" if cache is True else Path(cache)
-    return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress, cache_dir)
+    return Experiment(ds, split, groups, seqs, b, dev, seed, cold, progress, cache_dir,
+                      executor=executor, ray=ray)
 
 
 def with_lr(cfg, lr: float | None):
@@ -255,6 +273,32 @@ def with_lr(cfg, lr: float | None):
         raise ValueError(f"{type(cfg).__name__} has no train settings; cannot tune its learning rate "
                          "(pass lr_grid=(lr,) to run it as configured)")
     return replace(cfg, train=replace(cfg.train, lr=lr))
+
+
+def _fit_here(fit: Callable, data, groups, cfg, seed: int, variant: str, given: dict) -> MethodResult:
+    """One run trained in this process, labelled with where it ran."""
+    result = fit(data, groups, cfg, seed=seed, variant=variant, **given)
+    result.ran_on = X.where_local()
+    return result
+
+
+class _Chooser:
+    """Chooses a (variant, seed)'s run among its learning-rate trials, the same way for every
+    executor: the best validation NDCG@10 on the first seed (its ``tuning`` table is kept for
+    the variant), the one trial on the others; the chosen result gets ``lr`` and ``tuning``."""
+
+    def __init__(self):
+        self.tuning: dict[str, pd.DataFrame] = {}
+
+    def __call__(self, variant: str, cfg, lrs, results: list[MethodResult], first: bool) -> int:
+        best = 0 if len(results) == 1 else max(range(len(results)), key=lambda j: _valid_ndcg(results[j]))
+        used = [_lr_of(cfg) if lr is None else lr for lr in lrs]
+        if first:
+            self.tuning[variant] = pd.DataFrame({"variant": variant, "lr": used,
+                                                 "valid_ndcg10": [_valid_ndcg(r) for r in results],
+                                                 "chosen": [j == best for j in range(len(results))]})
+        results[best].lr, results[best].tuning = used[best], self.tuning[variant]
+        return best
 
 
 def _lr_of(cfg) -> float | None:

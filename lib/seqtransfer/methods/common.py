@@ -32,6 +32,7 @@ class MethodResult:
     lr: float | None = None          # the learning rate it trained with (chosen on validation
                                      # by Experiment.run when a grid is searched)
     tuning: pd.DataFrame | None = None   # that search: lr, valid_ndcg10, chosen
+    ran_on: dict | None = None       # where it trained: executor, node, host, pid (Experiment.run)
 
     def ndcg10(self, group: str = "all", split: str = "test") -> float:
         m = self.metrics
@@ -329,13 +330,17 @@ def tuning_table(results: list[MethodResult]) -> pd.DataFrame:
 
 
 def run_facts(results: list[MethodResult]) -> dict:
-    """Per variant, what a record should keep of how it was trained: the chosen learning rate and
-    why each seed's training stopped (early stopping or a cap), JSON-able."""
+    """Per variant, what a record should keep of how it was trained: the chosen learning rate,
+    why each seed's training stopped (early stopping or a cap) and, for runs of
+    ``Experiment.run``, where each seed ran (``"local"`` or the Ray node id); JSON-able."""
     out: dict[str, dict] = {}
     for r in results:
         facts = out.setdefault(r.variant, {"lr": getattr(r, "lr", None), "stopped": {}})
         reasons = stopped_by_cap(r)
         facts["stopped"][str(r.seed)] = "; ".join(reasons) if reasons else "early stop"
+        where = getattr(r, "ran_on", None)
+        if where:
+            facts.setdefault("ran_on", {})[str(r.seed)] = where["node"]
     return out
 
 

@@ -1,0 +1,326 @@
+"""Where :meth:`seqtransfer.experiment.Experiment.run` trains: in this process or on Ray.
+
+``"local"`` (the default) trains every (variant, learning rate, seed) run one after another in
+the notebook's kernel; nothing to install or start. ``"ray"`` makes each run a Ray task:
+
+- **Data once.** The prepared tensors and groups go into Ray's object store once per
+  ``Experiment.run`` call; every task reads them from there.
+- **Resources.** A task asks for one GPU when the experiment's device is CUDA, else for
+  ``cpus_per_run`` CPUs, and trains with that many torch threads. Independent runs proceed in
+  parallel up to the cluster's size.
+- **Order.** A run that builds on another (``{"stage1": "sasrec joint"}``) is given the
+  upstream task's result reference, so Ray starts it when that result exists. The learning
+  rate grid is searched on the first seed as with ``"local"``: the other seeds of a variant are
+  submitted once its grid has finished and a rate is chosen (on validation NDCG@10).
+- **Cache.** The run cache stays where the notebook runs: a cached run is loaded here and not
+  submitted; a finished task's result is saved here as it arrives, so when a later run fails
+  the finished ones are kept.
+- **Faults.** A task whose worker process or node dies is retried by Ray (``retries`` times);
+  an exception raised by the training itself is not retried and fails the notebook, naming the
+  run. A cluster that cannot be reached fails :func:`connect` with one message.
+- **Progress.** A line in the notebook counts the runs done, running, queued on the cluster,
+  and waiting for an earlier run or a learning-rate choice.
+
+Addresses (``ray_address``): ``""`` starts a local Ray on this machine, bound to 127.0.0.1;
+``"auto"`` joins the cluster this machine is part of (``ray start`` was run here);
+``"host:6379"`` joins that cluster's head; ``"ray://host:10001"`` goes through a Ray client
+server. The worker nodes need the same Python packages (``pip install -e '.[ray]'`` of the same
+checkout); the library itself is shipped to them with each job (Ray's ``py_modules``), so they
+run the notebook's version of :mod:`seqtransfer`.
+
+Results are identical to ``"local"`` for the same seeds when both train with the same number of
+torch threads: every run seeds itself, and the order in which runs execute does not enter.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+EXECUTORS = ("local", "ray")
+RAY_INSTALL = "pip install -e '.[ray]' in the checkout (or pip install 'ray==2.52.0')"
+
+
+@dataclass
+class RayOptions:
+    """How runs go to Ray (``Experiment.ray``)."""
+
+    address: str = ""          # "": local Ray on 127.0.0.1; "auto"; "host:port"; "ray://host:10001"
+    cpus_per_run: float = 1.0  # CPUs a run reserves on a CPU device (its torch threads: the floor)
+    retries: int = 3           # times a run is retried after its worker or node died
+    local_cpus: int | None = None  # CPUs of a local Ray (None: $SEQTRANSFER_RAY_CPUS, which a
+                                   # batch of several notebooks sets to each one's share, else all)
+
+    def __post_init__(self):
+        if not self.cpus_per_run > 0:
+            raise ValueError(f"cpus_per_run must be positive, got {self.cpus_per_run}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+
+def check_executor(executor: str) -> str:
+    """``executor`` itself when it is known, else a ValueError naming the choices."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)} "
+                         "(\"local\" trains in this process, \"ray\" on a Ray cluster)")
+    return executor
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(f"executor='ray' needs Ray, which is not installed: {RAY_INSTALL}; "
+                          "executor='local' needs nothing") from err
+    return ray
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the fix, when nothing listens at a ``host:port`` or ``ray://`` address
+    (Ray itself retries for minutes before it gives up)."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"ray_address {address!r} is not an address; give \"\" (a local Ray), "
+                         "\"auto\", \"host:6379\" or \"ray://host:10001\"")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} ({err}). Start it there with "
+            "`ray start --head --port=6379` (and `ray start --address=HEAD:6379` on each worker), "
+            "check the host and port, or use executor=\"local\" to train in this process") from None
+
+
+def connect(options: RayOptions) -> dict:
+    """Start or join Ray as ``options.address`` says (once per process) and describe the
+    cluster: ``{"address", "nodes", "cpus", "gpus"}``."""
+    ray = _import_ray()
+    if not ray.is_initialized():
+        library = str(Path(__file__).resolve().parent)
+        kwargs = dict(log_to_driver=False, runtime_env={"py_modules": [library]})
+        if options.address == "":
+            # a local Ray: loopback only, no dashboard, no usage report
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")   # no FutureWarning
+            cpus = options.local_cpus or int(os.environ.get("SEQTRANSFER_RAY_CPUS", 0)) or None
+            kwargs.update(num_cpus=cpus, include_dashboard=False,
+                          _node_ip_address="127.0.0.1")
+        elif options.address == "auto":
+            pass
+        else:
+            _reachable(options.address)
+        try:
+            ray.init(address=options.address or None, **kwargs)
+        except ConnectionError as err:
+            raise ConnectionError(f"cannot join the Ray cluster at {options.address!r}: {err}. "
+                                  "For \"auto\", run `ray start --head` on this machine first; or "
+                                  "use executor=\"local\"") from None
+    resources = ray.cluster_resources()
+    return {"address": options.address or "local", "nodes": sum(n["Alive"] for n in ray.nodes()),
+            "cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0)}
+
+
+def where_local() -> dict:
+    """``MethodResult.ran_on`` of a run trained in this process."""
+    return {"executor": "local", "node": "local", "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _fit_task(fit: Callable, shared: tuple, cfg, seed: int, variant: str, threads: int, **given):
+    """Body of one Ray task: train ``fit`` on the shared (data, groups) and say where it ran."""
+    import ray
+
+    data, groups = shared
+    torch.set_num_threads(threads)
+    if hasattr(cfg, "train") and hasattr(cfg.train, "progress"):
+        cfg = replace(cfg, train=replace(cfg.train, progress=False))   # no bars in worker logs
+    result = fit(data, groups, cfg, seed=seed, variant=variant, **given)
+    result.ran_on = {"executor": "ray", "node": ray.get_runtime_context().get_node_id(),
+                     "host": socket.gethostname(), "pid": os.getpid()}
+    return result
+
+
+@dataclass
+class _Trial:
+    lr: float | None
+    key: str
+    ref: object = None        # a Ray ObjectRef while the task runs (None when cached)
+    result: object = None     # the MethodResult once here
+
+
+class RunsProgress:
+    """One line, updated in place in a notebook (a log line elsewhere): runs done, running,
+    queued and waiting. ``running`` is the submitted runs the cluster has room for at once."""
+
+    def __init__(self, total: int, capacity: int, enabled: bool = True):
+        self.total, self.capacity, self.enabled = total, max(1, capacity), enabled
+        self.handle, self.last, self.start = None, None, time.time()
+
+    def text(self, done: int, submitted: int, cached: int = 0) -> str:
+        running = min(submitted, self.capacity)
+        waiting = self.total - done - submitted
+        mins = (time.time() - self.start) / 60
+        extra = f" ({cached} from the cache)" if cached else ""
+        return (f"Ray: {done}/{self.total} runs done{extra} · {running} running · "
+                f"{submitted - running} queued · {waiting} waiting for an earlier run · {mins:.1f} min")
+
+    def update(self, done: int, submitted: int, cached: int = 0) -> None:
+        if not self.enabled:
+            return
+        counts = (done, submitted, cached)
+        if counts == self.last:
+            return
+        self.last = counts
+        line = self.text(done, submitted, cached)
+        from .train_progress import _in_kernel
+        if _in_kernel():
+            from IPython.display import display
+            if self.handle is None:
+                self.handle = display({"text/plain": line}, raw=True, display_id=True)
+            else:
+                self.handle.update({"text/plain": line}, raw=True)
+        else:
+            print(line, flush=True)
+
+
+def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ...],
+            pick: Callable) -> list:
+    """:meth:`Experiment.run` on Ray; see the module docstring. ``pick(variant, cfg, lrs,
+    trials, first)`` chooses among a unit's finished trials and labels the result, exactly as
+    the local path does; it returns the chosen trial's index."""
+    from .experiment import with_lr, _safe
+
+    ray = _import_ray()
+    opts = exp.ray
+    info = connect(opts)
+    cuda = exp.device.type == "cuda"
+    resources = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": opts.cpus_per_run}
+    threads = max(1, int(opts.cpus_per_run)) if not cuda else max(1, torch.get_num_threads())
+    task = ray.remote(max_retries=opts.retries, retry_exceptions=False, **resources)(_fit_task)
+    shared = ray.put((exp.data, exp.groups))             # the data into the object store, once
+    capacity = int(info["gpus"]) if cuda else int(info["cpus"] // opts.cpus_per_run)
+
+    order = [(v, s) for v in runs for s in seeds]
+    trials: dict[tuple[str, int], list[_Trial]] = {}
+    chosen: dict[tuple[str, int], tuple[object, str, object]] = {}   # unit -> (result, key, ref)
+    chosen_lr: dict[str, float | None] = {}
+    pending: dict[object, tuple[tuple[str, int], int]] = {}           # ref -> (unit, trial index)
+    n_trials = sum(len(grid) if (s == seeds[0] and len(grid) > 1) else 1 for v, s in order)
+    bar = RunsProgress(n_trials, capacity)    # shown in batch runs too: one line, updated in place
+    n_done = n_cached = 0
+
+    def ready(unit) -> bool:
+        variant, seed = unit
+        spec = runs[variant]
+        inputs = dict(spec[2]) if len(spec) == 3 else {}
+        if any((src, seed) not in chosen for src in inputs.values()):
+            return False
+        return seed == seeds[0] or len(grid) == 1 or variant in chosen_lr
+
+    def submit(unit) -> None:
+        nonlocal n_done, n_cached
+        variant, seed = unit
+        spec = runs[variant]
+        fit, cfg = spec[:2]
+        inputs = dict(spec[2]) if len(spec) == 3 else {}
+        lrs = grid if (seed == seeds[0] and len(grid) > 1) else (
+            (chosen_lr[variant],) if chosen_lr.get(variant) else (None,))
+        upstream = [chosen[src, seed][1] for src in inputs.values()]
+        trials[unit] = []
+        for j, lr in enumerate(lrs):
+            run_cfg = with_lr(cfg, lr)
+            key = exp._cache_key(fit, run_cfg, variant, seed, upstream)
+            trial = _Trial(lr, key)
+            path = _cache_path(exp, variant, seed, key, _safe)
+            if path is not None and path.exists():
+                trial.result = torch.load(path, map_location="cpu", weights_only=False)
+                n_done += 1
+                n_cached += 1
+            else:
+                given = {arg: upstream_ref((src, seed)) for arg, src in inputs.items()}
+                trial.ref = task.remote(fit, shared, run_cfg, seed, variant, threads, **given)
+                pending[trial.ref] = (unit, j)
+            trials[unit].append(trial)
+        settle(unit)
+
+    def upstream_ref(unit):
+        """The reference a dependent task gets of ``unit``'s chosen run (put into the object
+        store here when that run came from the cache)."""
+        result, key, ref = chosen[unit]
+        if not isinstance(ref, ray.ObjectRef):
+            ref = ray.put(ref)
+            chosen[unit] = (result, key, ref)
+        return ref
+
+    def settle(unit) -> None:
+        """Choose a unit's run once all its trials are here (or, for a single-trial run, make
+        its reference available to the runs built on it at once)."""
+        variant, seed = unit
+        ts = trials[unit]
+        if len(ts) == 1 and ts[0].ref is not None and unit not in chosen:
+            chosen[unit] = (None, ts[0].key, ts[0].ref)         # dependents may go ahead
+        if any(t.result is None for t in ts):
+            return
+        cfg = runs[variant][1]
+        best = ts[pick(variant, cfg, [t.lr for t in ts], [t.result for t in ts], seed == seeds[0])]
+        result = best.result
+        chosen[unit] = (result, best.key, best.ref if best.ref is not None else result)
+        if seed == seeds[0]:
+            chosen_lr[variant] = best.lr
+
+    waiting = list(order)
+    try:
+        while True:
+            for unit in list(waiting):
+                if ready(unit):
+                    waiting.remove(unit)
+                    submit(unit)
+            bar.update(n_done, len(pending), n_cached)
+            if not pending:
+                if waiting:   # cannot happen when Experiment.run checked the inputs' order
+                    raise RuntimeError(f"runs {waiting} wait for runs that never come")
+                break
+            finished, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+            for ref in finished:
+                unit, j = pending.pop(ref)
+                variant, seed = unit
+                name = f"run {variant!r} (seed {seed}, lr {trials[unit][j].lr})"
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:     # the training raised: not retried
+                    raise RuntimeError(f"{name} failed in its training on Ray: {err.cause!r}") from err
+                except ray.exceptions.RayError as err:         # worker or node lost every time
+                    raise RuntimeError(f"{name} lost its Ray worker or node {opts.retries + 1} times "
+                                       f"(retries={opts.retries}): {err}") from err
+                trial = trials[unit][j]
+                trial.result = result
+                _save(exp, variant, seed, trial.key, result, _safe)
+                n_done += 1
+                settle(unit)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    bar.update(n_done, 0, n_cached)
+    return [chosen[v, s][0] for v, s in order]
+
+
+def _cache_path(exp, variant: str, seed: int, key: str, safe: Callable) -> Path | None:
+    if exp.cache_dir is None:
+        return None
+    return exp.cache_dir / f"{safe(variant)}-{seed}-{key[:16]}.pt"
+
+
+def _save(exp, variant: str, seed: int, key: str, result, safe: Callable) -> None:
+    """Keep a finished run in the notebook's cache (atomically), as the local path does."""
+    path = _cache_path(exp, variant, seed, key, safe)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(result, tmp)
+    os.replace(tmp, path)
