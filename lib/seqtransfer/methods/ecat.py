@@ -863,14 +863,10 @@ BASELINES = ("target-only", "joint (unweighted)", "pre-train + fine-tune")
 def verdict_table(results: list[MethodResult], label: str, groups: UserGroups | dict,
                   baseline: str = "target-only") -> pd.DataFrame:
     """What the verdicts of setting ``label`` read: every variant against ``baseline`` by the
-    paired bootstrap over users (``common.compare``) where the library has it, else the
-    per-variant means (``summarize``; the wording then carries no interval)."""
-    from . import common
+    paired bootstrap over users (``common.compare``; differences with 95% intervals)."""
+    from .common import compare
     prefix = f"{label} | " if label else ""
     mine = [r for r in results if r.variant.startswith(prefix)]
-    compare = getattr(common, "compare", None)
-    if compare is None:
-        return common.summarize(common.combine_results(mine))
     names = [r.variant for r in mine if r.variant != f"{prefix}{baseline}"]
     return pd.concat([compare(mine, v, f"{prefix}{baseline}", groups) for v in dict.fromkeys(names)],
                      ignore_index=True)

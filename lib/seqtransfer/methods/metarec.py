@@ -497,15 +497,12 @@ def run_setting(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, label: str = 
 
 
 def verdicts(results: list[MethodResult], variants, baseline: str, groups, group: str = "all") -> list[str]:
-    """One sentence per variant: does it beat ``baseline`` for ``group``? Negative transfer named.
-    Uses the paired bootstrap over users (``common.compare_pairs``) where the library has it,
-    else the means of :func:`~.common.summarize`."""
-    from . import common
-    if hasattr(common, "compare_pairs"):
-        table = common.compare_pairs(results, [(v, baseline) for v in variants], groups)
-    else:
-        table = common.summarize(common.combine_results(results))
-    return [common.transfer_verdict(table, v, baseline, group) for v in variants]
+    """One sentence per variant: does it beat ``baseline`` for ``group``? Negative transfer named
+    only when the paired bootstrap's 95% interval over users (``common.compare_pairs``)
+    excludes zero."""
+    from .common import compare_pairs, transfer_verdict
+    table = compare_pairs(results, [(v, baseline) for v in variants], groups)
+    return [transfer_verdict(table, v, baseline, group) for v in variants]
 
 
 def stage_times(results: list[MethodResult], preps: dict[str, Prepared] | None = None) -> pd.DataFrame:
