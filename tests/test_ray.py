@@ -206,6 +206,31 @@ def test_a_worker_killed_mid_run_is_retried_with_the_same_result(local_ray, toy_
     pd.testing.assert_frame_equal(result.metrics, expected.metrics)
 
 
+def test_a_sweep_through_map_calls_equals_the_local_sweep(local_ray, toy_csv, tmp_path, one_thread):
+    """03's sensitivity sweep (a full two-stage fit and a plugins-only point) on Ray: the same
+    table as in this process; a call that raises names its position."""
+    from seqtransfer.train import TrainConfig as TC
+    out = {}
+    for name in ("local", "ray"):
+        exp = _exp(toy_csv, tmp_path, name, cache=False, n_seeds=1)
+        kw = dict(backbone="sasrec", backbone_kwargs={"n_heads": 1, "n_layers": 1, "dim": 8}, n_strata=2,
+                  plugin_kind="linear", train=TC(epochs=1, batch_size=8, eval_every=1, device="cpu", progress=False))
+        cfg = intervened.IntervenedConfig(**kw)
+        base = intervened.fit(exp.data, exp.groups, intervened.IntervenedConfig(
+            use_aggregation=False, use_plugins=False, **kw), seed=0)
+        ref = intervened.fit(exp.data, exp.groups, cfg, seed=0)
+        out[name] = intervened.sensitivity(exp.data, exp.groups, cfg, base, n_strata_grid=[2, 3],
+                                           head_frac_grid=[0.5], seed=0, reference=ref,
+                                           run_calls=exp.map_calls)
+    assert set(out["ray"]["trained"]) == {"reused", "both stages", "plugins"}
+    pd.testing.assert_frame_equal(out["ray"], out["local"])
+
+    def boom(x):
+        raise KeyError(x)
+    with pytest.raises(RuntimeError, match=r"call 2 of 2 \(boom\) failed in its training on Ray: KeyError\('b'\)"):
+        exp.map_calls([(len, ("a",)), (boom, ("b",))])
+
+
 # --- notebook 01 at the smoke budget --------------------------------------------------------
 
 def _runs(payload: dict) -> dict:

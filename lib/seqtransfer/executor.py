@@ -188,6 +188,33 @@ class RunsProgress:
             print(line, flush=True)
 
 
+def _remote(exp, body: Callable):
+    """Ray, ``body`` as a remote function with a run's resources and retries, the torch threads
+    a task uses, and how many such tasks the cluster runs at once."""
+    ray = _import_ray()
+    opts = exp.ray
+    info = connect(opts)
+    if exp.device.type == "cuda":
+        resources, threads, capacity = {"num_gpus": 1, "num_cpus": 1}, max(1, torch.get_num_threads()), int(info["gpus"])
+    else:
+        resources = {"num_cpus": opts.cpus_per_run}
+        threads, capacity = max(1, int(opts.cpus_per_run)), int(info["cpus"] // opts.cpus_per_run)
+    task = ray.remote(max_retries=opts.retries, retry_exceptions=False, **resources)(body)
+    return ray, task, threads, capacity
+
+
+def _get(ray, ref, name: str, retries: int):
+    """A finished task's value, or the error naming the run: a training that raised is not
+    retried; a lost worker or node was retried ``retries`` times first."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        raise RuntimeError(f"{name} failed in its training on Ray: {err.cause!r}") from err
+    except ray.exceptions.RayError as err:
+        raise RuntimeError(f"{name} lost its Ray worker or node {retries + 1} times "
+                           f"(retries={retries}): {err}") from err
+
+
 def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ...],
             pick: Callable) -> list:
     """:meth:`Experiment.run` on Ray; see the module docstring. ``pick(variant, cfg, lrs,
@@ -195,15 +222,8 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
     the local path does; it returns the chosen trial's index."""
     from .experiment import with_lr, _safe
 
-    ray = _import_ray()
-    opts = exp.ray
-    info = connect(opts)
-    cuda = exp.device.type == "cuda"
-    resources = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": opts.cpus_per_run}
-    threads = max(1, int(opts.cpus_per_run)) if not cuda else max(1, torch.get_num_threads())
-    task = ray.remote(max_retries=opts.retries, retry_exceptions=False, **resources)(_fit_task)
+    ray, task, threads, capacity = _remote(exp, _fit_task)
     shared = ray.put((exp.data, exp.groups))             # the data into the object store, once
-    capacity = int(info["gpus"]) if cuda else int(info["cpus"] // opts.cpus_per_run)
 
     order = [(v, s) for v in runs for s in seeds]
     trials: dict[tuple[str, int], list[_Trial]] = {}
@@ -289,14 +309,8 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
             for ref in finished:
                 unit, j = pending.pop(ref)
                 variant, seed = unit
-                name = f"run {variant!r} (seed {seed}, lr {trials[unit][j].lr})"
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:     # the training raised: not retried
-                    raise RuntimeError(f"{name} failed in its training on Ray: {err.cause!r}") from err
-                except ray.exceptions.RayError as err:         # worker or node lost every time
-                    raise RuntimeError(f"{name} lost its Ray worker or node {opts.retries + 1} times "
-                                       f"(retries={opts.retries}): {err}") from err
+                result = _get(ray, ref, f"run {variant!r} (seed {seed}, lr {trials[unit][j].lr})",
+                              exp.ray.retries)
                 trial = trials[unit][j]
                 trial.result = result
                 _save(exp, variant, seed, trial.key, result, _safe)
@@ -307,6 +321,47 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
             ray.cancel(ref, force=True)
     bar.update(n_done, 0, n_cached)
     return [chosen[v, s][0] for v, s in order]
+
+
+def _call_task(fn: Callable, threads: int, *args):
+    """Body of one Ray task of :func:`map_calls`."""
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def map_calls(exp, calls: list[tuple[Callable, tuple]]) -> list:
+    """Independent calls ``fn(*args)``, results in order, where ``exp.executor`` says: one by
+    one here, or as Ray tasks in parallel (each distinct argument put into the object store
+    once; the resources, retries and progress line of :func:`run_ray`; a call that raises
+    fails with its position and error). Not cached. For sweeps that are not ``Experiment.run``
+    runs (03's sensitivity)."""
+    if check_executor(exp.executor) == "local" or not calls:
+        return [fn(*args) for fn, args in calls]
+    ray, task, threads, capacity = _remote(exp, _call_task)
+    stored: dict[int, object] = {}
+
+    def put(a):
+        if id(a) not in stored:
+            stored[id(a)] = ray.put(a)
+        return stored[id(a)]
+    refs = [task.remote(fn, threads, *[put(a) for a in args]) for fn, args in calls]
+    bar = RunsProgress(len(refs), capacity)
+    index = {ref: i for i, ref in enumerate(refs)}
+    out: dict[int, object] = {}
+    pending = list(refs)
+    try:
+        while pending:
+            bar.update(len(out), len(pending))
+            finished, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+            for ref in finished:
+                i = index[ref]
+                name = f"call {i + 1} of {len(refs)} ({getattr(calls[i][0], '__name__', calls[i][0])})"
+                out[i] = _get(ray, ref, name, exp.ray.retries)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    bar.update(len(out), 0)
+    return [out[i] for i in range(len(refs))]
 
 
 def _cache_path(exp, variant: str, seed: int, key: str, safe: Callable) -> Path | None:

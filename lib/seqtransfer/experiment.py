@@ -148,6 +148,11 @@ class Experiment:
                 out.append(trials[best][0])
         return out
 
+    def map_calls(self, calls: list[tuple[Callable, tuple]]) -> list:
+        """Independent calls ``fn(*args)`` (a sweep's trainings), results in order, run where
+        ``executor`` says (:func:`seqtransfer.executor.map_calls`; not cached)."""
+        return X.map_calls(self, calls)
+
     def _run_one(self, fit: Callable, cfg, variant: str, seed: int, given: dict,
                  upstream: list[str], lr: float | None = None,
                  wait: bool = True) -> tuple[MethodResult, str] | None:

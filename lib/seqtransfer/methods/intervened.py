@@ -58,6 +58,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -449,7 +450,8 @@ def _point_cfg(cfg: IntervenedConfig, tag: str, **changes) -> IntervenedConfig:
 
 def sensitivity(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, base: MethodResult,
                 n_strata_grid=(), head_frac_grid=(), seed: int = 0,
-                reference: MethodResult | None = None, metric: str = "ndcg", k: int = 10) -> pd.DataFrame:
+                reference: MethodResult | None = None, metric: str = "ndcg", k: int = 10,
+                run_calls: Callable | None = None) -> pd.DataFrame:
     """How the method's test metric, and its change against the base model, move with the number
     of strata and with the head/tail boundary: two one-at-a-time sweeps around ``cfg``.
 
@@ -464,7 +466,9 @@ def sensitivity(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, base: 
     ``base`` is the base model (trained on all users, so independent of both settings),
     re-scored from its test ranks under each point's groups. ``reference``, the run of ``cfg`` on
     ``groups`` with this ``seed``, is reused for the points identical to it. Without a reference
-    every point is a full ``fit(data, point_groups, point_cfg, seed)``.
+    every point is a full ``fit(data, point_groups, point_cfg, seed)``. The trainings are
+    independent; ``run_calls`` (a list of ``(function, args)`` -> their results in order, e.g.
+    ``Experiment.map_calls``, which may hand them to Ray) runs them; default: one by one here.
 
     Returns one row per point and group: sweep ("n_strata" | "head_frac"), setting, variant,
     head_share, group, n_users, base, method (test ``metric@k``), change (method / base - 1),
@@ -482,18 +486,24 @@ def sensitivity(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, base: 
         g = activeness_groups(activeness, head_frac=float(h), cold_max=groups.cold_max)
         points.append(("head_frac", float(h), _point_cfg(cfg, f"head_frac-{h}"), g,
                        np.array_equal(g["head"], groups["head"]), True))
-    rows = []
+    trained, calls = [], []                           # what each point needs; the trainings
     for sweep, setting, point_cfg, g, same, same_stage1 in points:
         variant = f"{_variant(point_cfg)} [{sweep} {setting}]"
         if reference is not None and (same or (same_stage1 and not cfg.use_plugins)):
-            trained, ranks = "reused", reference.ranks["test"]
+            trained.append("reused")
         elif reference is not None and same_stage1 and cfg.freeze_backbone:
-            stratum, _, prior = _strata_and_prior(data, point_cfg)
-            backbone = copy.deepcopy(getattr(reference.model, "backbone", reference.model))
-            result, *_ = _plugin_stage(backbone, data, g, point_cfg, seed, variant, stratum, prior)
-            trained, ranks = "plugins", rank_targets(result.model, data, "test")
+            backbone = getattr(reference.model, "backbone", reference.model)
+            trained.append("plugins")
+            calls.append((_plugins_point_ranks, (backbone, data, g, point_cfg, seed, variant)))
         else:
-            trained, ranks = "both stages", fit(data, g, point_cfg, seed, variant).ranks["test"]
+            trained.append("both stages")
+            calls.append((_fit_point_ranks, (data, g, point_cfg, seed, variant)))
+    # the trainings are independent: run_calls may run them in parallel (Experiment.map_calls)
+    ranked = iter((run_calls or _run_here)(calls))
+    rows = []
+    for (sweep, setting, point_cfg, g, same, same_stage1), how in zip(points, trained):
+        variant = f"{_variant(point_cfg)} [{sweep} {setting}]"
+        ranks = reference.ranks["test"] if how == "reused" else next(ranked)
         for name, mask in g.masks.items():
             mask = np.asarray(mask, dtype=bool)
             b = metrics_from_ranks(base.ranks["test"][mask], (k,))[(metric, k)]
@@ -501,10 +511,28 @@ def sensitivity(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, base: 
             rows.append({"sweep": sweep, "setting": setting, "variant": variant,
                          "head_share": float(g["head"].mean()), "group": name, "n_users": int(mask.sum()),
                          "base": b, "method": m, "change": m / b - 1 if b > 0 else np.nan,
-                         "trained": trained})
+                         "trained": how})
     out = pd.DataFrame(rows)
     out["setting"] = pd.Series([r["setting"] for r in rows], dtype=object)   # 2 stays 2, 0.1 stays 0.1
     return out
+
+
+def _run_here(calls: list) -> list:
+    return [fn(*args) for fn, args in calls]
+
+
+def _fit_point_ranks(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int, variant: str) -> np.ndarray:
+    """Test ranks of a full two-stage fit (a sensitivity point whose stage 1 changes)."""
+    return fit(data, groups, cfg, seed, variant).ranks["test"]
+
+
+def _plugins_point_ranks(backbone, data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int,
+                         variant: str) -> np.ndarray:
+    """Test ranks of stage 2 alone on a copy of a trained, frozen backbone (a sensitivity point
+    that moves only the groups)."""
+    stratum, _, prior = _strata_and_prior(data, cfg)
+    result, *_ = _plugin_stage(copy.deepcopy(backbone), data, groups, cfg, seed, variant, stratum, prior)
+    return rank_targets(result.model, data, "test")
 
 
 def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str = "ndcg", k: int = 10) -> str:
