@@ -219,16 +219,20 @@ def test_run_settings_shares_pretraining_and_ablation_respects_budget_cap(toy_cs
     from seqtransfer.experiment import prepare
     seqs, feats, _ = _toy_data(toy_csv)
     ds = data.load(toy_csv, min_user=1, min_item=1)
-    exp = prepare(ds, get_budget("smoke", max_len=6, dim=8), seed=0, device="cpu", progress=False)
+    # a budget with an lr grid: the ID model must still train at the ANT variants' one rate
+    exp = prepare(ds, get_budget("smoke", max_len=6, dim=8, lr_grid=(1e-3, 3e-3)), seed=0, device="cpu",
+                  progress=False)
     target = feats.select(["text"])
     preps = {label: ant.Prepared(None, seqs, feats, exp, target, {"data": 0.0}) for label in ("a", "b")}
-    tc = exp.train_config(max_steps=2, epochs=5, patience=10)
+    tc = exp.train_config(max_steps=2, epochs=5, patience=10, lr=2e-3)
     cfg = ant.AntConfig(model=ContentConfig(dim=8, n_heads=2, max_len=6, n_experts=2),
                         slots=("text", "categorical"), pretrain=tc, train=tc)
     runs = ant.run_settings(preps, cfg, variants=("re-learn",), seed=0)
     assert runs["a"][0] is runs["b"][0]                       # identical sources: one pre-training
     assert [r.variant for r in runs["b"]] == ["a | ANT pre-train", "b | ANT re-learn",
                                               "b | SASRec ID (target only)"]
+    ident = runs["b"][-1]                                     # arms tuned alike: one rate, no search
+    assert ident.lr == 2e-3 and len(ident.tuning) == 1 and ident.train.history["lr"].max() <= 2e-3
     times = ant.stage_times([r for res in runs.values() for r in res], preps)
     assert (times["stage"] == "pre-train").sum() == 1
     abl = ant.ablation(preps["a"], cfg, seed=0, label="a", max_steps=300,

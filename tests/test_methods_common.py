@@ -128,3 +128,22 @@ def test_models_stopped_by_a_cap_are_named():
     assert text.startswith("1 of 2 models were stopped by a cap (max_minutes=10.0)") and "capped" in text
     assert convergence_sentence([capped]).startswith("The model was stopped by a cap")
     assert convergence_sentence([capped, two_stage]).startswith("All 2 models were")
+
+
+@pytest.mark.unit
+def test_setting_summary_names_negative_transfer_only_outside_the_noise():
+    from seqtransfer.methods.common import setting_summary
+
+    def row(v, a, lo, hi, group="all"):
+        return {"variant": f"T | {v}", "baseline": "T | scratch", "group": group, "metric": "ndcg", "k": 10,
+                "a": a, "b": 0.20, "diff": a - 0.20, "lo": lo, "hi": hi}
+    table = pd.DataFrame([row("fine-tune", 0.15, -0.08, -0.02),        # below, interval below zero
+                          row("re-learn", 0.19, -0.03, 0.01),          # below, but inside the noise
+                          row("adaptor", 0.24, 0.01, 0.07),            # above zero
+                          row("fine-tune", 0.50, 0.2, 0.4, group="tail")])
+    text = setting_summary(table, "T", "T | scratch")
+    assert text == ("T: best adaptor (all NDCG@10 0.2400); against scratch (0.2000), 95% interval over users: "
+                    "negative transfer for fine-tune; positive transfer for adaptor; "
+                    "no detectable difference for re-learn.")
+    assert "best scratch" in setting_summary(table[table["variant"] != "T | adaptor"], "T", "T | scratch")
+    assert setting_summary(table, "T", "T | other") == "T: no all NDCG@10 comparison with T | other."

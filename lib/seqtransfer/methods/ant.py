@@ -361,8 +361,12 @@ def run_settings(preps: dict[str, Prepared], cfg: AntConfig, variants: tuple[str
             pretrained[key] = res[0]
         if id_baseline:
             exp = p.target
+            # the ANT variants train at one learning rate (cfg.train.lr), so the ID model does
+            # too: arms tuned alike, not one of them searched over the budget's grid
+            ident = exp.config(baseline.BaselineConfig, backbone="sasrec")
             res += exp.run({f"{label} | SASRec ID (target only)": (
-                baseline.fit, exp.config(baseline.BaselineConfig, backbone="sasrec"))}, seeds=[seed])
+                baseline.fit, replace(ident, train=replace(ident.train, lr=cfg.train.lr)))},
+                seeds=[seed], lr_grid=(cfg.train.lr,))
         out[label] = res
     return out
 

@@ -278,6 +278,29 @@ def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str
     return verdict_sentence(row)
 
 
+def setting_summary(comparisons: pd.DataFrame, label: str, baseline: str, group: str = "all",
+                    metric: str = "ndcg", k: int = 10) -> str:
+    """One sentence for a setting of a cross-domain notebook: the best model by mean, then every
+    variant compared with ``baseline`` in ``comparisons`` (a :func:`compare` table) sorted by what
+    its 95% paired-bootstrap interval over users says: negative transfer (the interval lies
+    below zero), positive transfer (above) or no detectable difference (it spans zero). A mean
+    below the baseline inside the noise is never called negative transfer."""
+    rows = comparisons[(comparisons["baseline"] == baseline) & (comparisons["group"] == group)
+                       & (comparisons["metric"] == metric) & (comparisons["k"] == k)]
+    label_ = f"{metric.upper()}@{k}"
+    if rows.empty:
+        return f"{label}: no {group} {label_} comparison with {baseline}."
+    short = lambda v: v.split(" | ", 1)[-1]                              # noqa: E731
+    means = {**{r["variant"]: float(r["a"]) for _, r in rows.iterrows()}, baseline: float(rows["b"].iloc[0])}
+    best = max(means, key=means.get)
+    kinds = {"negative transfer": rows[rows["hi"] < 0], "positive transfer": rows[rows["lo"] > 0],
+             "no detectable difference": rows[(rows["lo"] <= 0) & (rows["hi"] >= 0)]}
+    parts = [f"{kind} for {', '.join(short(v) for v in part['variant'])}" for kind, part in kinds.items()
+             if not part.empty]
+    return (f"{label}: best {short(best)} ({group} {label_} {means[best]:.4f}); against {short(baseline)} "
+            f"({means[baseline]:.4f}), 95% interval over users: " + "; ".join(parts) + ".")
+
+
 def stopped_by_cap(result: MethodResult) -> list[str]:
     """The stopping reasons of ``result``'s training stages that were a cap (epochs, max_steps,
     max_minutes) rather than early stopping on validation; empty when every stage converged."""
