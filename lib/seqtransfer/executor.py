@@ -157,8 +157,8 @@ class RunsProgress:
     """One line, updated in place in a notebook (a log line elsewhere): runs done, running,
     queued and waiting. ``running`` is the submitted runs the cluster has room for at once."""
 
-    def __init__(self, total: int, capacity: int, enabled: bool = True):
-        self.total, self.capacity, self.enabled = total, max(1, capacity), enabled
+    def __init__(self, total: int, capacity: int):
+        self.total, self.capacity = total, max(1, capacity)
         self.handle, self.last, self.start = None, None, time.time()
 
     def text(self, done: int, submitted: int, cached: int = 0) -> str:
@@ -170,8 +170,6 @@ class RunsProgress:
                 f"{submitted - running} queued · {waiting} waiting for an earlier run · {mins:.1f} min")
 
     def update(self, done: int, submitted: int, cached: int = 0) -> None:
-        if not self.enabled:
-            return
         counts = (done, submitted, cached)
         if counts == self.last:
             return
@@ -220,7 +218,7 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
     """:meth:`Experiment.run` on Ray; see the module docstring. ``pick(variant, cfg, lrs,
     trials, first)`` chooses among a unit's finished trials and labels the result, exactly as
     the local path does; it returns the chosen trial's index."""
-    from .experiment import with_lr, _safe
+    from .experiment import run_inputs, store, trial_lrs, with_lr
 
     ray, task, threads, capacity = _remote(exp, _fit_task)
     shared = ray.put((exp.data, exp.groups))             # the data into the object store, once
@@ -236,9 +234,7 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
 
     def ready(unit) -> bool:
         variant, seed = unit
-        spec = runs[variant]
-        inputs = dict(spec[2]) if len(spec) == 3 else {}
-        if any((src, seed) not in chosen for src in inputs.values()):
+        if any((src, seed) not in chosen for src in run_inputs(runs[variant]).values()):
             return False
         return seed == seeds[0] or len(grid) == 1 or variant in chosen_lr
 
@@ -247,16 +243,15 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
         variant, seed = unit
         spec = runs[variant]
         fit, cfg = spec[:2]
-        inputs = dict(spec[2]) if len(spec) == 3 else {}
-        lrs = grid if (seed == seeds[0] and len(grid) > 1) else (
-            (chosen_lr[variant],) if chosen_lr.get(variant) else (None,))
+        inputs = run_inputs(spec)
+        lrs = trial_lrs(grid, seed == seeds[0], chosen_lr.get(variant))
         upstream = [chosen[src, seed][1] for src in inputs.values()]
         trials[unit] = []
         for j, lr in enumerate(lrs):
             run_cfg = with_lr(cfg, lr)
             key = exp._cache_key(fit, run_cfg, variant, seed, upstream)
             trial = _Trial(lr, key)
-            path = _cache_path(exp, variant, seed, key, _safe)
+            path = exp.cache_file(variant, seed, key)
             if path is not None and path.exists():
                 trial.result = torch.load(path, map_location="cpu", weights_only=False)
                 n_done += 1
@@ -313,7 +308,9 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
                               exp.ray.retries)
                 trial = trials[unit][j]
                 trial.result = result
-                _save(exp, variant, seed, trial.key, result, _safe)
+                path = exp.cache_file(variant, seed, trial.key)
+                if path is not None:
+                    store(path, result)       # kept here as it arrives, as the local path does
                 n_done += 1
                 settle(unit)
     finally:
@@ -362,20 +359,3 @@ def map_calls(exp, calls: list[tuple[Callable, tuple]]) -> list:
             ray.cancel(ref, force=True)
     bar.update(len(out), 0)
     return [out[i] for i in range(len(refs))]
-
-
-def _cache_path(exp, variant: str, seed: int, key: str, safe: Callable) -> Path | None:
-    if exp.cache_dir is None:
-        return None
-    return exp.cache_dir / f"{safe(variant)}-{seed}-{key[:16]}.pt"
-
-
-def _save(exp, variant: str, seed: int, key: str, result, safe: Callable) -> None:
-    """Keep a finished run in the notebook's cache (atomically), as the local path does."""
-    path = _cache_path(exp, variant, seed, key, safe)
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(result, tmp)
-    os.replace(tmp, path)

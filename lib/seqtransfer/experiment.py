@@ -114,7 +114,7 @@ class Experiment:
         listed = list(runs)
         for variant, spec in runs.items():
             earlier = listed[:listed.index(variant)]
-            for arg, source in (dict(spec[2]) if len(spec) == 3 else {}).items():
+            for arg, source in run_inputs(spec).items():
                 if source not in earlier:
                     raise ValueError(f"run {variant!r} takes {arg}={source!r}, which must be a variant "
                                      f"listed before it in runs; earlier: {earlier}")
@@ -134,12 +134,12 @@ class Experiment:
         out = []
         for variant, spec in runs.items():
             fit, cfg = spec[:2]
-            inputs = dict(spec[2]) if len(spec) == 3 else {}
+            inputs = run_inputs(spec)
             chosen = None
             for i, s in enumerate(seeds):
                 given = {arg: done[source, s][0] for arg, source in inputs.items()}
                 upstream = [done[source, s][1] for source in inputs.values()]
-                lrs = grid if (i == 0 and len(grid) > 1) else ((chosen,) if chosen else (None,))
+                lrs = trial_lrs(grid, i == 0, chosen)
                 trials = [self._run_one(fit, cfg, variant, s, given, upstream, lr=lr) for lr in lrs]
                 best = pick(variant, cfg, lrs, [t[0] for t in trials], i == 0)
                 if i == 0:
@@ -162,7 +162,7 @@ class Experiment:
         key = self._cache_key(fit, cfg, variant, seed, upstream)
         if self.cache_dir is None:
             return _fit_here(fit, self.data, self.groups, cfg, seed, variant, given), key
-        path = self.cache_dir / f"{_safe(variant)}-{seed}-{key[:16]}.pt"
+        path = self.cache_file(variant, seed, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not wait and path.exists():
             return None
@@ -172,10 +172,14 @@ class Experiment:
             if path.exists():
                 return (torch.load(path, map_location="cpu", weights_only=False), key) if wait else None
             result = _fit_here(fit, self.data, self.groups, cfg, seed, variant, given)
-            tmp = path.with_suffix(".tmp")
-            torch.save(result, tmp)
-            os.replace(tmp, path)      # atomic: a killed run never leaves half a file
+            store(path, result)
         return result, key
+
+    def cache_file(self, variant: str, seed: int, key: str) -> Path | None:
+        """Where the run ``(variant, seed)`` with cache ``key`` is kept (None: no cache)."""
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{_safe(variant)}-{seed}-{key[:16]}.pt"
 
     def _cache_key(self, fit: Callable, cfg, variant: str, seed: int, upstream: list[str]) -> str:
         if self._data_digest is None:
@@ -278,6 +282,25 @@ def with_lr(cfg, lr: float | None):
         raise ValueError(f"{type(cfg).__name__} has no train settings; cannot tune its learning rate "
                          "(pass lr_grid=(lr,) to run it as configured)")
     return replace(cfg, train=replace(cfg.train, lr=lr))
+
+
+def run_inputs(spec: tuple) -> dict[str, str]:
+    """The ``{argument: earlier variant}`` of a ``runs`` entry (empty for ``(fit, config)``)."""
+    return dict(spec[2]) if len(spec) == 3 else {}
+
+
+def trial_lrs(grid: tuple[float, ...], first: bool, chosen: float | None) -> tuple:
+    """The learning rates a (variant, seed) trains with: the whole grid on the first seed (when
+    it has more than one value), else the rate chosen there; None: the config's own."""
+    return grid if (first and len(grid) > 1) else ((chosen,) if chosen else (None,))
+
+
+def store(path: Path, result: MethodResult) -> None:
+    """Save a finished run atomically (a killed process never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(result, tmp)
+    os.replace(tmp, path)
 
 
 def _fit_here(fit: Callable, data, groups, cfg, seed: int, variant: str, given: dict) -> MethodResult:
