@@ -119,3 +119,33 @@ def test_recent_share_keeps_the_most_recent_part_of_every_history(toy_csv):
     assert metarec.recent_share(ds, 1.0) is ds
     with pytest.raises(ValueError, match="kept share"):
         metarec.recent_share(ds, 0.0)
+
+
+def test_plateau_step_on_hand_computed_block_means():
+    """Blocks of 2 steps, tol 1%: means 4, 3, 2.99 (not 1% below 3: bad), 3 (bad) -> the second
+    bad block in a row ends at step 8; a better block resets the count."""
+    flat = [4, 4, 3, 3, 2.99, 2.99, 3, 3]
+    assert metarec.plateau_step(flat, 2, 0.01, 2) == 8
+    assert metarec.plateau_step(flat, 2, 0.01, 3) is None           # only two bad blocks
+    assert metarec.plateau_step(flat, 2, 0.001, 2) is None          # 2.99 is 0.33% below 3: better
+    assert metarec.plateau_step(flat[:7], 2, 0.01, 2) is None       # the last block is incomplete
+    assert metarec.plateau_step([4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2], 2, 0.01, 2) == 12
+    assert metarec.plateau_step(flat, 0, 0.01, 2) is None           # block 0: never stops
+    with pytest.raises(ValueError, match="patience"):
+        metarec.plateau_step(flat, 2, 0.01, 0)
+
+
+def test_pretraining_stops_when_its_loss_levels_off_and_says_so(toy_prep):
+    """lr 0 keeps the loss flat (batches vary, the weights do not): with tol 50% every block after
+    the first is bad, so patience 2 stops it after three blocks; block 0 runs the whole cap."""
+    cfg = replace(toy_cfg(toy_prep.target), pretrain_steps=40, pretrain_lr=0.0, pretrain_block=4, pretrain_tol=0.5)
+    _, hist = metarec.pretrained_model(toy_prep, cfg, seed=0)
+    assert len(hist) == 12 and hist.attrs["stopped"] == "plateau"
+    _, fixed = metarec.pretrained_model(toy_prep, replace(cfg, pretrain_block=0), seed=0)
+    assert len(fixed) == 40 and fixed.attrs["stopped"] == "schedule"   # nothing checked
+    _, short = metarec.pretrained_model(toy_prep, replace(cfg, pretrain_steps=8), seed=0)
+    assert len(short) == 8 and short.attrs["stopped"] == "cap"         # two blocks: too few to tell
+    text = metarec.pretrain_sentence({"a": (None, hist), "b": (None, short), "c": (None, fixed)})
+    assert "ran 12 steps of at most 40; its training loss had levelled off" in text
+    assert "ran all 8 steps of its cap without its training loss levelling off" in text
+    assert "ran a fixed schedule of 40 steps" in text

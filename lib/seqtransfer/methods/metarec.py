@@ -36,7 +36,8 @@ meta-gradient is rescaled by its similarity to the target. Everything below it i
 Variants (:data:`VARIANTS`): ``target-only`` (the target's table and the encoder, target data
 only), ``joint`` (sources and target trained together, one loss per domain batch, averaged),
 ``fine-tune`` (pre-train on the sources, then train everything on the target), ``meta`` (the
-method; after an optional joint pre-training on the sources). Switch VQ off with
+method; after an optional joint pre-training on the sources,
+which stops when its training loss levels off: :func:`pretrain`, our rule). Switch VQ off with
 ``model.vq = None``.
 """
 from __future__ import annotations
@@ -78,8 +79,13 @@ class MetaRecConfig:
     inner_steps: int = 1               # k SGD steps on a source per meta iteration
     inner_lr: float = 0.01             # SGD step size of the inner loop
     n_sampled: int = 3                 # source domains sampled per meta iteration (None/0: all)
-    pretrain_steps: int = 0            # joint pre-training steps on the sources (0: none)
+    pretrain_steps: int = 0            # joint pre-training steps on the sources, at most (0: none)
     pretrain_lr: float = 1e-3          # Adam learning rate of the pre-training
+    pretrain_block: int = 50           # the pre-training stops once its training loss levels off:
+    pretrain_tol: float = 0.005        # `pretrain_patience` blocks of `pretrain_block` steps in a row
+    pretrain_patience: int = 2         # whose mean loss is not `pretrain_tol` (relative) below the best
+                                       # block so far (no validation: the target is not seen); block 0: a
+                                       # fixed schedule of `pretrain_steps`
     train: TrainConfig = field(default_factory=TrainConfig)   # the target-side loop (meta lr = train.lr)
     snapshot_every: int = 10           # steps between codebook snapshots (0: none)
 
@@ -319,14 +325,39 @@ def build(prep: Prepared, cfg: MetaRecConfig, seed: int, with_sources: bool = Tr
     return model
 
 
+def plateau_step(losses: list[float] | np.ndarray, block: int, tol: float, patience: int) -> int | None:
+    """The step (1-based, a block's end) where a training loss levels off, or None if it never does.
+
+    The losses are cut into blocks of ``block`` steps; a block whose mean is not ``tol`` (relative)
+    below the best earlier block mean is a bad block, and ``patience`` bad blocks in a row end the
+    run at the end of the last of them. ``block <= 0`` never stops."""
+    if block <= 0:
+        return None
+    if patience < 1 or tol < 0:
+        raise ValueError(f"plateau needs patience >= 1 and tol >= 0, got patience={patience}, tol={tol}")
+    best, bad = float("inf"), 0
+    for k in range(len(losses) // block):
+        m = float(np.mean(losses[k * block:(k + 1) * block]))
+        if not np.isfinite(best) or m < best * (1 - tol):
+            best, bad = m, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                return (k + 1) * block
+    return None
+
+
 def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed: int) -> pd.DataFrame:
-    """Joint pre-training on the sources: ``cfg.pretrain_steps`` Adam steps, each the mean loss
-    of one batch of every sampled source. No validation (no target); returns the loss curve."""
+    """Joint pre-training on the sources: Adam steps, each the mean loss of one batch of every
+    sampled source, until the training loss levels off (:func:`plateau_step` with
+    ``cfg.pretrain_block`` / ``pretrain_tol`` / ``pretrain_patience``) or ``cfg.pretrain_steps``
+    steps. No validation (the target is not seen); returns the loss curve, with
+    ``attrs["stopped"]`` = ``"plateau"``, ``"cap"`` or (``pretrain_block`` 0) ``"schedule"``."""
     device = next(model.parameters()).device
     batches = DomainBatches({d: s.to(device) for d, s in prep.sources.items()}, cfg.train.batch_size, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr)
     model.train()
-    rows, t0 = [], time.perf_counter()
+    rows, losses, t0, stopped = [], [], time.perf_counter(), "cap"
     for step in range(cfg.pretrain_steps):
         doms = batches.sample_domains(cfg.n_sampled)
         opt.zero_grad(set_to_none=True)
@@ -335,8 +366,41 @@ def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed:
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
-        rows.append({"epoch": 0, "step": step + 1, "loss": float(loss.detach()), "seconds": time.perf_counter() - t0})
-    return pd.DataFrame(rows, columns=["epoch", "step", "loss", "seconds"]).assign(stage="pre-train")
+        losses.append(float(loss.detach()))
+        rows.append({"epoch": 0, "step": step + 1, "loss": losses[-1], "seconds": time.perf_counter() - t0})
+        if (cfg.pretrain_block > 0 and (step + 1) % cfg.pretrain_block == 0 and step + 1 < cfg.pretrain_steps
+                and plateau_step(losses, cfg.pretrain_block, cfg.pretrain_tol, cfg.pretrain_patience)):
+            stopped = "plateau"
+            break
+    if cfg.pretrain_block <= 0:
+        stopped = "schedule"               # a fixed schedule: nothing was checked
+    elif stopped == "cap" and plateau_step(losses, cfg.pretrain_block, cfg.pretrain_tol, cfg.pretrain_patience):
+        stopped = "plateau"                # levelled off exactly at the cap
+    out = pd.DataFrame(rows, columns=["epoch", "step", "loss", "seconds"]).assign(stage="pre-train")
+    out.attrs.update(stopped=stopped, cap=cfg.pretrain_steps, vq=cfg.model.vq is not None)
+    return out
+
+
+def pretrain_sentence(pretrained: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]], block: int = 50) -> str:
+    """One line per shared pre-training (the ``pretrained`` dict of :func:`run_setting`): how
+    many steps it ran and whether its training loss had levelled off or the cap stopped it."""
+    lines = []
+    for _, hist in pretrained.values():
+        name = "with VQ" if hist.attrs.get("vq") else "without VQ"
+        n, cap = len(hist), hist.attrs.get("cap", len(hist))
+        tail = hist["loss"].to_numpy()
+        last = f"mean loss of its last {min(block, n)} steps {tail[-block:].mean():.3f}" if n else "no steps"
+        if hist.attrs.get("stopped") == "schedule":
+            lines.append(f"The joint pre-training {name} ran a fixed schedule of {n} steps, unchecked for "
+                         f"levelling off ({last}).")
+        elif hist.attrs.get("stopped") == "plateau":
+            lines.append(f"The joint pre-training {name} ran {n} steps of at most {cap}; its training loss "
+                         f"had levelled off ({last}).")
+        else:
+            lines.append(f"The joint pre-training {name} ran all {n} steps of its cap without its training loss "
+                         f"levelling off ({last}): it may have been cut off while still improving, and a longer "
+                         "one could change the transfer variants that start from it.")
+    return "\n".join(lines)
 
 
 def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
@@ -353,7 +417,8 @@ def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
 
 def pretrained_model(prep: Prepared, cfg: MetaRecConfig, seed: int) -> tuple[MultiDomainSASRec, pd.DataFrame]:
     """A fresh seeded model of the source domains (no target table: :func:`fit` adds one), jointly
-    pre-trained for ``cfg.pretrain_steps`` steps, and its loss curve. What fine-tune and meta
+    pre-trained (:func:`pretrain`: until its training loss levels off, at most
+    ``cfg.pretrain_steps`` steps), and its loss curve. What fine-tune and meta
     start from; share it across variants and across targets with the same sources."""
     model = build(prep, cfg, seed, with_target=False).to(prep.target.device)
     return model, pretrain(model, prep, cfg, seed)
@@ -488,7 +553,8 @@ def run_setting(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, label: str = 
         c = spec_config(cfg, change)
         pre = None
         if c.variant in ("fine-tune", "meta") and c.pretrain_steps:
-            key = f"{c.model!r} {c.pretrain_steps} {c.pretrain_lr} {c.n_sampled} {seed} {_source_digest(prep)}"
+            key = (f"{c.model!r} {c.pretrain_steps} {c.pretrain_lr} {c.pretrain_block} {c.pretrain_tol} "
+                   f"{c.pretrain_patience} {c.n_sampled} {seed} {_source_digest(prep)}")
             if key not in shared:
                 shared[key] = pretrained_model(prep, c, seed)
             pre = shared[key]
