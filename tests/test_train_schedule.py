@@ -28,3 +28,26 @@ def test_plateau_decay_halves_the_rate_after_each_evaluation_without_improvement
     assert np.allclose(h["lr"], [1e-12, 1e-12, 5e-13, 2.5e-13], rtol=1e-9, atol=0)
     with pytest.raises(ValueError, match="plateau_factor"):
         baseline.fit(sd, groups, baseline.BaselineConfig(train=TrainConfig(plateau_factor=0.0)), seed=0)
+
+
+def test_evaluations_before_min_steps_do_not_count_toward_patience(toy_csv):
+    """Validation never improves after epoch 0 (lr 1e-12). Patience 2 alone stops after epoch 2;
+    with min_steps the evaluations of epochs ending before that step do not count, so training
+    runs until two counted evaluations after it."""
+    sd = data.build_sequences(data.leave_one_out(data.load(toy_csv, min_user=1, min_item=1)), max_len=6)
+    groups = data.activeness_groups(sd.activeness)
+
+    def run(**kw):
+        cfg = baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs={"dim": 8},
+                                      train=TrainConfig(epochs=20, batch_size=4, lr=1e-12, patience=2,
+                                                        plateau_factor=0.5, progress=False, device="cpu", **kw))
+        return baseline.fit(sd, groups, cfg, seed=0)
+
+    plain = run()
+    per_epoch = int(plain.history["step"].iloc[0])
+    assert len(plain.history) == 3 and plain.train.stopped.startswith("early stop")
+    late = run(min_steps=4 * per_epoch)                  # epochs 0-2 end before it, epoch 3 ends on it
+    assert len(late.history) == 5 and late.train.stopped.startswith("early stop") and late.train.best_epoch == 0
+    assert np.allclose(late.history["lr"], [1e-12] * 4 + [5e-13], rtol=1e-9, atol=0)   # no decay before it
+    with pytest.raises(ValueError, match="min_steps"):
+        run(min_steps=-1)

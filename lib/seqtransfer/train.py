@@ -41,6 +41,9 @@ class TrainConfig:
     weight_decay: float = 0.0         # AdamW decoupled weight decay
     grad_clip: float | None = 5.0     # max global gradient norm (None: no clipping)
     patience: int = 10                # evaluations without a better valid NDCG@10 before stopping
+    min_steps: int = 0                # evaluations before this step count toward neither patience nor
+                                      # the plateau decay (e.g. warmup_steps: a tiny target whose epoch
+                                      # is a few steps would otherwise stop inside its warm-up)
     eval_every: int = 1               # epochs between validations
     max_steps: int | None = None      # hard cap on optimisation steps (smoke budget)
     max_minutes: float | None = None  # wall-clock cap on training
@@ -203,6 +206,8 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
     if cfg.warmup_steps < 0 or not 0.0 < cfg.plateau_factor <= 1.0:
         raise ValueError(f"warmup_steps must be >= 0 and plateau_factor in (0, 1], got "
                          f"{cfg.warmup_steps} and {cfg.plateau_factor}")
+    if cfg.min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, got {cfg.min_steps}")
     hooks = hooks or Hooks()
     device = resolve_device(cfg.device)
     model.to(device)
@@ -275,7 +280,7 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
             if ndcg > best:
                 best, best_epoch, bad = ndcg, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
-            else:
+            elif step >= cfg.min_steps:
                 bad += 1
                 scale *= cfg.plateau_factor
             if ckpt is not None:
