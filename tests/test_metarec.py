@@ -328,3 +328,29 @@ def test_multi_domain_model_names_bad_domains():
     x = torch.tensor([[1, 2, 3, 0]])
     assert model.represent(x, torch.tensor([3]), None).shape == (1, 8)   # main's users argument
     assert model.position_losses(x, torch.tensor([[2, 3, 4, 0]]), None).shape == (1, 4)
+
+
+def test_target_items_start_on_the_codes_the_sources_use_in_proportion_to_their_use():
+    torch.manual_seed(0)
+    model = MultiDomainSASRec({"s": 6}, MultiDomainConfig(dim=4, n_layers=1, max_len=6, vq=VQConfig(n_codes=4)))
+    codes = torch.tensor([[.5, 0, 0, 0], [0, .5, 0, 0], [-.5, 0, 0, 0], [.01, .01, .01, .01]])
+    with torch.no_grad():
+        model.quantizer.codebook.copy_(codes)
+        model.tables["s"].weight[1:] = codes[[0, 0, 0, 0, 1, 1]] + 0.01       # 4 items on code 0, 2 on code 1
+    model.add_domain("t", 3000)
+    # the failure this fixes: a fresh N(0, 0.02^2) table sits on the small code no source uses
+    assert set(model.item_codes("t").tolist()) == {3}
+    drawn = metarec.init_on_codes(model, "t", ["s"], noise=0.002, seed=1)
+    got = model.item_codes("t")
+    assert torch.equal(got, drawn)                                   # each item sits on its drawn code
+    assert set(got.tolist()) <= {0, 1}                               # only codes the source uses
+    assert abs(float((got == 0).float().mean()) - 4 / 6) < 0.03      # drawn by the source's usage
+    w = model.tables["t"].weight.detach()
+    assert float(w[0].abs().sum()) == 0.0                            # padding row untouched
+    assert len(torch.unique(w[1:], dim=0)) == 3000                   # the noise tells items apart
+    again = MultiDomainSASRec({"s": 6}, model.cfg)
+    again.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("tables.t")}, strict=False)
+    again.add_domain("t", 3000)
+    assert torch.equal(metarec.init_on_codes(again, "t", ["s"], noise=0.002, seed=1), drawn)   # seeded
+    with pytest.raises(ValueError, match="quantiser"):
+        metarec.init_on_codes(MultiDomainSASRec({"s": 3}, MultiDomainConfig(dim=4, n_layers=1, vq=None)), "s", ["s"])

@@ -76,6 +76,7 @@ GRAPHS = ("ppr", "khop", "none")
 FINES = ("classifier", "grl", "none")
 DISTILLS = ("adaptive", "constant", "gate", "none")
 INITS = ("scratch", "teacher")
+ONE_PERIOD_TEACHERS = ("continual", "own")
 
 
 @dataclass
@@ -114,6 +115,11 @@ class EcatConfig:
     split_budget: bool = True              # each period gets 1/n_periods of the epochs and step
                                            # cap, so n periods cost what one does
     max_teacher_users: int | None = 2000   # teacher validation on a seeded sample of sequences
+    one_period_teacher: str = "continual"  # teacher of the one-period variants (joint, pre-train +
+                                           # fine-tune, "one period") in run_variants: "continual",
+                                           # the last teacher of the n_periods chain (trained on
+                                           # everything, period after period: the entire-space model
+                                           # an app keeps anyway), or "own", one trained in one go
 
 
 VARIANTS = {                                   # name -> EcatConfig changes
@@ -132,7 +138,8 @@ VARIANTS = {                                   # name -> EcatConfig changes
 def check(cfg: EcatConfig) -> None:
     """Raise a clear error for an unknown option."""
     for name, value, allowed in (("graph", cfg.graph, GRAPHS), ("fine", cfg.fine, FINES),
-                                 ("distill", cfg.distill, DISTILLS), ("init", cfg.init, INITS)):
+                                 ("distill", cfg.distill, DISTILLS), ("init", cfg.init, INITS),
+                                 ("one_period_teacher", cfg.one_period_teacher, ONE_PERIOD_TEACHERS)):
         if value not in allowed:
             raise ValueError(f"unknown ECAT {name} {value!r}; choose one of {allowed}")
     if cfg.n_periods < 1:
@@ -465,16 +472,33 @@ def _reindex_users(ds: D.Interactions, inter: pd.DataFrame, min_len: int = 3) ->
     return replace(ds, inter=inter, user_ids=ds.user_ids[users])
 
 
+def entire_sample(users: np.ndarray, target_users: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted ids of an entire space of ``n`` users (None: all of ``users``): every target user
+    and a seeded sample of the others. ``n`` below the number of target users is an error."""
+    users = np.unique(users)
+    if n is None or n >= len(users):
+        return users
+    target_users = np.intersect1d(users, target_users)
+    if n < len(target_users):
+        raise ValueError(f"entire_users={n} is below the target's {len(target_users)} users, who all stay in "
+                         f"the entire space; raise it to at least {len(target_users)} or pass None (every user)")
+    others = np.setdiff1d(users, target_users)
+    pick = np.random.default_rng(seed).choice(others, size=n - len(target_users), replace=False)
+    return np.sort(np.concatenate([target_users, pick]))
+
+
 def make_setting(entire: D.Interactions, target_domain: str, budget: str | Budget = "quick",
                  seed: int = 0, device: str = "auto", min_len: int = 5, bridges: np.ndarray | None = None,
                  kind: str = "genre", note: str = "", head_frac: float = 0.2, cold_max: int = 5,
-                 progress: bool = True) -> EcatSetting:
+                 progress: bool = True, entire_users: int | None = None) -> EcatSetting:
     """Split an entire space (with a ``domain`` column) into the target domain's subsequences
     (users with at least ``min_len`` target interactions) and the entire space's training data.
 
     The target keeps the entire space's item ids. Every interaction of a target user at or after
     the time of their target validation item leaves the entire space (no leakage into the graph,
-    the teacher or the candidates). ``entire`` is used as given (sample it first for smoke)."""
+    the teacher or the candidates). ``entire`` is used as given (sample it first for smoke), except
+    that ``entire_users`` (None: all) keeps every target user and a seeded sample of the others,
+    that many users in all: the CPU-sized entire space of the quick budget [ours]."""
     from ..experiment import prepare as prepare_experiment
     if "domain" not in entire.inter:
         raise D.DataError(f"{entire.name!r} has no domain column; call genre_domains(...) or combine(...) first.")
@@ -497,6 +521,7 @@ def make_setting(entire: D.Interactions, target_domain: str, budget: str | Budge
     cut = srt.groupby("user")["timestamp"].agg(lambda s: s.iloc[-2])     # user -> valid time
     limit = cut.reindex(entire.inter["user"].to_numpy()).to_numpy()
     keep = np.isnan(limit) | (entire.inter["timestamp"].to_numpy() < limit)
+    keep &= entire.inter["user"].isin(entire_sample(entire.inter["user"].unique(), tusers, entire_users, seed)).to_numpy()
     ent = _reindex_users(entire, entire.inter[keep])
     split = D.leave_one_out(ent)
     exp = prepare_experiment(target_ds, replace(b, max_users=None), seed, device, head_frac=head_frac,
@@ -843,6 +868,13 @@ def run_variants(setting: EcatSetting, cfg: EcatConfig, variants: dict[str, dict
         c = replace(cfg, **change)
         check(c)
         need = (c.use_source and c.fine == "classifier") or c.distill != "none" or c.init == "teacher"
+        chain = cfg.n_periods
+        if need and c.n_periods == 1 and chain > 1 and c.one_period_teacher == "continual" and 1 not in teachers:
+            if chain not in teachers:                 # the chain's last teacher has seen everything
+                t0 = time.perf_counter()
+                teachers[chain], t_hist[chain] = train_teachers(setting, replace(c, n_periods=chain), seed)
+                setting.seconds[f"teachers ({chain} periods)"] = time.perf_counter() - t0
+            teachers[1] = teachers[chain][-1:]
         if need and c.n_periods not in teachers:
             t0 = time.perf_counter()
             teachers[c.n_periods], t_hist[c.n_periods] = train_teachers(setting, c, seed)
