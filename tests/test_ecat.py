@@ -434,3 +434,76 @@ def test_fine_tune_starts_from_the_teacher_and_trains_everything():
     start = seen[0]
     assert all(torch.equal(start[k], v) for k, v in teachers[0].state_dict().items())
     assert all(not torch.equal(seen[1][k], start[k]) for k in start if k.startswith("blocks.0.attn.qkv"))
+
+
+def test_entire_sample_keeps_every_target_user_and_samples_the_rest():
+    users = np.arange(10)
+    got = ecat.entire_sample(users, np.array([2, 7]), 5, seed=0)
+    assert len(got) == 5 and {2, 7} <= set(got.tolist()) and np.all(np.diff(got) > 0)
+    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), 5, seed=0), got)       # seeded
+    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), None), users)
+    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), 50), users)
+    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), 2), [2, 7])
+    with pytest.raises(ValueError, match="entire_users=1 is below the target's 2 users"):
+        ecat.entire_sample(users, np.array([2, 7]), 1)
+
+
+def test_a_sampled_entire_space_keeps_the_target_and_its_cut():
+    b = get_budget("smoke", max_len=10, dim=8)
+    space = toy_space()
+    inter = space.inter
+    space = replace(space, inter=inter[~((inter["user"] < 8) & (inter["domain"] == "A"))].reset_index(drop=True))
+    full = ecat.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False)
+    s = ecat.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False, entire_users=20)
+    assert full.target.data.n_users == 16 and full.entire.n_users == 24
+    assert s.entire.n_users == 20
+    assert set(s.target.dataset.user_ids) <= set(s.entire.user_ids)      # every target user stays
+    assert s.target.dataset.user_ids.tolist() == full.target.dataset.user_ids.tolist()
+    kept = full.entire.inter[full.entire.inter["user"].isin(
+        [int(np.flatnonzero(full.entire.user_ids == r)[0]) for r in s.entire.user_ids])]
+    assert len(kept) == len(s.entire.inter)                              # same no-leak cut per user
+
+
+def test_one_period_variants_borrow_the_chains_last_teacher(monkeypatch):
+    s = _setting()
+    cfg = _cfg(n_periods=2, top_m=0.5)
+    variants = {k: ecat.VARIANTS[k] for k in ("ECAT", "pre-train + fine-tune", "ECAT one period")}
+    given, fit = {}, ecat.fit
+    monkeypatch.setattr(ecat, "fit", lambda setting, c, seed, name, teachers, cache: (
+        given.__setitem__(name, teachers), fit(setting, c, seed, name, teachers, cache))[1])
+    runs, hist = ecat.run_variants(s, cfg, variants, 0)
+    assert len(given["ECAT"]) == 2 and given["ECAT one period"] == given["ECAT"][-1:]
+    assert given["pre-train + fine-tune"][0] is given["ECAT"][1]       # fine-tuned from the last teacher
+    assert set(hist) == {2}                                              # no teacher trained for one period
+    assert [k for k in s.seconds if k.startswith("teachers")] == ["teachers (2 periods)"]
+    stops = ecat.teacher_stops({"toy": hist})
+    assert stops["period"].tolist() == [0, 1] and (stops["steps"] > 0).all()
+    assert "2 of 2 teacher trainings ended at a cap" in ecat.teacher_sentence(stops)
+    st = runs[0].diagnostics["stages"]
+    assert st["period"].tolist() == [0, 1] and st["stopped"].str.len().gt(0).all()
+    s2 = _setting()
+    own, hist2 = ecat.run_variants(s2, replace(cfg, one_period_teacher="own"), variants, 0)
+    assert set(hist2) == {1, 2}
+    with pytest.raises(ValueError, match="one_period_teacher"):
+        ecat.check(replace(cfg, one_period_teacher="mine"))
+
+
+def test_teacher_sentence_when_every_teacher_converged():
+    stops = pd.DataFrame({"setting": ["x", "x"], "teachers": ["2 periods"] * 2, "period": [0, 1], "steps": [5, 9],
+                          "best valid NDCG@10": [0.1, 0.2], "stopped": ["early stop (patience 5)"] * 2})
+    assert ecat.teacher_sentence(stops) == "Every teacher (2 trainings) stopped early on its validation NDCG@10."
+
+
+@pytest.mark.parametrize("rule,caps", [("remaining", [10.0, 9.0, 8.0]), ("split", [10 / 3] * 3)])
+def test_a_student_period_may_use_what_earlier_periods_left(monkeypatch, rule, caps):
+    s = _setting()
+    seen, real = [], ecat.train_fit
+
+    def fake(model, data, cfg, hooks=None, groups=None):               # every period "takes" one minute
+        seen.append(cfg.max_minutes)
+        return replace(real(model, data, cfg, hooks, groups=groups), seconds=60.0)
+
+    monkeypatch.setattr(ecat, "train_fit", fake)
+    cfg = _cfg(n_periods=3, top_m=0.5, fine="none", distill="none", period_minutes=rule)
+    ecat.continual(s, replace(cfg, train=replace(cfg.train, max_minutes=10.0)), seed=0)
+    assert seen == pytest.approx(caps)

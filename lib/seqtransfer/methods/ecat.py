@@ -77,6 +77,7 @@ FINES = ("classifier", "grl", "none")
 DISTILLS = ("adaptive", "constant", "gate", "none")
 INITS = ("scratch", "teacher")
 ONE_PERIOD_TEACHERS = ("continual", "own")
+PERIOD_MINUTES = ("remaining", "split")
 
 
 @dataclass
@@ -114,6 +115,11 @@ class EcatConfig:
     n_periods: int = 4                     # chronological periods (1: train once on everything)
     split_budget: bool = True              # each period gets 1/n_periods of the epochs and step
                                            # cap, so n periods cost what one does
+    period_minutes: str = "remaining"      # a student's wall-clock cap in period t: "remaining", what
+                                           # the periods before it left of train.max_minutes (period 0
+                                           # trains from scratch and needs the most; later ones start
+                                           # warm and stop early sooner), or "split", max_minutes / n
+                                           # each (as the teachers, which rarely stop early, always get)
     max_teacher_users: int | None = 2000   # teacher validation on a seeded sample of sequences
     one_period_teacher: str = "continual"  # teacher of the one-period variants (joint, pre-train +
                                            # fine-tune, "one period") in run_variants: "continual",
@@ -139,7 +145,8 @@ def check(cfg: EcatConfig) -> None:
     """Raise a clear error for an unknown option."""
     for name, value, allowed in (("graph", cfg.graph, GRAPHS), ("fine", cfg.fine, FINES),
                                  ("distill", cfg.distill, DISTILLS), ("init", cfg.init, INITS),
-                                 ("one_period_teacher", cfg.one_period_teacher, ONE_PERIOD_TEACHERS)):
+                                 ("one_period_teacher", cfg.one_period_teacher, ONE_PERIOD_TEACHERS),
+                                 ("period_minutes", cfg.period_minutes, PERIOD_MINUTES)):
         if value not in allowed:
             raise ValueError(f"unknown ECAT {name} {value!r}; choose one of {allowed}")
     if cfg.n_periods < 1:
@@ -743,7 +750,7 @@ def train_teachers(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, n_perio
         if observe:
             observe(t, "teacher end", model)
         out.append(copy.deepcopy(model).cpu())
-        hist.append(res.history.assign(period=t, stage="teacher"))
+        hist.append(res.history.assign(period=t, stage="teacher", stopped=res.stopped))
     return out, pd.concat(hist, ignore_index=True)
 
 
@@ -784,7 +791,8 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
         backbone = _backbone(cfg, setting.split.n_items, exp.data.max_len, seed)
     student = TargetScored(backbone, setting.target_items, gate=cfg.distill == "gate",
                            domain_head=cfg.fine == "grl")
-    counts, ps, ws, alphas_all, periods, hist = [], [], [], [], [], []
+    counts, ps, ws, alphas_all, periods, hist, stages = [], [], [], [], [], [], []
+    used = 0.0                                        # student training seconds so far
     for t, cut in enumerate(cuts):
         teacher = None
         if teachers is not None:
@@ -812,9 +820,14 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
         hooks = student_hooks(x, y, w, teacher if cfg.distill != "none" else None, cfg, alphas, domain)
         if observe:
             observe(t, "start", student)
-        res = train_fit(student, exp.data, replace(tcfg, seed=seed + 1000 * t), hooks,
-                        groups={"all": exp.groups["all"]})
+        pcfg = replace(tcfg, seed=seed + 1000 * t)
+        if cfg.period_minutes == "remaining" and cfg.train.max_minutes is not None:
+            pcfg = replace(pcfg, max_minutes=max(cfg.train.max_minutes - used / 60, 0.01))
+        res = train_fit(student, exp.data, pcfg, hooks, groups={"all": exp.groups["all"]})
+        used += res.seconds
         student = res.model
+        stages.append({"period": t, "stage": f"student, period {t}", "steps": res.steps,
+                       "seconds": res.seconds, "stopped": res.stopped})
         if observe:
             observe(t, "end", student)
         metrics, _ = evaluate_both(student, exp.data, exp.groups, "", seed)
@@ -837,7 +850,7 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
             "p": pd.concat(ps, ignore_index=True) if ps else pd.DataFrame(columns=["period", "p"]),
             "w": pd.concat(ws, ignore_index=True) if ws else pd.DataFrame(columns=["period", "w"]),
             "alpha": pd.concat(alphas_all, ignore_index=True) if alphas_all else pd.DataFrame(columns=["period", "alpha"]),
-            "history": pd.concat(hist, ignore_index=True), "train": last}
+            "stages": pd.DataFrame(stages), "history": pd.concat(hist, ignore_index=True), "train": last}
     return student, diag
 
 
@@ -919,6 +932,34 @@ def stage_times(settings: dict[str, EcatSetting]) -> pd.DataFrame:
     periods, shared by the variants) and every variant's selection and student training."""
     return pd.DataFrame([{"setting": label, "stage": stage, "seconds": sec}
                          for label, s in settings.items() for stage, sec in s.seconds.items()])
+
+
+def teacher_stops(teacher_curves: dict[str, dict[int, pd.DataFrame]]) -> pd.DataFrame:
+    """Per setting, chain (number of periods) and period: the teacher's steps, best validation
+    NDCG@10 (on its user sample) and why it stopped; ``teacher_curves`` as the notebook
+    collects them: label -> :func:`run_variants`' teacher histories."""
+    rows = []
+    for label, chains in teacher_curves.items():
+        for n, h in chains.items():
+            for t, part in h.groupby("period"):
+                rows.append({"setting": label, "teachers": f"{n} period{'s' if n > 1 else ''}", "period": int(t),
+                             "steps": int(part["step"].max()) if len(part) else 0,
+                             "best valid NDCG@10": float(part["valid_ndcg10"].max()) if len(part) else float("nan"),
+                             "stopped": part["stopped"].iloc[0] if "stopped" in part and len(part) else ""})
+    return pd.DataFrame(rows, columns=["setting", "teachers", "period", "steps", "best valid NDCG@10", "stopped"])
+
+
+def teacher_sentence(stops: pd.DataFrame) -> str:
+    """Whether every teacher reached early stopping (a capped teacher may still have been improving,
+    which weakens what the student can borrow from it, not the fairness of the comparison)."""
+    if stops.empty:
+        return "No teacher was trained."
+    capped = stops[~stops["stopped"].astype(str).str.startswith("early stop")]
+    if capped.empty:
+        return f"Every teacher ({len(stops)} trainings) stopped early on its validation NDCG@10."
+    which = ", ".join(f"{r.setting} ({r.teachers}) period {r.period}" for r in capped.itertuples())
+    return (f"{len(capped)} of {len(stops)} teacher trainings ended at a cap ({'; '.join(sorted(set(capped['stopped'])))}), "
+            f"not by early stopping: {which}. Their students learned from teachers that may still have been improving.")
 
 
 def selection_values(results: list[MethodResult], variant: str) -> dict[str, np.ndarray]:
