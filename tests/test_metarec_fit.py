@@ -149,3 +149,5 @@ def test_pretraining_stops_when_its_loss_levels_off_and_says_so(toy_prep):
     assert "ran 12 steps of at most 40; its training loss had levelled off" in text
     assert "ran all 8 steps of its cap without its training loss levelling off" in text
     assert "ran a fixed schedule of 40 steps" in text
+    # the closing loss averages the run's own block (4 steps here), not a fixed 50
+    assert f"mean loss of its last 4 steps {hist['loss'].to_numpy()[-4:].mean():.3f}" in text

@@ -409,19 +409,22 @@ def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed:
     elif stopped == "cap" and plateau_step(losses, cfg.pretrain_block, cfg.pretrain_tol, cfg.pretrain_patience):
         stopped = "plateau"                # levelled off exactly at the cap
     out = pd.DataFrame(rows, columns=["epoch", "step", "loss", "seconds"]).assign(stage="pre-train")
-    out.attrs.update(stopped=stopped, cap=cfg.pretrain_steps, vq=cfg.model.vq is not None)
+    out.attrs.update(stopped=stopped, cap=cfg.pretrain_steps, vq=cfg.model.vq is not None,
+                     block=cfg.pretrain_block if cfg.pretrain_block > 0 else 50)
     return out
 
 
-def pretrain_sentence(pretrained: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]], block: int = 50) -> str:
+def pretrain_sentence(pretrained: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]], block: int | None = None) -> str:
     """One line per shared pre-training (the ``pretrained`` dict of :func:`run_setting`): how
-    many steps it ran and whether its training loss had levelled off or the cap stopped it."""
+    many steps it ran and whether its training loss had levelled off or the cap stopped it; the
+    closing loss is averaged over ``block`` steps (None: the run's own ``pretrain_block``)."""
     lines = []
     for _, hist in pretrained.values():
+        b = block or hist.attrs.get("block", 50)
         name = "with VQ" if hist.attrs.get("vq") else "without VQ"
         n, cap = len(hist), hist.attrs.get("cap", len(hist))
         tail = hist["loss"].to_numpy()
-        last = f"mean loss of its last {min(block, n)} steps {tail[-block:].mean():.3f}" if n else "no steps"
+        last = f"mean loss of its last {min(b, n)} steps {tail[-b:].mean():.3f}" if n else "no steps"
         if hist.attrs.get("stopped") == "schedule":
             lines.append(f"The joint pre-training {name} ran a fixed schedule of {n} steps, unchecked for "
                          f"levelling off ({last}).")
