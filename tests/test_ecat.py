@@ -507,3 +507,17 @@ def test_a_student_period_may_use_what_earlier_periods_left(monkeypatch, rule, c
     cfg = _cfg(n_periods=3, top_m=0.5, fine="none", distill="none", period_minutes=rule)
     ecat.continual(s, replace(cfg, train=replace(cfg.train, max_minutes=10.0)), seed=0)
     assert seen == pytest.approx(caps)
+
+
+def test_ecat_against_reads_each_row_from_ecats_side():
+    rows = pd.DataFrame({"variant": ["s | joint", "s | one period", "s | target-only", "s | joint"],
+                         "baseline": ["s | ECAT"] * 4, "group": ["all", "all", "all", "tail"],
+                         "metric": ["ndcg"] * 4, "k": [10] * 4, "a": [0.48, 0.47, 0.41, 0.5], "b": [0.46, 0.47, 0.46, 0.5],
+                         "diff": [0.02, 0.001, -0.05, 0.0], "lo": [0.01, -0.01, -0.06, -0.1], "hi": [0.03, 0.012, -0.04, 0.1]})
+    got = ecat.ecat_against(rows, "s")
+    assert got == ["ECAT vs joint for all users: NDCG@10 0.4600 vs 0.4800, difference -0.0200, "
+                   "95% CI [-0.0300, -0.0100] -- ECAT is worse.",
+                   "ECAT vs one period for all users: NDCG@10 0.4700 vs 0.4700, difference -0.0010, "
+                   "95% CI [-0.0120, +0.0100] -- no detectable difference."]
+    flipped = rows.assign(diff=-rows["diff"], lo=-rows["hi"], hi=-rows["lo"])
+    assert ecat.ecat_against(flipped, "s")[0].endswith("95% CI [+0.0100, +0.0300] -- ECAT is better.")

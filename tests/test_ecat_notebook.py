@@ -34,3 +34,10 @@ def test_ecat_notebook_smoke(smoke_notebook):
             assert len(said) == 1, (v, g)
             assert any(f"-- {verdict}" in said[0] for verdict in
                        ("negative transfer", "positive transfer", "no detectable difference")), said[0]
+    # ECAT against every other variant but target-only, from ECAT's side, once each
+    for label, others in (("Film-Noir", [v for v in ecat.VARIANTS if v not in ("ECAT", "target-only")]),
+                          ("ml-100k", [v for v in ecat.BASELINES if v != "target-only"])):
+        block = text.split(f"{label}, ECAT against the other variants:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        assert [ln.strip().split(" for all users")[0] for ln in block] == [f"ECAT vs {v}" for v in others]
+        assert all(ln.rstrip().endswith(("ECAT is better.", "ECAT is worse.", "no detectable difference."))
+                   for ln in block)

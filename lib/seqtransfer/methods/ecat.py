@@ -927,6 +927,24 @@ def negative_transfer(table: pd.DataFrame, label: str, baseline: str = "target-o
     return [transfer_verdict(table, f"{prefix}{v}", f"{prefix}{baseline}", group) for v in names]
 
 
+def ecat_against(table: pd.DataFrame, label: str, group: str = "all", method: str = "ECAT") -> list[str]:
+    """One sentence per variant of setting ``label`` in ``table`` (a :func:`verdict_table` with
+    ``baseline=method``, so each row is variant minus ``method``), read from ``method``'s side:
+    is it better than that baseline or ablation, worse, or within the noise (95% paired
+    bootstrap over users)? Target-only is left out: section 4's verdicts cover it."""
+    prefix = f"{label} | " if label else ""
+    rows = table[(table["baseline"] == f"{prefix}{method}") & (table["group"] == group)
+                 & (table["variant"] != f"{prefix}target-only")]
+    out = []
+    for r in rows.itertuples():
+        d, lo, hi = -r.diff, -r.hi, -r.lo                                   # method minus variant
+        word = ("better" if lo > 0 else "worse" if hi < 0 else "no detectable difference")
+        head = f"{method} vs {r.variant.split(' | ', 1)[-1]} for {group} users: {r.metric.upper()}@{r.k} {r.b:.4f} vs {r.a:.4f}"
+        out.append(f"{head}, difference {d:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] -- "
+                   + (f"{method} is {word}." if word != "no detectable difference" else f"{word}."))
+    return out
+
+
 def stage_times(settings: dict[str, EcatSetting]) -> pd.DataFrame:
     """Seconds per stage of every setting: data preparation, teachers (once per number of
     periods, shared by the variants) and every variant's selection and student training."""
