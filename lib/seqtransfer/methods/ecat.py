@@ -792,7 +792,6 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
     student = TargetScored(backbone, setting.target_items, gate=cfg.distill == "gate",
                            domain_head=cfg.fine == "grl")
     counts, ps, ws, alphas_all, periods, hist, stages = [], [], [], [], [], [], []
-    used = 0.0                                        # student training seconds so far
     for t, cut in enumerate(cuts):
         teacher = None
         if teachers is not None:
@@ -822,9 +821,9 @@ def continual(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, teachers: li
             observe(t, "start", student)
         pcfg = replace(tcfg, seed=seed + 1000 * t)
         if cfg.period_minutes == "remaining" and cfg.train.max_minutes is not None:
+            used = sum(st["seconds"] for st in stages)                 # student training so far
             pcfg = replace(pcfg, max_minutes=max(cfg.train.max_minutes - used / 60, 0.01))
         res = train_fit(student, exp.data, pcfg, hooks, groups={"all": exp.groups["all"]})
-        used += res.seconds
         student = res.model
         stages.append({"period": t, "stage": f"student, period {t}", "steps": res.steps,
                        "seconds": res.seconds, "stopped": res.stopped})
@@ -961,9 +960,8 @@ def teacher_stops(teacher_curves: dict[str, dict[int, pd.DataFrame]]) -> pd.Data
         for n, h in chains.items():
             for t, part in h.groupby("period"):
                 rows.append({"setting": label, "teachers": f"{n} period{'s' if n > 1 else ''}", "period": int(t),
-                             "steps": int(part["step"].max()) if len(part) else 0,
-                             "best valid NDCG@10": float(part["valid_ndcg10"].max()) if len(part) else float("nan"),
-                             "stopped": part["stopped"].iloc[0] if "stopped" in part and len(part) else ""})
+                             "steps": int(part["step"].max()), "best valid NDCG@10": float(part["valid_ndcg10"].max()),
+                             "stopped": part["stopped"].iloc[0]})
     return pd.DataFrame(rows, columns=["setting", "teachers", "period", "steps", "best valid NDCG@10", "stopped"])
 
 
