@@ -44,6 +44,15 @@ def _summary(variants=("sasrec joint", "sasrec tail-only"), groups=("all", "head
     return pd.DataFrame(rows)
 
 
+def _seeded_summary(variants=("sasrec joint", "sasrec GA"), groups=("all", "head", "tail")) -> pd.DataFrame:
+    """``methods.summarize`` of three seeds (seeds 0-2) per variant and group."""
+    from seqtransfer.methods import summarize
+    rows = [{"split": "test", "variant": v, "group": g, "metric": m, "k": 10, "seed": s,
+             "value": 0.08 + 0.01 * j - 0.01 * i + 0.006 * (s - 1) * (1 if i else -1)}
+            for i, v in enumerate(variants) for j, g in enumerate(groups) for m in ("ndcg", "hr") for s in range(3)]
+    return summarize(pd.DataFrame(rows))
+
+
 def _history(variants=("sasrec joint",), epochs=1) -> pd.DataFrame:
     return pd.DataFrame([{"variant": v, "epoch": e, "step": 4 * (e + 1), "loss": 8.0 - e - i,
                           "valid_ndcg10": np.nan if e % 2 else 0.01 * (e + 1)}
@@ -85,6 +94,7 @@ def _figures() -> dict[str, go.Figure]:
         "lorenz, no head line": plots.lorenz_curve({"a": a}, head_frac=None),
         "group bars, one variant": plots.group_bars(_summary(variants=("sasrec joint",), empty=())),
         "group bars, empty cold group, NaN intervals": plots.group_bars(_summary(), baseline="sasrec joint"),
+        "group bars, three seeds as points": plots.group_bars(_seeded_summary(), baseline="sasrec joint"),
         "training curves, one epoch": plots.training_curves(_history()),
         "training curves, two variants, NaN validations": plots.training_curves(
             _history(("sasrec joint", "gru4rec joint"), epochs=4)),
@@ -187,6 +197,23 @@ def test_group_bars_leave_out_an_empty_group_and_outline_negative_transfer():
     fig = plots.group_bars(_summary(), baseline="sasrec joint", comparisons=boot)
     assert list(fig.data[2].marker.line.color) == ["rgba(0,0,0,0)", "rgba(0,0,0,0)"]
     assert list(fig.data[1].marker.line.color) == ["rgba(0,0,0,0)", plots.NEGATIVE]
+
+
+@pytest.mark.unit
+def test_group_bars_draw_each_seed_as_a_point_on_its_bar():
+    fig = plots.group_bars(_seeded_summary(), baseline="sasrec joint")
+    bars = [t for t in fig.data if t.type == "bar"]
+    points = [t for t in fig.data if t.type == "scatter"]
+    assert [t.name for t in bars] == ["all", "head", "tail"] and len(points) == 3
+    tail_bar, tail_points = bars[2], points[2]
+    assert tail_points.offsetgroup == tail_bar.offsetgroup == "tail"        # drawn on the tail bars
+    assert list(tail_points.x) == ["sasrec joint"] * 3 + ["sasrec GA"] * 3
+    assert list(tail_points.y) == pytest.approx([0.106, 0.1, 0.094, 0.084, 0.09, 0.096])
+    assert list(tail_points.customdata) == [0, 1, 2, 0, 1, 2]
+    assert list(tail_bar.y) == pytest.approx([0.1, 0.09])                 # the means of those points
+    assert fig.layout.scattermode == "group"
+    one = plots.group_bars(_summary(), baseline="sasrec joint")             # one seed: no points
+    assert all(t.type == "bar" for t in one.data)
 
 
 @pytest.mark.unit

@@ -94,6 +94,19 @@ def test_every_arm_gets_its_learning_rate_from_the_same_grid_on_validation(exp):
         exp.run({"a": (lr_fit, cfg)}, lr_grid=())
 
 
+def test_an_explicit_one_value_grid_is_the_learning_rate_every_arm_trains_with(exp):
+    """Re-training an arm at the rate a notebook chose (``lr_grid=(6e-3,)``) must train at 6e-3,
+    not at the config's own (the budget's 3e-3)."""
+    cfg = baseline.BaselineConfig(train=exp.train_config())
+    assert cfg.train.lr == 3e-3
+    out = exp.run({"b": (lr_fit, cfg)}, lr_grid=(6e-3,))
+    assert CALLS == [("b", 0, 6e-3), ("b", 1, 6e-3)]
+    assert [r.lr for r in out] == [6e-3, 6e-3]
+    CALLS.clear()
+    exp.run({"a": (lr_fit, cfg)})                  # the budget's one-value grid: the config's own rate
+    assert CALLS == [("a", 0, 3e-3), ("a", 1, 3e-3)]
+
+
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     path = tmp_path / "run.pt"
     path.with_suffix(".lock").write_text("999999999")                 # no such process

@@ -85,11 +85,13 @@ def test_index_leads_with_changes_and_verdicts_under_their_notebook(tmp_path):
         for n in ("00_data", "01_backbones", "02_ga", "04_x")], columns=list(report.STATUS_COLUMNS))
     verdicts = {"01_backbones": ["sasrec tail-only does NOT beat sasrec joint -- negative transfer."],
                 "04_x": ["fine-tune beats from scratch."]}
-    # the 04_x notebook recorded a paired bootstrap for fine-tune vs from scratch, NDCG@10 all:
-    # b = 0.04, interval [-0.02, -0.004] excludes zero -> negative, half-width 0.008 / 0.04 = 20%
+    # the 04_x notebook recorded a comparison over 3 seeds for fine-tune vs from scratch, NDCG@10
+    # all: b = 0.04, users [-0.02, -0.004], seeds [-0.018, -0.006]: both exclude zero -> negative,
+    # half-width of their union 0.008 / 0.04 = 20%.
     boot = pd.DataFrame([{"notebook": "04_x", "variant": "sasrec fine-tune", "baseline": "sasrec from scratch",
                           "group": "all", "metric": "ndcg", "k": 10, "a": 0.05, "b": 0.04, "diff": 0.01,
-                          "lo": -0.02, "hi": -0.004, "verdict": "negative"}])
+                          "lo": -0.02, "hi": -0.004, "verdict": "negative", "n_seeds": 3,
+                          "seed_lo": -0.018, "seed_hi": -0.006}])
     page = report.write_index(tmp_path, status, results(), verdicts=verdicts, comparisons=boot).read_text()
     changes, board = page.index("What each method changed"), page.index("<h2>Leaderboard")
     assert changes < board < page.index("<h2>Notebooks")
@@ -108,6 +110,23 @@ def test_index_leads_with_changes_and_verdicts_under_their_notebook(tmp_path):
                                         "sasrec fine-tune<br><span class='ci'>x</span>",
                                         "fine-tune beats from scratch.")]
     assert order == sorted(order)
+
+
+@pytest.mark.unit
+def test_a_change_cell_is_coloured_only_on_the_verdict_rule():
+    """A recorded comparison colours by its verdict only with several seeds; one seed is left
+    uncoloured and marked; the union of the users' and the seeds' interval gives the width."""
+    row = {"notebook": "n", "variant": "v", "baseline": "b", "group": "all", "metric": "ndcg", "k": 10,
+           "a": 0.05, "b": 0.04, "diff": 0.01, "lo": 0.004, "hi": 0.02, "verdict": "positive"}
+    three = {**row, "n_seeds": 3, "seed_lo": 0.002, "seed_hi": 0.018}
+    half, verdict, seeds = index._interval_lookup(pd.DataFrame([three]))["n", "v", "b", "ndcg@10 all"]
+    assert (half, verdict, seeds) == (pytest.approx(0.009 / 0.04), "positive", 3)   # union [0.002, 0.02]
+    assert index._change_class(0.25, float("nan"), (half, verdict, seeds))[0] == "num pos"
+    one = index._interval_lookup(pd.DataFrame([{**row, "n_seeds": 1}]))["n", "v", "b", "ndcg@10 all"]
+    cls, text = index._change_class(0.25, float("nan"), one)
+    assert cls == "num none" and "one seed" in text and "seed noise not measured" in text
+    old = index._interval_lookup(pd.DataFrame([row]))["n", "v", "b", "ndcg@10 all"]   # no n_seeds recorded
+    assert index._change_class(0.25, float("nan"), old)[0] == "num none"
 
 
 @pytest.mark.unit

@@ -31,7 +31,7 @@ def test_one_seed_without_ranks_gives_no_verdict_and_the_gap():
                                  _metrics("ours", {"tail": [0.12], "head": [0.15]})]))
     text = transfer_verdict(table, "ours", "base", "tail")
     assert text == ("ours vs base for tail users: NDCG@10 0.1200 vs 0.1000 (+20.0%); no interval "
-                    "(one run each and no per-user ranks), so no verdict.")
+                    "(one run each and no per-user ranks), so no verdict (one seed: seed noise not measured).")
     assert "has no cold" in transfer_verdict(table, "ours", "base", "cold")
     assert gap_sentence(table, "base") == "base: head NDCG@10 0.2000, tail 0.1000 (tail/head = 0.50)."
 
@@ -43,7 +43,7 @@ def test_seed_intervals_name_transfer_only_beyond_the_noise():
     half = np.hypot(*clear["ci95"])
     assert half == pytest.approx(np.sqrt(2) * 4.3027 * 0.01 / np.sqrt(3), rel=1e-4)
     assert transfer_verdict(clear, "ours", "base", "tail").endswith(
-        f"difference +0.1000, 95% CI [{0.1 - half:+.4f}, {0.1 + half:+.4f}] -- positive transfer.")
+        f"difference +0.1000, 95% CI over seeds [{0.1 - half:+.4f}, {0.1 + half:+.4f}] -- positive transfer.")
     noisy = summarize(pd.concat([_metrics("base", {"tail": [0.10, 0.11, 0.12]}),
                                  _metrics("ours", {"tail": [0.105, 0.115, 0.125]})]))
     assert transfer_verdict(noisy, "ours", "base", "tail").endswith(
@@ -71,7 +71,10 @@ def test_compare_pairs_users_and_seeds_and_names_transfer_only_outside_the_inter
     assert tail["seed_ci95"] == 0.0
     everyone = table[table["group"] == "all"].iloc[0]
     assert everyone["diff"] == 0.5 and everyone["lo"] < 0.5 < everyone["hi"] and everyone["lo"] > 0
-    assert verdict_sentence(tail).endswith("95% CI [+1.0000, +1.0000] (across 2 seeds \u00b10.0000) -- positive transfer.")
+    assert verdict_sentence(tail).endswith(
+        "difference +1.0000, 95% CI over users [+1.0000, +1.0000], over seeds [+1.0000, +1.0000]; "
+        "per seed +1.000, +1.000 over seeds 0, 1 -- positive transfer.")
+    assert tail["seeds"] == (0, 1) and tail["seed_diffs"] == (1.0, 1.0)
     # the base hits the even users, ours the odd ones: per-user +-1, mean 0, interval around 0
     mixed = [_ranked("m", s, np.arange(U) % 2 == 0) for s in (0, 1)]
     base1 = [_ranked("b", s, np.arange(U) % 2 == 1) for s in (0, 1)]
@@ -89,6 +92,30 @@ def test_compare_pairs_users_and_seeds_and_names_transfer_only_outside_the_inter
     # per-user pairing, not per-seed means: seed 1 of "a" is unpaired and ignored
     extra = ours + [_ranked("a", 7, np.zeros(U))]
     assert compare(base + extra, "a", "b", groups, metric="hr", k=1)["n_seeds"].iloc[0] == 2
+
+
+def test_a_verdict_sentence_carries_the_seeds():
+    """Per-seed differences beside the interval; a difference that every seed's users call an
+    effect, but that the seeds do not agree on, is no detectable difference; one seed says so."""
+    U = 300
+    groups = {"all": np.ones(U, bool)}
+    base = [_ranked("b", s, np.full(U, 1)) for s in range(3)]
+    hits = {0: 150, 1: 120, 2: 135}             # seed s of "a" hits the first hits[s] users: +0.5, +0.4, +0.45
+    ours = [_ranked("a", s, np.where(np.arange(U) < n, 0, 1)) for s, n in hits.items()]
+    row = compare(base + ours, "a", "b", groups, metric="hr", k=1).iloc[0]
+    assert row["seed_diffs"] == pytest.approx((0.5, 0.4, 0.45)) and row["lo"] > 0 and row["verdict"] == "positive"
+    text = verdict_sentence(row)
+    assert text.startswith("a beats b for all users") and "per seed +0.500, +0.400, +0.450 over seeds 0-2" in text
+    # seed 1 now loses to its base on the users it won on: seeds +0.5, -0.4, +0.45
+    flip = ours[:1] + [_ranked("a", 1, np.full(U, 1))] + ours[2:]
+    base_flip = base[:1] + [_ranked("b", 1, np.where(np.arange(U) < 120, 0, 1))] + base[2:]
+    row = compare(base_flip + flip, "a", "b", groups, metric="hr", k=1).iloc[0]
+    assert row["seed_diffs"] == pytest.approx((0.5, -0.4, 0.45)) and row["lo"] > 0 and row["verdict"] == "none"
+    text = verdict_sentence(row)
+    assert "no detectable difference" in text and "seed noise" in text and "over seeds 0-2" in text
+    one = compare(base[:1] + ours[:1], "a", "b", groups, metric="hr", k=1).iloc[0]
+    assert one["n_seeds"] == 1 and one["verdict"] == "positive"
+    assert verdict_sentence(one).endswith("-- positive transfer (one seed: seed noise not measured).")
 
 
 def test_compare_without_ranks_recomputes_or_says_so(toy_csv):
@@ -142,7 +169,8 @@ def test_setting_summary_names_negative_transfer_only_outside_the_noise():
                           row("adaptor", 0.24, 0.01, 0.07),            # above zero
                           row("fine-tune", 0.50, 0.2, 0.4, group="tail")])
     text = setting_summary(table, "T", "T | scratch")
-    assert text == ("T: best adaptor (all NDCG@10 0.2400); against scratch (0.2000), 95% interval over users: "
+    assert text == ("T: best adaptor (all NDCG@10 0.2400); against scratch (0.2000), 95% interval over users "
+                    "(one seed: seed noise not measured): "
                     "negative transfer for fine-tune; positive transfer for adaptor; "
                     "no detectable difference for re-learn.")
     assert "best scratch" in setting_summary(table[table["variant"] != "T | adaptor"], "T", "T | scratch")

@@ -10,6 +10,7 @@ regression itself runs on ``tests/notebooks/*.ipynb`` through pytest's ``--nbval
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import nbformat
@@ -18,6 +19,7 @@ import papermill as pm
 import pytest
 
 from seqtransfer import report
+from seqtransfer.methods.common import ONE_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "notebooks"
@@ -101,7 +103,8 @@ def _payload(tmp_path: Path, name: str) -> dict:
 
 def _check_baselines_and_verdicts(rows: pd.DataFrame, payload: dict) -> None:
     """Every non-joint row is compared with the joint model of its backbone, and the verdict
-    sentences travel with the record."""
+    sentences travel with the record, each with its seed information: "one seed: seed noise not
+    measured" for one seed, the per-seed differences for several."""
     joint = rows["method"].str.endswith(" joint")
     assert rows.loc[joint, "baseline"].isna().all()
     expected = "baseline:" + rows.loc[~joint, "backbone"] + " joint"
@@ -109,6 +112,15 @@ def _check_baselines_and_verdicts(rows: pd.DataFrame, payload: dict) -> None:
     assert len(payload["verdicts"]) >= 4
     # verdict_sentence's three forms: outside the noise either way, or inside it
     assert any(w in v for v in payload["verdicts"] for w in ("does NOT beat", " beats ", "no detectable difference"))
+    n_seeds = rows["seed"].nunique()
+    compared = [v for v in payload["verdicts"] if re.search(r" (beats|vs) .+ for \w+ users: ", v)]
+    assert compared
+    for v in compared:
+        if n_seeds == 1:
+            assert v.rstrip().endswith(f"({ONE_SEED}).") or f"({ONE_SEED})" in v, v
+        else:
+            seeds = ", ".join(map(str, sorted(rows["seed"].unique())))
+            assert ONE_SEED not in v and (f"over seeds {seeds}" in v or "the same result for every user" in v), v
 
 
 def _check_ranking_rows(rows: pd.DataFrame) -> None:
@@ -134,8 +146,12 @@ def _backbones(dataset: str) -> tuple[str, ...]:
 
 
 def _method_smoke(name: str, tmp_path: Path, dataset: str) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """On ml-100k two seeds (so the several-seed verdicts run), on ml-1m the smoke budget's one."""
     backbones = _backbones(dataset)
-    return _smoke(name, tmp_path, dataset=dataset, backbones=list(backbones)), backbones
+    seeds = {"n_seeds": 2} if dataset == "ml-100k" else {}
+    rows = _smoke(name, tmp_path, dataset=dataset, backbones=list(backbones), **seeds)
+    assert rows["seed"].nunique() == seeds.get("n_seeds", 1)
+    return rows, backbones
 
 
 def _check_method_rows(rows: pd.DataFrame, backbones=("sasrec",)) -> None:

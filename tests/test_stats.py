@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from seqtransfer.stats import ci95, paired_bootstrap, t_interval, t_quantile
+from seqtransfer.stats import ci95, paired_bootstrap, paired_verdict, t_interval, t_quantile, verdict_interval
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +86,57 @@ def test_percent_keeps_real_small_changes_and_drops_float_noise():
     assert percent(0.0123) == "+1.2%" and percent(-0.25) == "-25.0%"
     assert percent(-0.00004) == "-0.004%"                     # a real change never reads as 0.0%
     assert percent(1e-16) == "+0.0%" and percent(0.0) == "+0.0%"   # noise of equal means
+
+
+def _seeded(effects, users=400, noise=0.01, seed=0):
+    """(S, U) per-user values of a method and a baseline: seed s adds ``effects[s]`` to every
+    user plus N(0, noise^2) per user, around baselines that differ a lot between users."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, size=(len(effects), users))
+    return base + np.asarray(effects)[:, None] + rng.normal(0, noise, base.shape), base
+
+
+def test_an_effect_consistent_across_seeds_is_detected():
+    a, b = _seeded([0.020, 0.024, 0.018])
+    v = paired_verdict(a, b)
+    assert v["verdict"] == "positive" and v["n_seeds"] == 3
+    assert v["lo"] > 0 and v["seed_lo"] > 0
+    assert v["seed_diffs"] == pytest.approx((0.020, 0.024, 0.018), abs=2e-3)
+    mean, half = t_interval(v["seed_diffs"])                    # the seeds' interval by hand
+    assert (v["seed_lo"], v["seed_hi"]) == pytest.approx((mean - half, mean + half))
+    assert v["diff"] == pytest.approx(mean)                     # both intervals share the centre
+    assert paired_verdict(b, a)["verdict"] == "negative"
+
+
+def test_an_effect_that_flips_sign_between_seeds_is_not_transfer_however_narrow_each_seed():
+    a, b = _seeded([0.05, -0.05, 0.05], noise=0.001)
+    for s in range(3):                                            # each seed alone: a sure effect
+        _, lo, hi = paired_bootstrap(a[s], b[s])
+        assert lo > 0 or hi < 0
+    v = paired_verdict(a, b)
+    assert v["lo"] > 0                                            # over users alone: "positive"
+    assert v["seed_lo"] < 0 < v["seed_hi"] and v["verdict"] == "none"
+
+
+def test_three_same_signed_seeds_with_a_wide_spread_are_not_enough():
+    """A bootstrap over 3 seeds never leaves the observed range, so it would call this positive;
+    the t-interval on 2 degrees of freedom does not."""
+    a, b = _seeded([0.001, 0.02, 0.04], noise=0.001)
+    v = paired_verdict(a, b)
+    assert min(v["seed_diffs"]) > 0 and v["lo"] > 0
+    assert v["seed_lo"] < 0 and v["verdict"] == "none"
+
+
+def test_one_seed_falls_back_to_the_users_interval():
+    a, b = _seeded([0.03])
+    one = paired_verdict(a[0], b[0])
+    assert one["n_seeds"] == 1 and math.isnan(one["seed_lo"]) and one["verdict"] == "positive"
+    assert one["seed_diffs"] == pytest.approx((one["diff"],))
+    empty = paired_verdict(np.zeros((3, 0)), np.zeros((3, 0)))
+    assert empty["verdict"] == "none" and math.isnan(empty["diff"])
+
+
+def test_the_verdict_interval_is_the_union_of_both():
+    assert verdict_interval(0.01, 0.03, -0.02, 0.05) == (-0.02, 0.05)
+    assert verdict_interval(0.01, 0.03, 0.015, 0.025) == (0.01, 0.03)
+    assert verdict_interval(0.01, 0.03) == (0.01, 0.03)

@@ -89,7 +89,8 @@ class Experiment:
 
         Fair arms: every variant's learning rate (``config.train.lr``) is chosen on validation
         NDCG@10 from the same grid, ``lr_grid`` (default: the budget's). The grid is searched
-        with the first seed; the other seeds reuse the chosen value. Each result carries its
+        with the first seed; the other seeds reuse the chosen value. An explicit one-value
+        ``lr_grid=(lr,)`` trains every arm with a ``train`` field at ``lr``. Each result carries its
         ``lr`` and the ``tuning`` table (lr, best validation NDCG@10, chosen). A run built on
         an earlier one gets the earlier variant's chosen run.
 
@@ -111,6 +112,11 @@ class Experiment:
             if len(spec) not in (2, 3):
                 raise ValueError(f"run {variant!r} must be (fit, config) or (fit, config, inputs), "
                                  f"got a tuple of {len(spec)}")
+        if lr_grid is not None and len(grid) == 1:
+            # an explicit one-value grid is that learning rate for every arm that has one (the
+            # budget's one-value grid leaves each config's own rate alone)
+            runs = {v: (spec[0], with_lr(spec[1], grid[0]) if hasattr(spec[1], "train") else spec[1], *spec[2:])
+                    for v, spec in runs.items()}
         listed = list(runs)
         for variant, spec in runs.items():
             earlier = listed[:listed.index(variant)]
@@ -217,7 +223,7 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
             min_item: int = 5, data_dir: str | None = None, progress: bool = True,
             cache: bool | str = False, user_col: str | None = None, item_col: str | None = None,
             time_col: str | None = None, executor: str = "local", ray_address: str = "",
-            ray_cpus_per_run: float = 1.0) -> Experiment:
+            ray_cpus_per_run: float = 1.0, n_seeds: int = 0) -> Experiment:
     """Load ``dataset`` and build the split, groups and tensors for ``budget``.
 
     Args:
@@ -243,11 +249,17 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
         ray_cpus_per_run: CPUs each run reserves on a CPU device (and its torch threads).
         cache: keep finished runs and reuse them (``True``: ``runs/`` inside the data folder;
             a path: there; ``False``: always train).
+        n_seeds: model seeds per arm (``seed, seed + 1, ...``); 0: the budget's (smoke 1, quick
+            and full 3). One seed measures no seed noise, and every verdict says so.
 
     Returns:
         An :class:`Experiment`.
     """
     b = budget if isinstance(budget, Budget) else get_budget(budget)
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, (int, np.integer)) or n_seeds < 0:
+        raise ValueError(f"n_seeds must be a whole number >= 0 (0: the budget's {b.n_seeds}), got {n_seeds!r}")
+    if n_seeds:
+        b = replace(b, n_seeds=int(n_seeds))
     ray = X.RayOptions(address=ray_address or "", cpus_per_run=ray_cpus_per_run)
     if X.check_executor(executor) == "ray":
         X.connect(ray)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .browser import gallery_html
-from .stats import ci95, percent
+from .stats import ci95, percent, verdict_interval
 from .pages import PLOTLYJS, write_plotlyjs
 from .record import _present
 
@@ -229,11 +229,13 @@ def write_index(out: str | Path, status: pd.DataFrame, results: pd.DataFrame,
         "<p>Relative change of test NDCG@10 and HR@10 (full ranking) against the row's baseline "
         "(the joint model of the same backbone, or from-scratch / target-only training for "
         "cross-domain methods), per user group, paired by seed; "
-        "&plusmn; the half-width of the 95% interval (relative to the baseline): the notebook's "
-        "paired bootstrap over users where it recorded one, else the t-interval over seeds. "
+        "&plusmn; the half-width of the 95% interval (relative to the baseline): where the notebook "
+        "recorded a comparison, the union of its paired bootstrap over users and its t-interval over "
+        "seeds, else the t-interval over seeds of the change. "
         "<span style='color:#b71c1c'>Red: negative transfer</span>, "
-        "<span style='color:#1b5e20'>green: positive transfer</span>, each only where the "
-        "interval excludes zero; uncoloured: no detectable difference, or no interval. "
+        "<span style='color:#1b5e20'>green: positive transfer</span>, each only where both the "
+        "users' and the seeds' interval exclude zero; uncoloured: no detectable difference, no "
+        "interval, or one seed (marked: seed noise not measured). "
         "Under each notebook: its own verdict.</p>",
         _change_table_html(changes, status, verdicts, comparisons),
         "<h2>Leaderboard</h2>",
@@ -269,24 +271,38 @@ def _label_html(label: str) -> str:
 
 
 def _interval_lookup(comparisons: pd.DataFrame | None) -> dict:
-    """(notebook, variant, baseline variant, "metric@k group") -> (relative half-width, verdict)."""
+    """(notebook, variant, baseline variant, "metric@k group") -> (relative half-width of the
+    interval the verdict read, verdict, seeds compared)."""
     out = {}
     if comparisons is None or comparisons.empty:
         return out
-    for r in comparisons.itertuples(index=False):
-        if r.b and r.lo is not None and r.hi is not None and not pd.isna(r.lo):
-            out[r.notebook, r.variant, r.baseline, f"{r.metric}@{int(r.k)} {r.group}"] = (
-                (r.hi - r.lo) / 2 / r.b, r.verdict)
+    for r in comparisons.to_dict("records"):
+        if r["b"] and r["lo"] is not None and r["hi"] is not None and not pd.isna(r["lo"]):
+            seeds = r.get("n_seeds")
+            seeds = 1 if seeds is None or pd.isna(seeds) else int(seeds)
+            lo, hi = verdict_interval(r["lo"], r["hi"], _num(r.get("seed_lo")), _num(r.get("seed_hi")))
+            out[r["notebook"], r["variant"], r["baseline"], f"{r['metric']}@{int(r['k'])} {r['group']}"] = (
+                (hi - lo) / 2 / r["b"], r["verdict"], seeds)
     return out
+
+
+def _num(value) -> float:
+    """A recorded number, NaN where it is missing (None, or absent from an older record)."""
+    return float("nan") if value is None or pd.isna(value) else float(value)
 
 
 def _change_class(v: float, ci: float, interval: tuple | None) -> tuple[str, str]:
     """CSS class and interval text of one change cell. A change is coloured (red: negative
-    transfer, green: positive) only when its 95% interval excludes zero: the paired bootstrap
-    recorded by the notebook where there is one, else the seed t-interval; with neither it is
-    left uncoloured, since one run cannot tell a change from noise."""
+    transfer, green: positive) only on the verdict rule (``stats.paired_verdict``): the
+    comparison the notebook recorded (intervals over users and over seeds, both excluding
+    zero) where there is one, else the seed t-interval of the change. A one-seed comparison is
+    left uncoloured and marked "one seed" (seed noise not measured), as is one run with no
+    interval at all."""
     if interval is not None:
-        half, verdict = interval
+        half, verdict, seeds = interval
+        if seeds < 2:
+            return "num none", (f"<br><span class='ci' title='one seed: seed noise not measured'>&plusmn; "
+                                f"{100 * half:.1f} &middot; one seed</span>")
         cls = {"negative": "num neg", "positive": "num pos"}.get(verdict, "num none")
         return cls, f"<br><span class='ci'>&plusmn; {100 * half:.1f}</span>"
     if pd.isna(ci):

@@ -58,7 +58,9 @@ def lorenz_curve(curves: dict[str, np.ndarray], head_frac: float | None = 0.2,
 def group_bars(summary: pd.DataFrame, metric: str = "ndcg", k: int = 10,
                baseline: str | None = None, title: str | None = None,
                comparisons: pd.DataFrame | None = None) -> go.Figure:
-    """Bars of mean metric per variant (x) and group (colour), 95% intervals when several seeds.
+    """Bars of mean metric per variant (x) and group (colour), 95% intervals when several seeds,
+    and each seed's own value as a point on its bar (the ``seed_values`` of ``summarize``), so
+    the seed spread behind a verdict shows.
 
     ``summary`` is :func:`seqtransfer.methods.summarize` output. When ``baseline`` names a
     variant, bars of negative transfer against it get a red outline, so it shows in colour, not
@@ -83,13 +85,24 @@ def group_bars(summary: pd.DataFrame, metric: str = "ndcg", k: int = 10,
             worse = [(v, group) in negative for v in part["variant"]]
         else:
             worse = [base is not None and v != baseline and m < base for v, m in zip(part["variant"], part["mean"])]
-        fig.add_bar(x=part["variant"], y=part["mean"], name=group,
+        fig.add_bar(x=part["variant"], y=part["mean"], name=group, offsetgroup=group, legendgroup=group,
                     marker=dict(color=GROUP_COLORS.get(group),
                                 line=dict(color=[NEGATIVE if w else "rgba(0,0,0,0)" for w in worse], width=3)),
                     error_y=dict(type="data", array=part["ci95"].fillna(0)),
                     hovertemplate="%{x}<br>" + f"{group}: " + "%{y:.4f}<extra></extra>")
+        if "seed_values" in part and (part["n_seeds"] > 1).any():
+            xs, ys, seeds = [], [], []
+            names = part["seeds"] if "seeds" in part else [range(len(v)) for v in part["seed_values"]]
+            for variant, values, ids in zip(part["variant"], part["seed_values"], names):
+                xs += [variant] * len(values)
+                ys += list(values)
+                seeds += list(ids)
+            fig.add_scatter(x=xs, y=ys, mode="markers", name=f"{group}: each seed", offsetgroup=group,
+                            legendgroup=group, showlegend=False, customdata=seeds,
+                            marker=dict(color="#212121", size=6, symbol="circle-open", line=dict(width=1.5)),
+                            hovertemplate="%{x}<br>" + f"{group}, seed " + "%{customdata}: %{y:.4f}<extra></extra>")
     label = f"{metric.upper()}@{k}"
-    fig.update_layout(barmode="group", template="plotly_white", height=420,
+    fig.update_layout(barmode="group", scattermode="group", template="plotly_white", height=420,
                       title=title or f"Test {label} by user group (full ranking)", yaxis_title=label)
     return fig
 

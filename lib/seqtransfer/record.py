@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 from IPython import get_ipython
 from IPython.display import display
@@ -105,6 +106,7 @@ def record(metrics: pd.DataFrame, *, notebook: str, method: str, dataset: str, b
 
 
 COMPARISON_COLUMNS = ("variant", "baseline", "group", "metric", "k", "a", "b", "diff", "lo", "hi", "verdict")
+SEED_COLUMNS = ("n_seeds", "seeds", "seed_diffs", "seed_lo", "seed_hi")   # kept where the table has them
 
 
 def _comparison_rows(comparisons: pd.DataFrame | None) -> list[dict]:
@@ -114,12 +116,25 @@ def _comparison_rows(comparisons: pd.DataFrame | None) -> list[dict]:
     missing = [c for c in COMPARISON_COLUMNS if c not in comparisons.columns]
     if missing:
         raise ValueError(f"record(): comparisons lacks columns {missing}; pass methods.compare output")
+    columns = list(COMPARISON_COLUMNS) + [c for c in SEED_COLUMNS if c in comparisons.columns]
     out = []
-    for r in comparisons[list(COMPARISON_COLUMNS)].to_dict("records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else
-                        int(v) if k == "k" else float(v) if k in ("a", "b", "diff", "lo", "hi") else str(v))
-                    for k, v in r.items()})
+    for r in comparisons[columns].to_dict("records"):
+        out.append({k: _json_value(k, v) for k, v in r.items()})
     return out
+
+
+def _json_value(column: str, v):
+    """One comparison cell as JSON: NaN as None, counts as int, numbers as float, the per-seed
+    tuples as lists, labels as text."""
+    if isinstance(v, (tuple, list, np.ndarray)):
+        return [int(x) if column == "seeds" else None if math.isnan(float(x)) else float(x) for x in v]
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if column in ("k", "n_seeds"):
+        return int(v)
+    if column in ("a", "b", "diff", "lo", "hi", "seed_lo", "seed_hi"):
+        return float(v)
+    return str(v)
 
 
 def _check_meta(**meta) -> None:

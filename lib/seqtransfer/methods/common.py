@@ -12,7 +12,7 @@ from ..data.split import UserGroups
 from ..diagnostics import ConflictProbe
 from ..evaluate import evaluate, per_user_metric, rank_targets
 from ..models import BACKBONES, SequentialRecommender, make_backbone
-from ..stats import N_BOOT, ci95, paired_bootstrap, percent, t_interval
+from ..stats import N_BOOT, ci95, paired_verdict, percent, verdict_interval
 from ..train import TrainResult, seed_everything
 
 
@@ -105,11 +105,17 @@ def diagnostics(results: list[MethodResult], key: str) -> pd.DataFrame:
 
 def summarize(metrics: pd.DataFrame, split: str = "test", ks=(10,), metrics_=("ndcg", "hr")) -> pd.DataFrame:
     """Mean over seeds with a 95% t-interval half-width (``stats.t_interval``), per variant x
-    group x metric@k."""
+    group x metric@k; ``seed_values`` keeps the per-seed values in seed order and ``seeds`` the
+    seeds (what the group bars draw as points)."""
     m = metrics[(metrics["split"] == split) & metrics["k"].isin(ks) & metrics["metric"].isin(metrics_)]
-    g = m.groupby(["variant", "group", "metric", "k"], sort=False)["value"]
-    out = g.agg(["mean", "std", "count", ci95]).reset_index()
-    return out.rename(columns={"count": "n_seeds"})
+    if "seed" in m:
+        m = m.sort_values("seed", kind="stable")   # stable: variants keep their first-seen order
+    keys = ["variant", "group", "metric", "k"]
+    out = m.groupby(keys, sort=False)["value"].agg(["mean", "std", "count", ci95, tuple]).reset_index()
+    out = out.rename(columns={"count": "n_seeds", "tuple": "seed_values"})
+    if "seed" in m:
+        out["seeds"] = m.groupby(keys, sort=False)["seed"].agg(tuple).to_numpy()
+    return out
 
 
 def summary_row(table: pd.DataFrame, variant: str, group: str, metric: str = "ndcg", k: int = 10) -> pd.Series | None:
@@ -141,7 +147,8 @@ def relative_change(a: float, b: float) -> str:
 
 
 COMPARE_COLUMNS = ("variant", "baseline", "group", "metric", "k", "a", "b", "diff", "lo", "hi",
-                   "rel", "n_users", "n_seeds", "seed_ci95", "verdict")
+                   "rel", "n_users", "n_seeds", "seeds", "seed_diffs", "seed_lo", "seed_hi", "seed_ci95",
+                   "verdict")
 
 
 def user_values(result: MethodResult, metric: str = "ndcg", k: int = 10, split: str = "test",
@@ -164,18 +171,20 @@ def user_values(result: MethodResult, metric: str = "ndcg", k: int = 10, split: 
 def compare(results: list[MethodResult], variant: str, baseline: str, groups: UserGroups | dict,
             metric: str = "ndcg", k: int = 10, split: str = "test", data: SeqData | None = None,
             n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """``variant`` minus ``baseline`` on the same users, per group, with a paired bootstrap.
+    """``variant`` minus ``baseline`` on the same users, per group, over users and seeds.
 
-    Protocol: the two are paired by seed (the seeds both ran; at least one); each user's
-    ``metric@k`` is averaged over those seeds, and users are resampled (``stats.paired_bootstrap``,
-    ``n_boot`` resamples, seeded by ``seed``), so the interval is over users, with a user's seeds
-    kept together. With two or more seeds, ``seed_ci95`` is the half-width of the t-interval of
-    the per-seed mean differences (the seed noise, reported beside it; NaN for one seed).
+    Protocol: the two are paired by seed (the seeds both ran; at least one) and by user. The
+    verdict follows ``stats.paired_verdict``: a 95% paired bootstrap over users of the per-user
+    ``metric@k`` averaged over those seeds (``n_boot`` resamples, seeded by ``seed``), and the
+    95% t-interval of the per-seed mean differences; positive or negative transfer only when
+    both exclude zero on that side (one seed: the users' interval alone, and every sentence
+    says seed noise was not measured).
 
-    Returns one row per group (``COMPARE_COLUMNS``): a and b (means), diff = a - b, its 95%
-    interval lo..hi, rel = diff / b, n_users, n_seeds, seed_ci95, and ``verdict``: "positive"
-    or "negative" when the interval excludes zero, else "none". :func:`verdict_sentence` turns a
-    row into the sentence every report prints.
+    Returns one row per group (``COMPARE_COLUMNS``): a and b (means), diff = a - b, lo..hi (the
+    interval over users), rel = diff / b, n_users, n_seeds, seeds (tuple), seed_diffs (tuple of
+    the per-seed differences), seed_lo..seed_hi (the interval over seeds, NaN for one seed),
+    seed_ci95 (its half-width) and ``verdict`` ("positive" | "negative" | "none").
+    :func:`verdict_sentence` turns a row into the sentence every report prints.
     """
     masks = groups.masks if isinstance(groups, UserGroups) else groups
     runs = {name: {r.seed: r for r in results if r.variant == name} for name in (variant, baseline)}
@@ -194,19 +203,19 @@ def compare(results: list[MethodResult], variant: str, baseline: str, groups: Us
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != a.shape[1:]:
             raise ValueError(f"group {g!r} mask has shape {mask.shape}, the runs rank {a.shape[1]} users")
-        diff, lo, hi = paired_bootstrap(a[:, mask], b[:, mask], n_boot=n_boot, seed=seed)
-        if mask.any():
-            am, bm = float(a[:, mask].mean()), float(b[:, mask].mean())
-            seed_ci = t_interval(a[:, mask].mean(1) - b[:, mask].mean(1))[1]   # per-seed differences
-        else:
-            am = bm = seed_ci = np.nan
-        rows.append((variant, baseline, g, metric, k, am, bm, diff, lo, hi, diff / bm if bm else np.nan,
-                     int(mask.sum()), len(seeds), seed_ci, _verdict(lo, hi)))
+        v = paired_verdict(a[:, mask], b[:, mask], n_boot=n_boot, seed=seed)
+        am, bm = (float(a[:, mask].mean()), float(b[:, mask].mean())) if mask.any() else (np.nan, np.nan)
+        rows.append((variant, baseline, g, metric, k, am, bm, v["diff"], v["lo"], v["hi"],
+                     v["diff"] / bm if bm else np.nan, int(mask.sum()), len(seeds), tuple(seeds),
+                     v["seed_diffs"], v["seed_lo"], v["seed_hi"], (v["seed_hi"] - v["seed_lo"]) / 2,
+                     v["verdict"]))
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
 
 
-def _verdict(lo: float, hi: float) -> str:
-    """"positive" / "negative" when the interval lo..hi excludes zero, else "none"."""
+def _verdict(lo: float, hi: float, seed_lo: float = np.nan, seed_hi: float = np.nan) -> str:
+    """"positive" / "negative" when the interval a verdict reads (``stats.verdict_interval``:
+    the users' lo..hi, joined with the seeds' where there is one) excludes zero, else "none"."""
+    lo, hi = verdict_interval(lo, hi, seed_lo, seed_hi)
     if lo > 0:
         return "positive"
     if hi < 0:
@@ -214,14 +223,27 @@ def _verdict(lo: float, hi: float) -> str:
     return "none"
 
 
+ONE_SEED = "one seed: seed noise not measured"
+
+
+def seeds_label(seeds) -> str:
+    """``(0, 1, 2)`` -> "seeds 0-2"; non-consecutive seeds are listed ("seeds 0, 3")."""
+    seeds = [int(s) for s in seeds]
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
 def verdict_sentence(row) -> str:
     """The one sentence every verdict in the workbench prints (notebooks, leaderboard, index).
 
     ``row`` is a mapping with variant, baseline, group, metric, k, a, b (the two means), diff,
-    lo and hi (its 95% interval; NaN when there is none), as in :func:`compare` output, and
-    optionally n_users (0: says so), n_seeds and seed_ci95 (the seed spread, quoted when finite).
-    Positive or negative transfer is named only when the interval excludes zero; otherwise it
-    says "no detectable difference (+-x)" with x the interval's half-width.
+    lo and hi (its 95% interval over users; NaN when there is none), as in :func:`compare`
+    output, and optionally n_users (0: says so), n_seeds, seeds, seed_diffs and seed_lo /
+    seed_hi (the 95% interval over seeds). Positive or negative transfer is named only when both
+    intervals exclude zero (``stats.paired_verdict``); otherwise it says "no detectable
+    difference (+-x)" with x the half-width of their union. With several seeds the sentence
+    lists the per-seed differences; with one it says "one seed: seed noise not measured".
     """
     method, base, group = row["variant"], row["baseline"], row["group"]
     metric, k, a, b = row["metric"], int(row["k"]), float(row["a"]), float(row["b"])
@@ -230,22 +252,35 @@ def verdict_sentence(row) -> str:
         return f"{method} vs {base}: no {group} users to compare on."
     rel = f" ({relative_change(a, b)})" if b else ""
     numbers = f"{metric.upper()}@{k} {a:.4f} vs {b:.4f}{rel}"
+    n_seeds = int(row.get("n_seeds", 1) or 1)
+    seed_lo, seed_hi = float(row.get("seed_lo", np.nan)), float(row.get("seed_hi", np.nan))
+    seeded = n_seeds > 1 and np.isfinite(seed_lo) and np.isfinite(seed_hi)
+    one = f" ({ONE_SEED})" if n_seeds == 1 else ""
     if np.isnan(lo) or np.isnan(hi):
         return (f"{method} vs {base} for {group} users: {numbers}; no interval (one run each and no "
-                "per-user ranks), so no verdict.")
-    if lo == hi == 0:
-        return f"{method} vs {base} for {group} users: {numbers} -- the same result for every user."
-    interval = f"difference {a - b:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]"
-    seeds = float(row.get("seed_ci95", np.nan))
-    spread = f" (across {int(row['n_seeds'])} seeds \u00b1{seeds:.4f})" if np.isfinite(seeds) else ""
-    verdict = _verdict(lo, hi)
+                f"per-user ranks), so no verdict{one}.")
+    diffs = row.get("seed_diffs")
+    per_seed = ""
+    if n_seeds > 1 and diffs is not None and len(diffs) == n_seeds:
+        names = row.get("seeds") or range(n_seeds)
+        per_seed = f"; per seed {', '.join(f'{d:+.3f}' for d in diffs)} over {seeds_label(names)}"
+    if lo == hi == 0 and (not seeded or seed_lo == seed_hi == 0):
+        return f"{method} vs {base} for {group} users: {numbers} -- the same result for every user{one}."
+    over_seeds = f", over seeds [{seed_lo:+.4f}, {seed_hi:+.4f}]" if seeded else ""
+    interval = f"difference {a - b:+.4f}, 95% CI over {row.get('over', 'users')} [{lo:+.4f}, {hi:+.4f}]{over_seeds}"
+    verdict = row.get("verdict") or _verdict(lo, hi, seed_lo, seed_hi)
     if verdict == "positive":
-        return f"{method} beats {base} for {group} users: {numbers}, {interval}{spread} -- positive transfer."
+        return f"{method} beats {base} for {group} users: {numbers}, {interval}{per_seed} -- positive transfer{one}."
     if verdict == "negative":
-        return (f"{method} does NOT beat {base} for {group} users: {numbers}, {interval}{spread} -- "
-                "negative transfer.")
+        return (f"{method} does NOT beat {base} for {group} users: {numbers}, {interval}{per_seed} -- "
+                f"negative transfer{one}.")
+    v_lo, v_hi = verdict_interval(lo, hi, seed_lo, seed_hi)
+    why = ""
+    if seeded and (lo > 0 or hi < 0):
+        why = (f"; over users [{lo:+.4f}, {hi:+.4f}] excludes zero, over seeds [{seed_lo:+.4f}, "
+               f"{seed_hi:+.4f}] does not: seed noise")
     return (f"{method} vs {base} for {group} users: {numbers} -- no detectable difference "
-            f"(\u00b1{(hi - lo) / 2:.4f}){spread}.")
+            f"(\u00b1{(v_hi - v_lo) / 2:.4f}{why}){per_seed}{one}.")
 
 
 def difference_row(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
@@ -253,7 +288,7 @@ def difference_row(table: pd.DataFrame, method: str, baseline: str, group: str =
     """``method`` minus ``baseline`` for one group as a :func:`verdict_sentence` row, from either
     a :func:`compare` table (the paired bootstrap over users) or a :func:`summarize` table (no
     per-user values: the interval is ``diff +- sqrt(ci_a**2 + ci_b**2)`` from the seed
-    t-intervals, none with one seed). None when either is missing."""
+    t-intervals, none with one seed; ``over`` = "seeds" says so). None when either is missing."""
     if "lo" in table.columns:
         rows = table[(table["variant"] == method) & (table["baseline"] == baseline) & (table["group"] == group)
                      & (table["metric"] == metric) & (table["k"] == k)]
@@ -265,7 +300,7 @@ def difference_row(table: pd.DataFrame, method: str, baseline: str, group: str =
     half = float(np.hypot(a["ci95"], b["ci95"]))
     return {"variant": method, "baseline": baseline, "group": group, "metric": metric, "k": k,
             "a": float(a["mean"]), "b": float(b["mean"]), "diff": diff, "lo": diff - half, "hi": diff + half,
-            "n_seeds": int(min(a["n_seeds"], b["n_seeds"]))}
+            "n_seeds": int(min(a["n_seeds"], b["n_seeds"])), "over": "seeds"}
 
 
 def transfer_verdict(table: pd.DataFrame, method: str, baseline: str, group: str = "tail",
@@ -282,9 +317,10 @@ def setting_summary(comparisons: pd.DataFrame, label: str, baseline: str, group:
                     metric: str = "ndcg", k: int = 10) -> str:
     """One sentence for a setting of a cross-domain notebook: the best model by mean, then every
     variant compared with ``baseline`` in ``comparisons`` (a :func:`compare` table) sorted by what
-    its 95% paired-bootstrap interval over users says: negative transfer (the interval lies
-    below zero), positive transfer (above) or no detectable difference (it spans zero). A mean
-    below the baseline inside the noise is never called negative transfer."""
+    its ``verdict`` says (``stats.paired_verdict``: the 95% intervals over users and, with
+    several seeds, over seeds must both exclude zero): negative transfer, positive transfer or no
+    detectable difference. A mean below the baseline inside the noise is never called negative
+    transfer; a one-seed table says that seed noise was not measured."""
     rows = comparisons[(comparisons["baseline"] == baseline) & (comparisons["group"] == group)
                        & (comparisons["metric"] == metric) & (comparisons["k"] == k)]
     label_ = f"{metric.upper()}@{k}"
@@ -293,12 +329,16 @@ def setting_summary(comparisons: pd.DataFrame, label: str, baseline: str, group:
     short = lambda v: v.split(" | ", 1)[-1]                              # noqa: E731
     means = {**{r["variant"]: float(r["a"]) for _, r in rows.iterrows()}, baseline: float(rows["b"].iloc[0])}
     best = max(means, key=means.get)
-    kinds = {"negative transfer": rows[rows["hi"] < 0], "positive transfer": rows[rows["lo"] > 0],
-             "no detectable difference": rows[(rows["lo"] <= 0) & (rows["hi"] >= 0)]}
+    verdicts = rows["verdict"] if "verdict" in rows else rows.apply(
+        lambda r: _verdict(r["lo"], r["hi"], r.get("seed_lo", np.nan), r.get("seed_hi", np.nan)), axis=1)
+    kinds = {"negative transfer": rows[verdicts == "negative"], "positive transfer": rows[verdicts == "positive"],
+             "no detectable difference": rows[verdicts == "none"]}
     parts = [f"{kind} for {', '.join(short(v) for v in part['variant'])}" for kind, part in kinds.items()
              if not part.empty]
+    one_seed = int(rows["n_seeds"].min()) == 1 if "n_seeds" in rows else True
+    over = f"95% interval over users ({ONE_SEED})" if one_seed else "95% intervals over users and seeds"
     return (f"{label}: best {short(best)} ({group} {label_} {means[best]:.4f}); against {short(baseline)} "
-            f"({means[baseline]:.4f}), 95% interval over users: " + "; ".join(parts) + ".")
+            f"({means[baseline]:.4f}), {over}: " + "; ".join(parts) + ".")
 
 
 def stopped_by_cap(result: MethodResult) -> list[str]:

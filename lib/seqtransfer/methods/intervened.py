@@ -68,10 +68,11 @@ from ..data.batches import SeqData
 from ..data.split import UserGroups, activeness_groups, strata
 from ..diagnostics import stratum_gradients
 from ..evaluate import evaluate, metrics_from_ranks, rank_targets
+from ..stats import verdict_interval
 from ..models.plugins import PLUGIN_KINDS, RoutedRecommender
 from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit,
                      resolve_device, seed_everything)
-from .common import (MethodResult, backbone_name, conflict_probe, difference_row, evaluate_both,
+from .common import (ONE_SEED, MethodResult, backbone_name, conflict_probe, difference_row, evaluate_both,
                      relative_change, seeded_backbone)
 
 PRIORS = ("users", "uniform", "interactions")
@@ -539,11 +540,12 @@ def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str =
     """The paper's claim in one sentence: tail users improve markedly over the base model and
     head users do at least as well.
 
-    ``table`` is ``methods.compare`` output for both groups (a paired bootstrap over users), or
-    ``methods.summarize`` output (seed t-intervals; none with one seed), read through
-    ``methods.difference_row``. The tail gain counts only when its 95% interval lies above
-    zero; head users fall below the base model only when theirs lies below zero. Without an
-    interval the sentence says the claim cannot be told from noise.
+    ``table`` is ``methods.compare`` output for both groups (the intervals over users and over
+    seeds), or ``methods.summarize`` output (seed t-intervals; none with one seed), read through
+    ``methods.difference_row``. The interval read is the union of the users' and the seeds'
+    (``stats.verdict_interval``): the tail gain counts only when it lies above zero; head users
+    fall below the base model only when it lies below zero. Without an interval the sentence
+    says the claim cannot be told from noise; with one seed it says seed noise was not measured.
     """
     label = f"{metric.upper()}@{k}"
     rows = {g: difference_row(table, method, baseline, g, metric, k) for g in ("tail", "head")}
@@ -552,13 +554,17 @@ def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str =
         return f"No {label} of {method} against {baseline} for {', '.join(missing)}: cannot check the claim."
     parts, failures, no_interval = [], [], False
     for group, r in rows.items():
-        a, b, lo, hi = (float(r[c]) for c in ("a", "b", "lo", "hi"))
+        a, b = float(r["a"]), float(r["b"])
+        lo, hi = verdict_interval(float(r["lo"]), float(r["hi"]), float(r.get("seed_lo", np.nan)),
+                                  float(r.get("seed_hi", np.nan)))
         rel = f" ({relative_change(a, b)})" if b else ""
         if np.isnan(lo) or np.isnan(hi):
             no_interval = True
             parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}")
             continue
-        parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}, difference 95% CI [{lo:+.4f}, {hi:+.4f}]")
+        over = "users and seeds" if int(r.get("n_seeds", 1) or 1) > 1 else "users"
+        parts.append(f"{group} {label} {a:.4f} vs {b:.4f}{rel}, difference 95% CI over {over} "
+                     f"[{lo:+.4f}, {hi:+.4f}]")
         if group == "tail" and lo <= 0:
             failures.append("tail users get worse" if hi < 0 else "the tail difference is within the noise")
         if group == "head" and hi < 0:
@@ -566,5 +572,6 @@ def claim_verdict(table: pd.DataFrame, method: str, baseline: str, metric: str =
     out = f"{method} vs {baseline}: {'; '.join(parts)}. "
     if no_interval:
         return out + "No interval (one seed and no per-user ranks): the claim cannot be told from noise."
-    return out + ("The paper's claim holds." if not failures
-                  else f"The paper's claim does NOT hold: {' and '.join(failures)}.")
+    one = f" ({ONE_SEED})" if all(int(r.get("n_seeds", 1) or 1) == 1 for r in rows.values()) else ""
+    return out + ("The paper's claim holds" if not failures
+                  else f"The paper's claim does NOT hold: {' and '.join(failures)}") + f"{one}."
