@@ -73,10 +73,35 @@ def test_ema_with_decay_zero_moves_each_code_to_the_mean_of_its_vectors():
 def test_ema_with_decay_half_over_two_batches_matches_the_hand_computed_average():
     vq = quantiser([[0, 0], [10, 10]], ema=True, decay=0.5)
     vq.train()
-    vq(torch.tensor([[2.0, 2.0]]))               # count 0.5, sum 0.5*[0,0] + 0.5*[2,2] = [1,1]
-    assert torch.allclose(vq.codebook[0], torch.tensor([2.0, 2.0]))
-    vq(torch.tensor([[4.0, 0.0], [4.0, 0.0]]))   # count 0.25 + 1, sum 0.5*[1,1] + 0.5*[8,0]
-    assert torch.allclose(vq.codebook[0], torch.tensor([4.5, 0.5]) / 1.25)
+    # counts and sums start at one vector on each code: count 1, sum = the code
+    vq(torch.tensor([[2.0, 2.0]]))               # count 0.5*1 + 0.5*1 = 1, sum 0.5*[0,0] + 0.5*[2,2]
+    assert torch.allclose(vq.codebook[0], torch.tensor([1.0, 1.0]))
+    assert torch.allclose(vq.codebook[1], torch.tensor([10.0, 10.0]))   # count 0.5, sum 0.5*[10,10]
+    vq(torch.tensor([[4.0, 0.0], [4.0, 0.0]]))   # count 0.5*1 + 0.5*2, sum 0.5*[1,1] + 0.5*[8,0]
+    assert torch.allclose(vq.codebook[0], torch.tensor([4.5, 0.5]) / 1.5)
+
+
+def test_an_ema_update_moves_a_code_between_where_it_was_and_its_vectors():
+    """sum / count is a weighted mean of the code and its vectors from the first update on."""
+    vq = quantiser([[4.0, 4.0], [-9.0, 9.0]], ema=True, decay=0.9)
+    vq.train()
+    vq(torch.tensor([[2.0, 2.0], [2.0, 2.0]]))   # (0.9*[4,4] + 0.1*[4,4]) / (0.9 + 0.1*2)
+    assert torch.allclose(vq.codebook[0], torch.tensor([4.0, 4.0]) / 1.1)
+    assert torch.allclose(vq.codebook[1], torch.tensor([-9.0, 9.0]))    # unassigned: unchanged
+
+
+def test_the_ema_codebook_does_not_collapse_from_its_default_start():
+    """256 codes drawn like the item vectors: after a few EMA updates on those vectors most codes
+    are still in use (a zero count under a non-zero sum left about one)."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, VQConfig(n_codes=256, ema=True))
+    vq.train()
+    items = torch.randn(2000, 16) * 0.02                               # the codebook's own scale
+    before = int((code_usage(vq(items).codes, 256) > 0).sum())
+    for _ in range(10):
+        vq(items)
+    after = int((code_usage(vq.nearest(items), 256) > 0).sum())
+    assert before > 200 and after > 0.8 * before
 
 
 def test_dead_code_is_reseeded_onto_a_batch_vector():

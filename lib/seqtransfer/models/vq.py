@@ -10,7 +10,9 @@ Given vectors ``e`` (..., D) and a codebook ``C`` (K, D):
   vectors): the first term moves the codes towards the vectors (the codebook gets gradient
   only from here), the second keeps the vectors near their codes (commitment 0.25, VQ-VAE);
 * options: **EMA** codebook updates instead of the codebook term (each code moves to an
-  exponential moving average of the vectors assigned to it; decay 0 puts it at their mean);
+  exponential moving average of the vectors assigned to it, ``sum / count`` with both running
+  averages started at the code itself, i.e. one vector at its initial value; decay 0 puts it at
+  the mean of its batch's vectors);
   **dead-code re-seeding** (a code whose moving-average use falls below ``dead_below`` is moved
   onto a random vector of the current batch); a **residual** output ``e + q`` (an ablation: the
   item keeps its own vector and the shared code is added).
@@ -66,7 +68,11 @@ class VectorQuantizer(nn.Module):
         # under EMA the codebook is a buffer the updates write; otherwise a parameter the loss trains
         if cfg.ema:
             self.register_buffer("codebook", init)                       # (K, D)
-            self.register_buffer("ema_count", torch.zeros(cfg.n_codes))  # (K,)
+            # running sums and counts start consistently: each code counts as one vector at its
+            # initial value, so sum / count is the code itself from the first update on (a zero
+            # count under a non-zero sum divides the first update by 1 - decay: the used codes
+            # shoot out by a factor of ~1/(1 - decay) / n and the codebook collapses onto a few)
+            self.register_buffer("ema_count", torch.ones(cfg.n_codes))   # (K,)
             self.register_buffer("ema_sum", init.clone())                # (K, D)
         else:
             self.codebook = nn.Parameter(init)                           # (K, D)
@@ -121,7 +127,7 @@ class VectorQuantizer(nn.Module):
             d = self.cfg.decay
             self.ema_count.mul_(d).add_((1 - d) * count)
             self.ema_sum.mul_(d).add_((1 - d) * (onehot.t() @ flat))
-            seen = self.ema_count > 1e-8                  # a code never assigned keeps its value
+            seen = self.ema_count > 1e-8                  # decay 0: a code with no vector keeps its value
             self.codebook[seen] = self.ema_sum[seen] / self.ema_count[seen, None]
         if self.cfg.reseed_dead:
             dead = torch.nonzero(self.usage < self.cfg.dead_below).squeeze(1)
