@@ -53,6 +53,15 @@ def _seeded_summary(variants=("sasrec joint", "sasrec GA"), groups=("all", "head
     return summarize(pd.DataFrame(rows))
 
 
+def _funnel() -> pd.DataFrame:
+    """ECAT's selection counts for three variants over two periods, orders of magnitude apart."""
+    from seqtransfer import diagnostics
+    rows = [{"variant": v, "period": k, "source samples": 300_000 * (k + 1), "graph candidates": 40_000 // f,
+             "selected": 3_000 // f, "target samples": 900, "auc": 0.7 + 0.1 * k}
+            for v, f in (("ECAT", 1), ("w/o graph", 1), ("w/o DA", 10)) for k in range(2)]
+    return diagnostics.selection_funnel(pd.DataFrame(rows))
+
+
 def _history(variants=("sasrec joint",), epochs=1) -> pd.DataFrame:
     return pd.DataFrame([{"variant": v, "epoch": e, "step": 4 * (e + 1), "loss": 8.0 - e - i,
                           "valid_ndcg10": np.nan if e % 2 else 0.01 * (e + 1)}
@@ -95,6 +104,7 @@ def _figures() -> dict[str, go.Figure]:
         "group bars, one variant": plots.group_bars(_summary(variants=("sasrec joint",), empty=())),
         "group bars, empty cold group, NaN intervals": plots.group_bars(_summary(), baseline="sasrec joint"),
         "group bars, three seeds as points": plots.group_bars(_seeded_summary(), baseline="sasrec joint"),
+        "selection funnel, three panels on one log axis": plots.selection_funnel_bars(_funnel()),
         "training curves, one epoch": plots.training_curves(_history()),
         "training curves, two variants, NaN validations": plots.training_curves(
             _history(("sasrec joint", "gru4rec joint"), epochs=4)),

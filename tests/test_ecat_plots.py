@@ -45,6 +45,11 @@ def test_period_table():
 def test_funnel_bars_one_panel_per_variant():
     fig = plots.selection_funnel_bars(dg.selection_funnel(_counts()))
     assert len(fig.data) == 3 and fig.layout.yaxis.type == "log"
+    several = plots.selection_funnel_bars(pd.concat([dg.selection_funnel(_counts()).assign(variant=v)
+                                                     for v in ("ECAT", "w/o graph", "w/o DA")]))
+    axes = [several.layout[f"yaxis{i}" if i > 1 else "yaxis"] for i in (1, 2, 3)]
+    assert all(a.type == "log" for a in axes)                     # every panel on the log axis
+    assert axes[1].matches == axes[2].matches == "y"              # one range: bars compare across panels
     assert list(fig.data[2].y) == [30, 25] and list(fig.data[2].x) == ["period 0", "period 1"]
 
 

@@ -471,7 +471,10 @@ def selection_funnel_bars(funnel: pd.DataFrame, title: str = "Entire-space sampl
                         showlegend=j == 1, marker_color=_palette(i), customdata=np.c_[p["share"], p["auc"]],
                         hovertemplate=stage + ": %{y:,} (%{customdata[0]:.1%} of source samples)"
                                       "<br>classifier AUC %{customdata[1]:.3f}<extra></extra>", row=1, col=j)
-    fig.update_yaxes(type="log", title="samples (log)", row=1, col=1)
+    # every panel on the same log axis (shared_yaxes matches their ranges), so bars compare
+    # across variants; the first panel carries the tick labels and the title
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title="samples (log)", row=1, col=1)
     return fig.update_layout(title=title, template="plotly_white", height=380, barmode="group")
 
 
