@@ -11,7 +11,8 @@ softmax, 4 epochs: the former ``quick`` budget) and the new default one after th
 invocation, and prints every figure for both with their ratio. ``--levers`` times single
 optimisation steps (CPU time of this process, so a busy machine disturbs it little) for each
 speed lever: window length, batch size, output layer, threads, fused optimiser, bf16,
-``torch.compile``.
+``torch.compile``. ``--batch DIR`` prints where an executed batch spent its time, per notebook
+and per section (:mod:`seqtransfer.timing`).
 
 Wall-clock figures assume an otherwise idle machine; the process CPU seconds printed beside the
 time-to-accuracy figures are steadier when other work shares the cores (divide by the threads
@@ -208,7 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", metavar="DIR", help="print where the batch in DIR (a `seqtransfer run --out`) spent "
+                   "its time, per notebook and per section, and train nothing")
     a = p.parse_args(argv)
+    if a.batch:
+        from .timing import print_batch_times
+        try:
+            print_batch_times(a.batch)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"seqtransfer bench: {err}", file=sys.stderr)
+            return 2
+        return 0
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
