@@ -141,15 +141,7 @@ def paired_verdict(a, b, n_boot: int = N_BOOT, seed: int = 0, level: float = LEV
     per_seed = tuple(float(x) for x in (a - b).mean(1)) if a.shape[1] else (float("nan"),) * n_seeds
     mean, half = t_interval(per_seed) if n_seeds > 1 and a.shape[1] else (diff, float("nan"))
     seed_lo, seed_hi = mean - half, mean + half
-    lows, highs = [lo] + ([seed_lo] if n_seeds > 1 else []), [hi] + ([seed_hi] if n_seeds > 1 else [])
-    if any(math.isnan(x) for x in lows + highs):
-        verdict = "none"
-    elif min(lows) > 0:
-        verdict = "positive"
-    elif max(highs) < 0:
-        verdict = "negative"
-    else:
-        verdict = "none"
+    verdict = interval_verdict(lo, hi, seed_lo, seed_hi)   # no users: all NaN, "none"
     return {"diff": diff, "lo": lo, "hi": hi, "seed_diffs": per_seed, "seed_lo": seed_lo,
             "seed_hi": seed_hi, "n_seeds": n_seeds, "verdict": verdict}
 
@@ -161,6 +153,18 @@ def verdict_interval(lo: float, hi: float, seed_lo: float = float("nan"),
     if math.isnan(seed_lo) or math.isnan(seed_hi):
         return lo, hi
     return min(lo, seed_lo), max(hi, seed_hi)
+
+
+def interval_verdict(lo: float, hi: float, seed_lo: float = float("nan"),
+                     seed_hi: float = float("nan")) -> str:
+    """"positive" / "negative" when the :func:`verdict_interval` of the users' and (where there is
+    one) the seeds' interval lies above / below zero, else "none" (also with no interval)."""
+    lo, hi = verdict_interval(lo, hi, seed_lo, seed_hi)
+    if lo > 0:
+        return "positive"
+    if hi < 0:
+        return "negative"
+    return "none"
 
 
 def percent(change: float) -> str:

@@ -12,7 +12,7 @@ from ..data.split import UserGroups
 from ..diagnostics import ConflictProbe
 from ..evaluate import evaluate, per_user_metric, rank_targets
 from ..models import BACKBONES, SequentialRecommender, make_backbone
-from ..stats import N_BOOT, ci95, paired_verdict, percent, verdict_interval
+from ..stats import N_BOOT, ci95, interval_verdict, paired_verdict, percent, verdict_interval
 from ..train import TrainResult, seed_everything
 
 
@@ -212,17 +212,6 @@ def compare(results: list[MethodResult], variant: str, baseline: str, groups: Us
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
 
 
-def _verdict(lo: float, hi: float, seed_lo: float = np.nan, seed_hi: float = np.nan) -> str:
-    """"positive" / "negative" when the interval a verdict reads (``stats.verdict_interval``:
-    the users' lo..hi, joined with the seeds' where there is one) excludes zero, else "none"."""
-    lo, hi = verdict_interval(lo, hi, seed_lo, seed_hi)
-    if lo > 0:
-        return "positive"
-    if hi < 0:
-        return "negative"
-    return "none"
-
-
 ONE_SEED = "one seed: seed noise not measured"
 
 
@@ -268,7 +257,7 @@ def verdict_sentence(row) -> str:
         return f"{method} vs {base} for {group} users: {numbers} -- the same result for every user{one}."
     over_seeds = f", over seeds [{seed_lo:+.4f}, {seed_hi:+.4f}]" if seeded else ""
     interval = f"difference {a - b:+.4f}, 95% CI over {row.get('over', 'users')} [{lo:+.4f}, {hi:+.4f}]{over_seeds}"
-    verdict = row.get("verdict") or _verdict(lo, hi, seed_lo, seed_hi)
+    verdict = row.get("verdict") or interval_verdict(lo, hi, seed_lo, seed_hi)
     if verdict == "positive":
         return f"{method} beats {base} for {group} users: {numbers}, {interval}{per_seed} -- positive transfer{one}."
     if verdict == "negative":
@@ -330,7 +319,7 @@ def setting_summary(comparisons: pd.DataFrame, label: str, baseline: str, group:
     means = {**{r["variant"]: float(r["a"]) for _, r in rows.iterrows()}, baseline: float(rows["b"].iloc[0])}
     best = max(means, key=means.get)
     verdicts = rows["verdict"] if "verdict" in rows else rows.apply(
-        lambda r: _verdict(r["lo"], r["hi"], r.get("seed_lo", np.nan), r.get("seed_hi", np.nan)), axis=1)
+        lambda r: interval_verdict(r["lo"], r["hi"], r.get("seed_lo", np.nan), r.get("seed_hi", np.nan)), axis=1)
     kinds = {"negative transfer": rows[verdicts == "negative"], "positive transfer": rows[verdicts == "positive"],
              "no detectable difference": rows[verdicts == "none"]}
     parts = [f"{kind} for {', '.join(short(v) for v in part['variant'])}" for kind, part in kinds.items()
