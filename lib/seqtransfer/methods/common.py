@@ -251,7 +251,8 @@ def verdict_sentence(row) -> str:
     diffs = row.get("seed_diffs")
     per_seed = ""
     if n_seeds > 1 and diffs is not None and len(diffs) == n_seeds:
-        names = row.get("seeds") or range(n_seeds)
+        names = row.get("seeds")
+        names = range(n_seeds) if names is None or len(names) != n_seeds else names   # a tuple, list or array
         per_seed = f"; per seed {', '.join(f'{d:+.3f}' for d in diffs)} over {seeds_label(names)}"
     if lo == hi == 0 and (not seeded or seed_lo == seed_hi == 0):
         return f"{method} vs {base} for {group} users: {numbers} -- the same result for every user{one}."
