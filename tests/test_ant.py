@@ -193,7 +193,7 @@ def test_pretrain_and_each_variant_through_the_shared_loop(toy_csv):
     tc = TrainConfig(epochs=1, max_steps=2, batch_size=8, device="cpu", progress=False)
     cfg = ant.AntConfig(model=ContentConfig(dim=8, n_heads=2, max_len=6, n_experts=2),
                         slots=("text", "categorical"), pretrain=tc, train=tc)
-    pre = ant.pretrain(seqs, feats, cfg, seed=0)
+    pre = ant.pretrain(seqs, None, cfg, seed=0, features=feats)
     assert pre.history["loss"].notna().all() and set(pre.metrics["split"]) == {"valid", "test"}
     target = feats.select(["text"])                          # the target has text only
     for variant in ant.VARIANTS:
@@ -214,40 +214,90 @@ def replace_variant(cfg, variant):
     return replace(cfg, variant=variant)
 
 
-def test_run_settings_shares_pretraining_and_ablation_respects_budget_cap(toy_csv):
+def _transfer(toy_csv, tmp_path, lr_grid=(1e-3, 3e-3), cache=True, n_seeds=2, **kw):
+    """A toy transfer setting: sources and target are the same toy tensors (the wiring is under
+    test, not the transfer), the target's features text only, a two-point grid, two seeds."""
     from seqtransfer.budget import get_budget
-    from seqtransfer.experiment import prepare
+    from seqtransfer.experiment import Transfer, prepare
     seqs, feats, _ = _toy_data(toy_csv)
     ds = data.load(toy_csv, min_user=1, min_item=1)
-    # a budget with an lr grid: the ID model must still train at the ANT variants' one rate
-    exp = prepare(ds, get_budget("smoke", max_len=6, dim=8, lr_grid=(1e-3, 3e-3)), seed=0, device="cpu",
-                  progress=False)
-    target = feats.select(["text"])
-    preps = {label: ant.Prepared(None, seqs, feats, exp, target, {"data": 0.0}) for label in ("a", "b")}
+    exp = prepare(ds, get_budget("smoke", max_len=6, dim=8, lr_grid=lr_grid, n_seeds=n_seeds), seed=0,
+                  device="cpu", progress=False, cache=str(tmp_path / "runs") if cache else False, **kw)
+    setting = data.CrossDomain("toy -> toy", "cross-platform", ds, ds, 1.0)
     tc = exp.train_config(max_steps=2, epochs=5, patience=10, lr=2e-3)
     cfg = ant.AntConfig(model=ContentConfig(dim=8, n_heads=2, max_len=6, n_experts=2),
                         slots=("text", "categorical"), pretrain=tc, train=tc)
-    runs = ant.run_settings(preps, cfg, variants=("re-learn",), seed=0)
-    assert runs["a"][0] is runs["b"][0]                       # identical sources: one pre-training
-    assert [r.variant for r in runs["b"]] == ["a | ANT pre-train", "b | ANT re-learn",
-                                              "b | SASRec ID (target only)"]
-    ident = runs["b"][-1]                                     # arms tuned alike: one rate, no search
-    assert ident.lr == 2e-3 and len(ident.tuning) == 1 and ident.train.history["lr"].max() <= 2e-3
-    times = ant.stage_times([r for res in runs.values() for r in res], preps)
-    assert (times["stage"] == "pre-train").sum() == 1
-    abl = ant.ablation(preps["a"], cfg, seed=0, label="a", max_steps=300,
-                       specs={"text": {"slots": ("text",)}, "no product": {"beta": 0.0}})
-    assert [r.variant for r in abl] == ["a | ANT re-learn [text]", "a | ANT re-learn [no product]"]
-    assert all(r.diagnostics["pretrain"]["step"].max() <= 2 for r in abl)   # the budget's cap wins
-    assert abl[1].model.cfg.beta == 0.0 and abl[0].model.slots == ["text"]
-    table = ant.cutoff_table(abl, ks=(10, 50))
+    return Transfer(setting, seqs, feats, exp, feats.select(["text"]), {"data": 0.0}), cfg
+
+
+def test_runs_tune_every_arm_seed_every_arm_and_pretrain_once(toy_csv, tmp_path):
+    prep, cfg = _transfer(toy_csv, tmp_path)
+    spec = ant.runs(prep, cfg, variants=("scratch", "re-learn"), label="a")
+    pre = ant.pretrain_name(prep.setting)
+    assert list(spec) == [pre, "a | ANT scratch", "a | ANT re-learn"]
+    out = prep.target.run(spec)
+    # the pre-training: one seed, its own one-value grid (the sources' validation decides
+    # nothing between rates it was not given); each arm: the budget's grid, both seeds
+    assert [(r.variant, r.seed) for r in out] == [(pre, 0), ("a | ANT scratch", 0), ("a | ANT scratch", 1),
+                                                  ("a | ANT re-learn", 0), ("a | ANT re-learn", 1)]
+    assert len(out[0].tuning) == 1 and out[0].lr == 2e-3
+    for r in out[1:]:
+        assert list(r.tuning["lr"]) == [1e-3, 3e-3] and r.lr in (1e-3, 3e-3)
+    # every seed of re-learn starts from the one pre-trained model: its frozen transformer
+    for r in out[3:]:
+        for a, b in zip(_state(out[0].model.transformer_modules()), _state(r.model.transformer_modules())):
+            assert torch.equal(a.cpu(), b.cpu())
+    # a second setting with the same sources (another label) finds the pre-training cached
+    again = prep.target.run(ant.runs(prep, cfg, variants=("re-learn",), label="b"))
+    assert again[0].train.seconds == out[0].train.seconds      # loaded, not re-trained
+    # an ablation row pre-trains anew under its own name
+    abl = prep.target.run(ant.ablation_runs(prep, cfg, label="a", specs={"no product": {"beta": 0.0}}), seeds=[0])
+    assert [r.variant for r in abl] == ["a | ANT pre-train [no product]", "a | ANT re-learn [no product]"]
+    assert abl[1].model.cfg.beta == 0.0 and abl[0].model.cfg.beta == 0.0
+    table = ant.cutoff_table(out[1:], ks=(10, 50))
     assert list(table.columns) == ["NDCG@10", "HR@10", "NDCG@50", "HR@50"]
     assert (table["HR@10"] <= table["HR@50"]).all()
+    times = ant.stage_times(out + again, {"a": prep})
+    assert (times["stage"] == "pre-train").sum() == 1          # a shared pre-training counted once
+
+
+def test_the_pretraining_sees_only_the_sources(toy_csv, tmp_path):
+    """Wiring: the pre-training run trains and validates on the source tensors it is given,
+    never on the target's: changing the target leaves it bit-identical, changing the sources
+    does not."""
+    from dataclasses import replace
+    prep, cfg = _transfer(toy_csv, tmp_path, cache=False, n_seeds=1)
+    pre = ant.pretrain_name(prep.setting)
+    first = prep.target.run({pre: ant.runs(prep, cfg)[pre]})[0]
+    other = replace(prep.target, data=replace(prep.target.data, train_inputs=prep.target.data.train_inputs.flip(1)))
+    same = other.run({pre: ant.runs(prep, cfg)[pre]})[0]
+    for a, b in zip(first.model.state_dict().values(), same.model.state_dict().values()):
+        assert torch.equal(a, b)
+    changed = replace(prep, source=replace(prep.source, train_inputs=prep.source.train_inputs.flip(1)))
+    moved = prep.target.run({pre: ant.runs(changed, cfg)[pre]})[0]
+    assert any(not torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
+                                                     moved.model.state_dict().values()))
+
+
+def test_adapting_one_variant_leaves_the_shared_pretrained_model_alone(toy_csv, tmp_path):
+    """Wiring: fine-tune trains every weight of its copy; the pre-trained result the next
+    variant starts from is unchanged, so re-learn after fine-tune equals re-learn alone."""
+    prep, cfg = _transfer(toy_csv, tmp_path, lr_grid=(3e-3,), cache=False, n_seeds=1)
+    pre = ant.pretrain_name(prep.setting)
+    both = prep.target.run(ant.runs(prep, cfg, variants=("fine-tune", "re-learn")))
+    before = {k: v.clone() for k, v in both[0].model.state_dict().items()}
+    alone = prep.target.run({pre: ant.runs(prep, cfg)[pre], "ANT re-learn": ant.runs(prep, cfg)["ANT re-learn"]})
+    for k, v in both[0].model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for a, b in zip(both[2].model.state_dict().values(), alone[1].model.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu())
+    tuned = [p for p in both[1].model.parameters() if p.requires_grad]
+    assert tuned and all(p.requires_grad for p in both[1].model.transformer_modules()[0].parameters())
 
 
 def test_eval_sample_keeps_the_chosen_users_rows(toy_csv):
     seqs, _, _ = _toy_data(toy_csv)
-    small = ant.eval_sample(seqs, 5, seed=1)
+    small = data.eval_sample(seqs, 5, seed=1)
     keep = np.sort(np.random.default_rng(1).choice(seqs.n_users, 5, replace=False))
     assert small.n_users == 5 and torch.equal(small.train_inputs, seqs.train_inputs)
     for split in ("valid", "test"):

@@ -52,7 +52,7 @@ def test_a_run_gets_the_same_seed_result_of_the_run_it_builds_on(exp):
 def test_bad_run_specs_are_clear_errors(exp):
     with pytest.raises(ValueError, match=r"'b' takes stage1='a', which must be a variant listed before"):
         exp.run({"b": (fake_fit, {"value": 1.0}, {"stage1": "a"}), "a": (fake_fit, {"value": 1.0})})
-    with pytest.raises(ValueError, match=r"\(fit, config\) or \(fit, config, inputs\)"):
+    with pytest.raises(ValueError, match=r"\(fit, config\), \(fit, config, inputs\) or a Run"):
         exp.run({"a": (fake_fit,)})
 
 
@@ -120,12 +120,13 @@ def test_a_run_another_process_is_training_is_not_waited_for_while_others_can_go
     one trains "b" first, then waits for "a" (here the other process dies, so it trains it)."""
     import os
     import threading
+    from seqtransfer.experiment import Run
     cfg = {"value": 1.0}
-    key = exp._cache_key(fake_fit, cfg, "a", 0, [])
+    key = exp._cache_key(Run(fake_fit, cfg), cfg, "a", 0, [])
     lock = exp.cache_dir / f"a-0-{key[:16]}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text("1")                                   # held by a live process (init)
-    assert exp._run_one(fake_fit, cfg, "a", 0, {}, [], wait=False) is None and CALLS == []
+    assert exp._run_one(Run(fake_fit, cfg), "a", 0, {}, [], wait=False) is None and CALLS == []
     threading.Timer(1.0, lambda: lock.unlink()).start()    # the other process lets go
     exp.run({"a": (fake_fit, cfg), "b": (fake_fit, {"value": 2.0})}, seeds=[0])
     assert CALLS == [("b", 0, None), ("a", 0, None)]

@@ -231,6 +231,28 @@ def test_a_sweep_through_map_calls_equals_the_local_sweep(local_ray, toy_csv, tm
         exp.map_calls([(len, ("a",)), (boom, ("b",))])
 
 
+def test_ant_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thread):
+    """04's runs: a pre-training on its own (source) tensors with its own one-value grid and
+    one seed, constant features, variants built on it over two seeds and a two-point grid. Ray
+    and local give the same chosen rates, metrics and weights, and every run ran on Ray."""
+    from test_ant import _transfer
+
+    from seqtransfer.methods import ant
+    results = {}
+    for name in ("local", "ray"):
+        prep, cfg = _transfer(toy_csv, tmp_path / name)
+        prep.target.executor = name
+        results[name] = prep.target.run(ant.runs(prep, cfg, variants=("scratch", "re-learn"), label="a"))
+    local, remote = results["local"], results["ray"]
+    assert [(r.variant, r.seed, r.lr) for r in remote] == [(r.variant, r.seed, r.lr) for r in local]
+    assert len(remote) == 5 and remote[0].variant.startswith("ANT pre-train")
+    for a, b in zip(local, remote):
+        pd.testing.assert_frame_equal(a.metrics, b.metrics)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+            assert torch.equal(x.cpu(), y.cpu())
+    assert {r.ran_on["executor"] for r in remote} == {"ray"}
+
+
 # --- notebook 01 at the smoke budget --------------------------------------------------------
 
 def _runs(payload: dict) -> dict:

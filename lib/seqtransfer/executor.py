@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -137,12 +137,20 @@ def _fit_task(fit: Callable, shared: tuple, cfg, seed: int, variant: str, thread
 
     data, groups = shared
     torch.set_num_threads(threads)
-    if hasattr(cfg, "train") and hasattr(cfg.train, "progress"):
-        cfg = replace(cfg, train=replace(cfg.train, progress=False))   # no bars in worker logs
+    cfg = _quiet(cfg)
     result = fit(data, groups, cfg, seed=seed, variant=variant, **given)
     result.ran_on = {"executor": "ray", "node": ray.get_runtime_context().get_node_id(),
                      "host": socket.gethostname(), "pid": os.getpid()}
     return result
+
+
+def _quiet(cfg):
+    """``cfg`` with every ``TrainConfig`` field's progress bars off (no bars in worker logs)."""
+    if not is_dataclass(cfg):
+        return cfg
+    changes = {f.name: replace(getattr(cfg, f.name), progress=False) for f in fields(cfg)
+               if is_dataclass(getattr(cfg, f.name)) and hasattr(getattr(cfg, f.name), "progress")}
+    return replace(cfg, **changes) if changes else cfg
 
 
 @dataclass
@@ -151,6 +159,7 @@ class _Trial:
     key: str
     ref: object = None        # a Ray ObjectRef while the task runs (None when cached)
     result: object = None     # the MethodResult once here
+    ckpt: Path | None = None  # where it checkpoints while it trains
 
 
 class RunsProgress:
@@ -218,38 +227,50 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
     """:meth:`Experiment.run` on Ray; see the module docstring. ``pick(variant, cfg, lrs,
     trials, first)`` chooses among a unit's finished trials and labels the result, exactly as
     the local path does; it returns the chosen trial's index."""
-    from .experiment import run_inputs, store, trial_lrs, with_lr
+    from .experiment import _drop_checkpoint, input_unit, store, trial_lrs, with_checkpoint, with_lr
 
     ray, task, threads, capacity = _remote(exp, _fit_task)
-    shared = ray.put((exp.data, exp.groups))             # the data into the object store, once
+    stored: dict[int, object] = {}
 
-    order = [(v, s) for v in runs for s in seeds]
+    def put(value):
+        """``value`` in the object store, once per object (the data, each constant)."""
+        if id(value) not in stored:
+            stored[id(value)] = (value, ray.put(value))
+        return stored[id(value)][1]
+
+    def shared_of(r):
+        data, groups = exp.run_data(r)
+        key = (id(data), id(groups))
+        if key not in stored:
+            stored[key] = ((data, groups), ray.put((data, groups)))   # the data, once a (data, groups)
+        return stored[key][1]
+
+    order = [(v, s) for v, r in runs.items() for s in r.seeds_of(seeds)]
     trials: dict[tuple[str, int], list[_Trial]] = {}
     chosen: dict[tuple[str, int], tuple[object, str, object]] = {}   # unit -> (result, key, ref)
     chosen_lr: dict[str, float | None] = {}
     pending: dict[object, tuple[tuple[str, int], int]] = {}           # ref -> (unit, trial index)
-    n_trials = sum(len(grid) if (s == seeds[0] and len(grid) > 1) else 1 for v, s in order)
+    n_trials = sum(len(runs[v].grid(grid)) if (s == seeds[0] and len(runs[v].grid(grid)) > 1) else 1
+                   for v, s in order)
     bar = RunsProgress(n_trials, capacity)    # shown in batch runs too: one line, updated in place
     n_done = n_cached = 0
 
     def ready(unit) -> bool:
         variant, seed = unit
-        if any((src, seed) not in chosen for src in run_inputs(runs[variant]).values()):
+        if any(input_unit(runs, src, seed, seeds) not in chosen for src in runs[variant].inputs.values()):
             return False
-        return seed == seeds[0] or len(grid) == 1 or variant in chosen_lr
+        return seed == seeds[0] or len(runs[variant].grid(grid)) == 1 or variant in chosen_lr
 
     def submit(unit) -> None:
         nonlocal n_done, n_cached
         variant, seed = unit
-        spec = runs[variant]
-        fit, cfg = spec[:2]
-        inputs = run_inputs(spec)
-        lrs = trial_lrs(grid, seed == seeds[0], chosen_lr.get(variant))
-        upstream = [chosen[src, seed][1] for src in inputs.values()]
+        r = runs[variant]
+        lrs = trial_lrs(r.grid(grid), seed == seeds[0], chosen_lr.get(variant))
+        upstream = [chosen[input_unit(runs, src, seed, seeds)][1] for src in r.inputs.values()]
         trials[unit] = []
         for j, lr in enumerate(lrs):
-            run_cfg = with_lr(cfg, lr)
-            key = exp._cache_key(fit, run_cfg, variant, seed, upstream)
+            run_cfg = with_lr(r.config, lr, r.tune)
+            key = exp._cache_key(r, run_cfg, variant, seed, upstream)
             trial = _Trial(lr, key)
             path = exp.cache_file(variant, seed, key)
             if path is not None and path.exists():
@@ -257,8 +278,12 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
                 n_done += 1
                 n_cached += 1
             else:
-                given = {arg: upstream_ref((src, seed)) for arg, src in inputs.items()}
-                trial.ref = task.remote(fit, shared, run_cfg, seed, variant, threads, **given)
+                given = {arg: upstream_ref(input_unit(runs, src, seed, seeds)) for arg, src in r.inputs.items()}
+                given.update({arg: put(v) for arg, v in r.given.items()})
+                ckpt = exp.checkpoint_dir(variant, seed, key)
+                trial.ckpt = ckpt
+                trial.ref = task.remote(r.fit, shared_of(r), with_checkpoint(run_cfg, ckpt, r.tune), seed,
+                                        variant, threads, **given)
                 pending[trial.ref] = (unit, j)
             trials[unit].append(trial)
         settle(unit)
@@ -281,8 +306,7 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
             chosen[unit] = (None, ts[0].key, ts[0].ref)         # dependents may go ahead
         if any(t.result is None for t in ts):
             return
-        cfg = runs[variant][1]
-        best = ts[pick(variant, cfg, [t.lr for t in ts], [t.result for t in ts], seed == seeds[0])]
+        best = ts[pick(variant, runs[variant], [t.lr for t in ts], [t.result for t in ts], seed == seeds[0])]
         result = best.result
         chosen[unit] = (result, best.key, best.ref if best.ref is not None else result)
         if seed == seeds[0]:
@@ -311,6 +335,7 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
                 path = exp.cache_file(variant, seed, trial.key)
                 if path is not None:
                     store(path, result)       # kept here as it arrives, as the local path does
+                    _drop_checkpoint(trial.ckpt)
                 n_done += 1
                 settle(unit)
     finally:
@@ -335,12 +360,12 @@ def map_calls(exp, calls: list[tuple[Callable, tuple]]) -> list:
     if check_executor(exp.executor) == "local" or not calls:
         return [fn(*args) for fn, args in calls]
     ray, task, threads, capacity = _remote(exp, _call_task)
-    stored: dict[int, object] = {}
+    stored: dict[int, tuple] = {}
 
     def put(a):
         if id(a) not in stored:
-            stored[id(a)] = ray.put(a)
-        return stored[id(a)]
+            stored[id(a)] = (a, ray.put(a))   # the object kept alive: its id stays its own
+        return stored[id(a)][1]
     refs = [task.remote(fn, threads, *[put(a) for a in args]) for fn, args in calls]
     bar = RunsProgress(len(refs), capacity)
     index = {ref: i for i, ref in enumerate(refs)}

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,8 @@ import torch
 from . import data as D
 from . import executor as X
 from .budget import Budget, get_budget
-from .methods.common import MethodResult
+from .results import MethodResult
+from .runspec import Run, as_run, check_grid, input_unit  # noqa: F401  (the engine's entry types)
 from .train import TrainConfig, resolve_device
 
 
@@ -77,7 +79,7 @@ class Experiment:
             base["train"] = self.train_config()
         return cls(**base, **values)
 
-    def run(self, runs: dict[str, tuple], seeds: list[int] | None = None,
+    def run(self, runs: dict[str, tuple | Run], seeds: list[int] | None = None,
             lr_grid: tuple[float, ...] | None = None) -> list[MethodResult]:
         """Fit every ``variant -> (fit, config)`` for every seed; results in that order.
 
@@ -85,7 +87,10 @@ class Experiment:
         builds on an earlier one is ``variant -> (fit, config, {argument: earlier variant})``:
         ``fit`` then also gets, as that keyword argument, the earlier variant's result for the
         same seed (e.g. ``{"stage1": "sasrec joint"}`` puts plugins on the trained base model).
-        The earlier variant must come before it in ``runs``.
+        The earlier variant must come before it in ``runs``. A :class:`Run` says more: data of
+        its own (a pre-training on the source domains), constant keyword arguments (item
+        features), a grid and tuned field of its own, and fewer seeds (an upstream model
+        trained once that every seed of the arms builds on).
 
         Fair arms: every variant's learning rate (``config.train.lr``) is chosen on validation
         NDCG@10 from the same grid, ``lr_grid`` (default: the budget's). The grid is searched
@@ -95,10 +100,11 @@ class Experiment:
         an earlier one gets the earlier variant's chosen run.
 
         With a ``cache_dir``, a finished run is saved there and loaded instead of re-trained when
-        the same fit, config, variant, seed, data, library code and inputs come again (a
-        notebook re-run after a crash, or the base model shared by several notebooks). A run
+        the same fit, config, variant, seed, data, constants, library code and inputs come again
+        (a notebook re-run after a crash, or the base model shared by several notebooks). A run
         that another process is training (notebooks of one batch in parallel) is waited for,
-        not trained twice.
+        not trained twice. A run killed mid-training resumes from its last validation
+        checkpoint (kept under ``cache_dir/checkpoints/`` until the run is stored).
 
         Where the runs train is ``executor``: ``"local"``, one after another in this process, or
         ``"ray"``, as Ray tasks in parallel (:mod:`seqtransfer.executor`); both give the same
@@ -106,21 +112,17 @@ class Experiment:
         """
         seeds = self.seeds if seeds is None else seeds
         grid = tuple(self.budget.lr_grid if lr_grid is None else lr_grid)
-        if not grid or any(not (lr > 0) for lr in grid):
-            raise ValueError(f"lr_grid must hold positive learning rates, got {grid}")
-        for variant, spec in runs.items():
-            if len(spec) not in (2, 3):
-                raise ValueError(f"run {variant!r} must be (fit, config) or (fit, config, inputs), "
-                                 f"got a tuple of {len(spec)}")
+        check_grid(grid, "lr_grid")
+        runs = {variant: as_run(variant, spec) for variant, spec in runs.items()}
         if lr_grid is not None and len(grid) == 1:
             # an explicit one-value grid is that learning rate for every arm that has one (the
             # budget's one-value grid leaves each config's own rate alone)
-            runs = {v: (spec[0], with_lr(spec[1], grid[0]) if hasattr(spec[1], "train") else spec[1], *spec[2:])
-                    for v, spec in runs.items()}
+            runs = {v: replace(r, config=with_lr(r.config, grid[0], r.tune)) if r.lr_grid is None
+                    and hasattr(r.config, r.tune) else r for v, r in runs.items()}
         listed = list(runs)
-        for variant, spec in runs.items():
+        for variant, r in runs.items():
             earlier = listed[:listed.index(variant)]
-            for arg, source in run_inputs(spec).items():
+            for arg, source in r.inputs.items():
                 if source not in earlier:
                     raise ValueError(f"run {variant!r} takes {arg}={source!r}, which must be a variant "
                                      f"listed before it in runs; earlier: {earlier}")
@@ -132,22 +134,22 @@ class Experiment:
             # holds (notebooks of one batch share the cache), so a notebook whose next run is
             # being trained elsewhere works on its later runs instead of waiting; the pass below
             # then finds them cached
-            for variant, spec in runs.items():
-                if len(spec) == 2:
-                    for lr in (grid if len(grid) > 1 else (None,)):
-                        self._run_one(*spec, variant, seeds[0], {}, [], lr=lr, wait=False)
+            for variant, r in runs.items():
+                if not r.inputs:
+                    g = r.grid(grid)
+                    for lr in (g if len(g) > 1 else (None,)):
+                        self._run_one(r, variant, seeds[0], {}, [], lr=lr, wait=False)
         done: dict[tuple[str, int], tuple[MethodResult, str]] = {}   # (variant, seed) -> result, key
         out = []
-        for variant, spec in runs.items():
-            fit, cfg = spec[:2]
-            inputs = run_inputs(spec)
+        for variant, r in runs.items():
             chosen = None
-            for i, s in enumerate(seeds):
-                given = {arg: done[source, s][0] for arg, source in inputs.items()}
-                upstream = [done[source, s][1] for source in inputs.values()]
-                lrs = trial_lrs(grid, i == 0, chosen)
-                trials = [self._run_one(fit, cfg, variant, s, given, upstream, lr=lr) for lr in lrs]
-                best = pick(variant, cfg, lrs, [t[0] for t in trials], i == 0)
+            g = r.grid(grid)
+            for i, s in enumerate(r.seeds_of(seeds)):
+                given = {arg: done[input_unit(runs, source, s, seeds)][0] for arg, source in r.inputs.items()}
+                upstream = [done[input_unit(runs, source, s, seeds)][1] for source in r.inputs.values()]
+                lrs = trial_lrs(g, i == 0, chosen)
+                trials = [self._run_one(r, variant, s, given, upstream, lr=lr) for lr in lrs]
+                best = pick(variant, r, lrs, [t[0] for t in trials], i == 0)
                 if i == 0:
                     chosen = lrs[best]
                 done[variant, s] = trials[best]
@@ -159,15 +161,15 @@ class Experiment:
         ``executor`` says (:func:`seqtransfer.executor.map_calls`; not cached)."""
         return X.map_calls(self, calls)
 
-    def _run_one(self, fit: Callable, cfg, variant: str, seed: int, given: dict,
-                 upstream: list[str], lr: float | None = None,
-                 wait: bool = True) -> tuple[MethodResult, str] | None:
+    def _run_one(self, r: Run, variant: str, seed: int, given: dict, upstream: list[str],
+                 lr: float | None = None, wait: bool = True) -> tuple[MethodResult, str] | None:
         """One (config at ``lr``, seed) run, through the cache when there is one. With
         ``wait=False`` a run that is cached, or held by another process, is left alone (None)."""
-        cfg = with_lr(cfg, lr)
-        key = self._cache_key(fit, cfg, variant, seed, upstream)
+        cfg = with_lr(r.config, lr, r.tune)
+        key = self._cache_key(r, cfg, variant, seed, upstream)
+        data, groups = self.run_data(r)
         if self.cache_dir is None:
-            return _fit_here(fit, self.data, self.groups, cfg, seed, variant, given), key
+            return _fit_here(r.fit, data, groups, cfg, seed, variant, {**r.given, **given}), key
         path = self.cache_file(variant, seed, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not wait and path.exists():
@@ -177,9 +179,18 @@ class Experiment:
                 return None
             if path.exists():
                 return (torch.load(path, map_location="cpu", weights_only=False), key) if wait else None
-            result = _fit_here(fit, self.data, self.groups, cfg, seed, variant, given)
+            ckpt = self.checkpoint_dir(variant, seed, key)
+            result = _fit_here(r.fit, data, groups, with_checkpoint(cfg, ckpt, r.tune), seed, variant,
+                               {**r.given, **given})
             store(path, result)
+            _drop_checkpoint(ckpt)
         return result, key
+
+    def run_data(self, r: Run) -> tuple[D.SeqData, D.UserGroups | dict]:
+        """The (data, groups) run ``r`` trains on: its own, or the experiment's."""
+        if r.data is None:
+            return self.data, self.groups
+        return r.data, (r.groups if r.groups is not None else {"all": np.ones(r.data.n_users, dtype=bool)})
 
     def cache_file(self, variant: str, seed: int, key: str) -> Path | None:
         """Where the run ``(variant, seed)`` with cache ``key`` is kept (None: no cache)."""
@@ -187,12 +198,24 @@ class Experiment:
             return None
         return self.cache_dir / f"{_safe(variant)}-{seed}-{key[:16]}.pt"
 
-    def _cache_key(self, fit: Callable, cfg, variant: str, seed: int, upstream: list[str]) -> str:
-        if self._data_digest is None:
-            self._data_digest = _fingerprint(self.data)
+    def checkpoint_dir(self, variant: str, seed: int, key: str) -> Path | None:
+        """Where the run ``(variant, seed)`` with cache ``key`` checkpoints while it trains (None:
+        no cache, no checkpoint); removed once the finished run is stored."""
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / "checkpoints" / f"{_safe(variant)}-{seed}-{key[:16]}"
+
+    def _cache_key(self, r: Run, cfg, variant: str, seed: int, upstream: list[str]) -> str:
+        if r.data is None:
+            if self._data_digest is None:
+                self._data_digest = digest(self.data)
+            data_digest = self._data_digest
+        else:
+            data_digest = digest((r.data, r.groups))
         key = hashlib.sha256()
-        for part in (fit.__module__, fit.__qualname__, repr(cfg), variant, seed, self.groups.head_threshold,
-                     self.groups.cold_max, self._data_digest, _code_fingerprint(), *upstream):
+        for part in (r.fit.__module__, r.fit.__qualname__, repr(cfg), r.tune, variant, seed,
+                     self.groups.head_threshold, self.groups.cold_max, data_digest,
+                     *(f"{k}={digest(v)}" for k, v in sorted(r.given.items())), _code_fingerprint(), *upstream):
             key.update(repr(part).encode())
         return key.hexdigest()
 
@@ -286,19 +309,73 @@ def prepare(dataset: str = "", budget: str | Budget = "quick", seed: int = 0,
                       executor=executor, ray=ray)
 
 
-def with_lr(cfg, lr: float | None):
-    """``cfg`` with its training learning rate set to ``lr`` (unchanged for None)."""
+@dataclass
+class Transfer:
+    """Everything one cross-domain setting needs: source tensors and features, the target as an
+    :class:`Experiment` (groups, budget, runs) and its features."""
+
+    setting: D.CrossDomain
+    source: D.SeqData
+    source_features: D.ItemFeatures
+    target: Experiment               # the target's split, groups, tensors, budget and runs
+    target_features: D.ItemFeatures
+    seconds: dict[str, float]        # stage -> seconds spent preparing
+
+
+def prepare_transfer(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0,
+                     device: str = "auto", max_len: int = 50, slots: dict[str, str] | None = None,
+                     data_dir: str | None = None, progress: bool = True, head_frac: float = 0.2,
+                     cold_max: int = 5, cache: bool | str = False, source_eval_users: int | None = 2000,
+                     source_users: int | None = None, executor: str = "local", ray_address: str = "",
+                     n_seeds: int = 0) -> Transfer:
+    """Sample (smoke budget), split and tensorise the sources and the target of ``setting``, and
+    build both item feature sets (text embeddings cached). Sequences are cut to ``max_len``;
+    ``cache``, ``executor``, ``ray_address`` and ``n_seeds`` are the target experiment's (see
+    :func:`prepare`). A pre-training validates (early stopping) and reports on a seeded sample
+    of ``source_eval_users`` source sequences (None: all); it trains on every sequence.
+    ``source_users``: keep the source sequences of a seeded sample of this many source users
+    (None: all; :meth:`~seqtransfer.data.CrossDomain.sample_sources`), so that a pre-training
+    reaches early stopping on a CPU."""
+    b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
+    t0 = time.perf_counter()
+    setting = setting.sample(b.max_users, seed).sample_sources(source_users, seed)
+    source = D.eval_sample(D.build_sequences(D.leave_one_out(setting.sources), max_len), source_eval_users, seed)
+    exp = prepare(setting.target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
+                  progress=progress, data_dir=data_dir, cache=cache, executor=executor,
+                  ray_address=ray_address, n_seeds=n_seeds)
+    # a group no target user falls in (no cold-start users among ML genre targets) is left out
+    exp.groups.masks = {k: m for k, m in exp.groups.masks.items() if m.any()}
+    t1 = time.perf_counter()
+    src_f = D.item_features(setting.sources, slots, data_dir, progress)
+    tgt_f = D.item_features(exp.dataset, slots, data_dir, progress, genre_vocab=src_f.genre_vocab)
+    t2 = time.perf_counter()
+    return Transfer(setting, source, src_f, exp, tgt_f, {"data": t1 - t0, "features": t2 - t1})
+
+
+def with_lr(cfg, lr: float | None, tune: str = "train"):
+    """``cfg`` with the learning rate of its ``tune`` training settings set to ``lr``
+    (unchanged for None)."""
     if lr is None:
         return cfg
-    if not hasattr(cfg, "train"):
-        raise ValueError(f"{type(cfg).__name__} has no train settings; cannot tune its learning rate "
+    if not hasattr(cfg, tune):
+        raise ValueError(f"{type(cfg).__name__} has no {tune} settings; cannot tune its learning rate "
                          "(pass lr_grid=(lr,) to run it as configured)")
-    return replace(cfg, train=replace(cfg.train, lr=lr))
+    return replace(cfg, **{tune: replace(getattr(cfg, tune), lr=lr)})
 
 
-def run_inputs(spec: tuple) -> dict[str, str]:
-    """The ``{argument: earlier variant}`` of a ``runs`` entry (empty for ``(fit, config)``)."""
-    return dict(spec[2]) if len(spec) == 3 else {}
+def with_checkpoint(cfg, path: Path | None, tune: str = "train"):
+    """``cfg`` whose ``tune`` training settings checkpoint to ``path`` (unchanged for None or a
+    config without such settings)."""
+    t = getattr(cfg, tune, None)
+    if path is None or not hasattr(t, "checkpoint_dir"):
+        return cfg
+    return replace(cfg, **{tune: replace(t, checkpoint_dir=str(path))})
+
+
+def _drop_checkpoint(path: Path | None) -> None:
+    """Remove a stored run's checkpoint folder (it would only resume a finished run)."""
+    if path is not None and path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def trial_lrs(grid: tuple[float, ...], first: bool, chosen: float | None) -> tuple:
@@ -330,9 +407,9 @@ class _Chooser:
     def __init__(self):
         self.tuning: dict[str, pd.DataFrame] = {}
 
-    def __call__(self, variant: str, cfg, lrs, results: list[MethodResult], first: bool) -> int:
+    def __call__(self, variant: str, r: Run, lrs, results: list[MethodResult], first: bool) -> int:
         best = 0 if len(results) == 1 else max(range(len(results)), key=lambda j: _valid_ndcg(results[j]))
-        used = [_lr_of(cfg) if lr is None else lr for lr in lrs]
+        used = [_lr_of(r.config, r.tune) if lr is None else lr for lr in lrs]
         if first:
             self.tuning[variant] = pd.DataFrame({"variant": variant, "lr": used,
                                                  "valid_ndcg10": [_valid_ndcg(r) for r in results],
@@ -341,9 +418,9 @@ class _Chooser:
         return best
 
 
-def _lr_of(cfg) -> float | None:
-    """The training learning rate a method config asks for (None when it has no train settings)."""
-    t = getattr(cfg, "train", None)
+def _lr_of(cfg, tune: str = "train") -> float | None:
+    """The learning rate a method config's ``tune`` settings ask for (None when it has none)."""
+    t = getattr(cfg, tune, None)
     return None if t is None else t.lr
 
 
@@ -392,13 +469,51 @@ def _safe(variant: str) -> str:
     return variant.replace(" ", "_").replace("/", "_")
 
 
-def _fingerprint(data: D.SeqData) -> str:
-    """A digest of the tensors a run trains and is evaluated on."""
+def digest(value) -> str:
+    """A content digest of what a run trains on or is given: tensors and arrays by their bytes,
+    dataclasses (``SeqData``, ``ItemFeatures``), dicts and sequences by their parts, anything
+    else by its ``repr``. Memoised per object while it lives (features are hashed once)."""
+    memo = _DIGESTS.get(id(value))
+    if memo is not None and memo[0] is value:
+        return memo[1]
     h = hashlib.sha256()
-    for t in (data.train_inputs, data.train_users, data.eval_targets["valid"], data.eval_targets["test"],
-              data.history_items["test"]):
-        h.update(t.cpu().numpy().tobytes())
-    return h.hexdigest()
+    _feed(h, value)
+    out = h.hexdigest()
+    if not isinstance(value, (int, float, str, bool, type(None))):
+        _DIGESTS[id(value)] = (value, out)
+    return out
+
+
+_DIGESTS: dict[int, tuple[object, str]] = {}
+
+
+def _feed(h, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"tensor{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        h.update(f"array{value.shape}{value.dtype}".encode())
+        h.update(np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value.tolist()).encode())
+    elif isinstance(value, (pd.DataFrame, pd.Series)):
+        h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+    elif is_dataclass(value) and not isinstance(value, type):
+        h.update(type(value).__qualname__.encode())
+        for f in fields(value):
+            h.update(f.name.encode())
+            _feed(h, getattr(value, f.name))
+    elif isinstance(value, dict):
+        for k in sorted(value, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}{len(value)}".encode())
+        for v in value:
+            _feed(h, v)
+    elif isinstance(value, D.UserGroups):
+        _feed(h, (value.masks, value.head_threshold, value.cold_max))
+    else:
+        h.update(repr(value).encode())
 
 
 _CODE_DIGEST: str | None = None

@@ -13,7 +13,7 @@ once), or only its most recent window is kept (``windows="last"``, the original 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -111,3 +111,25 @@ def build_sequences(split: Split, max_len: int = 200, windows: str = "all") -> S
     return SeqData(U, split.n_items, max_len, torch.from_numpy(inputs), torch.from_numpy(targets),
                    torch.tensor(owners, dtype=torch.long), eval_inputs, eval_lengths, eval_targets,
                    hptr, hitems, split.activeness)
+
+
+def eval_sample(data: SeqData, n_users: int | None, seed: int = 0) -> SeqData:
+    """``data`` with its validation and test parts cut to a seeded sample of ``n_users`` users
+    (training windows unchanged): ranking tens of thousands of source sequences at every
+    evaluation would cost more than the pre-training steps between evaluations."""
+    if n_users is None or n_users >= data.n_users:
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(data.n_users, n_users, replace=False))
+    idx = torch.from_numpy(keep)
+    ptr, items = {}, {}
+    for split in ("valid", "test"):
+        p = data.history_ptr[split]
+        parts = [data.history_items[split][p[u]:p[u + 1]] for u in keep]
+        lens = torch.tensor([len(x) for x in parts], dtype=torch.long)
+        ptr[split] = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+        items[split] = torch.cat(parts)
+    return replace(data, n_users=n_users,
+                   eval_inputs={k: v[idx] for k, v in data.eval_inputs.items()},
+                   eval_lengths={k: v[idx] for k, v in data.eval_lengths.items()},
+                   eval_targets={k: v[idx] for k, v in data.eval_targets.items()},
+                   history_ptr=ptr, history_items=items, activeness=data.activeness[keep])

@@ -69,6 +69,24 @@ class CrossDomain:
         return CrossDomain(self.name, self.kind, sources, sample_users(self.target, max_users, seed),
                            self.title_overlap, self.note, dict(self.meta, sampled=max_users))
 
+    def sample_sources(self, n_users: int | None, seed: int = 0) -> "CrossDomain":
+        """The sources cut to every sequence of a seeded sample of ``n_users`` source users
+        (all their domains: the genre mix and sequence lengths stay those of the full data);
+        None, or at least as many users as there are, keeps everything. The target is kept."""
+        if n_users is None:
+            return self
+        if isinstance(n_users, bool) or not isinstance(n_users, (int, np.integer)) or n_users < 1:
+            raise ValueError(f"source_users must be a whole number >= 1 or None (all), got {n_users!r}")
+        owner = np.array([str(u).rsplit("|", 1)[0] for u in self.sources.user_ids], dtype=object)
+        people = np.unique(owner)
+        if n_users >= len(people):
+            return self
+        keep = set(np.random.default_rng(seed).choice(people, size=n_users, replace=False))
+        sequences = np.flatnonzero([o in keep for o in owner])
+        sources = subset(self.sources, users=sequences)
+        return CrossDomain(self.name, self.kind, sources, self.target, self.title_overlap, self.note,
+                           dict(self.meta, source_users=int(n_users)))
+
 
 def domain_sequences(ds: Interactions, domains: list[str] | None = None, min_len: int = 5) -> Interactions:
     """One user per (user, domain) pair with at least ``min_len`` interactions in the domain,

@@ -34,7 +34,6 @@ one variant to the target, :func:`prepare` builds the data of a :class:`~seqtran
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -44,15 +43,16 @@ import torch
 import torch.nn as nn
 
 from .. import data as D
-from ..budget import Budget, get_budget
 from ..data.batches import SeqData
 from ..data.split import UserGroups
 from ..models import ContentConfig, ContentSASRec, masked_contrastive_loss
+from ..results import MethodResult
+from ..runspec import Run
 from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
-from .common import MethodResult, evaluate_both
+from .common import evaluate_both
 
 if TYPE_CHECKING:
-    from ..experiment import Experiment
+    from ..experiment import Transfer
 
 VARIANTS = ("scratch", "fine-tune", "adaptor-tune", "re-learn")
 
@@ -165,13 +165,20 @@ def gate_frame(model: ContentSASRec, variant: str) -> pd.DataFrame:
                          for s, g in model.gate_weights().items() for e, w in enumerate(g)])
 
 
-def pretrain(source: SeqData, features: D.ItemFeatures, cfg: AntConfig, seed: int = 0,
-             variant: str = "ANT pre-train") -> MethodResult:
-    """Pre-train on the source domains; metrics are the sources' own validation/test (all users)."""
+def pretrain(data: SeqData, groups: UserGroups | dict | None, cfg: AntConfig, seed: int = 0,
+             variant: str = "ANT pre-train", features: D.ItemFeatures | None = None) -> MethodResult:
+    """Pre-train on the source domains ``data`` with ``cfg.pretrain`` (early stopping on the
+    sources' own held-out items); metrics are the sources' validation/test (all users).
+
+    The engine's fit contract (``Run(pretrain, cfg, data=source, given={"features": ...},
+    tune="pretrain")``): the run sees the source tensors and features only, never the target's.
+    """
+    if features is None:
+        raise ValueError("ant.pretrain needs the sources' item features (features=...)")
     model = build(features, cfg, seed)
-    result = train_fit(model, source, replace(cfg.pretrain, seed=seed), Hooks(step=contrastive_step(cfg)))
-    groups = {"all": np.ones(source.n_users, dtype=bool)}
-    metrics, ranks = evaluate_both(result.model, source, groups, variant, seed)
+    result = train_fit(model, data, replace(cfg.pretrain, seed=seed), Hooks(step=contrastive_step(cfg)))
+    every = {"all": np.ones(data.n_users, dtype=bool)}
+    metrics, ranks = evaluate_both(result.model, data, every, variant, seed)
     history = result.history.assign(variant=variant, stage="pre-train")
     return MethodResult("ant", variant, seed, metrics, history, result.model, result,
                         {"gates": gate_frame(result.model, variant)}, ranks)
@@ -211,6 +218,9 @@ def fit(data: SeqData, groups: UserGroups, cfg: AntConfig, seed: int = 0, varian
         raise ValueError("ant.fit needs the target's item features (features=...)")
     variant = variant or f"ANT {cfg.variant}"
     model = adapted_model(None if pretrained is None else pretrained.model, features, cfg, seed)
+    # the training's own randomness (dropout, the gates' noise) from the seed alone: without
+    # this, an arm's result depended on which arm trained before it in the same process
+    seed_everything(seed)
     result = train_fit(model, data, replace(cfg.train, seed=seed), Hooks(), groups={"all": groups["all"]})
     metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
     history = result.history.assign(variant=variant, stage="adapt")
@@ -221,99 +231,12 @@ def fit(data: SeqData, groups: UserGroups, cfg: AntConfig, seed: int = 0, varian
                         ranks)
 
 
-# ---------------------------------------------------------------------------------------------
-# a setting's data
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Prepared:
-    """Everything one cross-domain setting needs: source tensors and features, the target as an
-    :class:`~seqtransfer.experiment.Experiment` (groups, budget, runs) and its features."""
-
-    setting: D.CrossDomain
-    source: SeqData
-    source_features: D.ItemFeatures
-    target: Experiment               # the target's split, groups, tensors, budget and runs
-    target_features: D.ItemFeatures
-    seconds: dict[str, float]        # stage -> seconds spent preparing
-
-
-def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0, device: str = "auto",
-            max_len: int = 50, slots: dict[str, str] | None = None, data_dir: str | None = None,
-            progress: bool = True, head_frac: float = 0.2, cold_max: int = 5,
-            cache: bool | str = False, source_eval_users: int | None = 2000) -> Prepared:
-    """Sample (smoke budget), split and tensorise the sources and the target of ``setting``, and
-    build both item feature sets (text embeddings cached). Sequences are cut to ``max_len``;
-    ``cache`` keeps the target experiment's finished runs (see :func:`experiment.prepare`).
-    Pre-training validates (early stopping) and reports on a seeded sample of
-    ``source_eval_users`` source sequences (None: all); it trains on every sequence."""
-    from ..experiment import prepare as prepare_experiment
-    b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
-    t0 = time.perf_counter()
-    setting = setting.sample(b.max_users, seed)
-    source = eval_sample(D.build_sequences(D.leave_one_out(setting.sources), max_len), source_eval_users, seed)
-    exp = prepare_experiment(setting.target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
-                             progress=progress, data_dir=data_dir, cache=cache)
-    # a group no target user falls in (no cold-start users among ML genre targets) is left out
-    exp.groups.masks = {k: m for k, m in exp.groups.masks.items() if m.any()}
-    t1 = time.perf_counter()
-    src_f = D.item_features(setting.sources, slots, data_dir, progress)
-    tgt_f = D.item_features(exp.dataset, slots, data_dir, progress, genre_vocab=src_f.genre_vocab)
-    t2 = time.perf_counter()
-    return Prepared(setting, source, src_f, exp, tgt_f, {"data": t1 - t0, "features": t2 - t1})
-
-
-def eval_sample(data: SeqData, n_users: int | None, seed: int = 0) -> SeqData:
-    """``data`` with its validation and test parts cut to a seeded sample of ``n_users`` users
-    (training windows unchanged): ranking tens of thousands of source sequences at every
-    evaluation would cost more than the pre-training steps between evaluations."""
-    if n_users is None or n_users >= data.n_users:
-        return data
-    keep = np.sort(np.random.default_rng(seed).choice(data.n_users, n_users, replace=False))
-    idx = torch.from_numpy(keep)
-    ptr, items = {}, {}
-    for split in ("valid", "test"):
-        p = data.history_ptr[split]
-        parts = [data.history_items[split][p[u]:p[u + 1]] for u in keep]
-        lens = torch.tensor([len(x) for x in parts], dtype=torch.long)
-        ptr[split] = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
-        items[split] = torch.cat(parts)
-    return replace(data, n_users=n_users,
-                   eval_inputs={k: v[idx] for k, v in data.eval_inputs.items()},
-                   eval_lengths={k: v[idx] for k, v in data.eval_lengths.items()},
-                   eval_targets={k: v[idx] for k, v in data.eval_targets.items()},
-                   history_ptr=ptr, history_items=items, activeness=data.activeness[keep])
-
-
-def cap_steps(cfg: TrainConfig, max_steps: int | None) -> TrainConfig:
-    """``cfg`` with at most ``max_steps`` steps, never more than its own cap (None: unchanged)."""
-    if max_steps is None:
-        return cfg
-    return replace(cfg, max_steps=max_steps if cfg.max_steps is None else min(max_steps, cfg.max_steps))
-
-
 def timings(results: list[MethodResult]) -> pd.DataFrame:
     """Training seconds, steps and best epoch of every run and stage."""
     return pd.DataFrame([{"variant": r.variant, "stage": r.history["stage"].iloc[0] if "stage" in r.history else "target-only",
                           "seconds": r.train.seconds if r.train else np.nan,
                           "steps": r.train.steps if r.train else np.nan,
                           "stopped": r.train.stopped if r.train else ""} for r in results])
-
-
-def compare(prep: Prepared, cfg: AntConfig, variants: tuple[str, ...] = VARIANTS, seed: int = 0,
-            label: str = "", pretrained: MethodResult | None = None) -> list[MethodResult]:
-    """Pre-train on ``prep``'s sources (unless ``pretrained`` is given: a model pre-trained on the
-    same sources) and adapt every variant to its target. Returns the pre-training run first,
-    then one run per variant, named ``"<label> | ANT <variant>"``."""
-    prefix = f"{label} | " if label else ""
-    pre = pretrained
-    if pre is None and any(v != "scratch" for v in variants):
-        pre = pretrain(prep.source, prep.source_features, cfg, seed, variant=f"{prefix}ANT pre-train")
-    out = [pre] if pre is not None else []
-    for v in variants:
-        out.append(fit(prep.target.data, prep.target.groups, replace(cfg, variant=v), seed,
-                       variant=f"{prefix}ANT {v}", pretrained=pre, features=prep.target_features))
-    return out
 
 
 def cutoff_table(results: list[MethodResult], ks: tuple[int, ...] = (10, 50), split: str = "test") -> pd.DataFrame:
@@ -337,37 +260,35 @@ def negative_transfer(table: pd.DataFrame, label: str, baseline: str, group: str
     return [transfer_verdict(table, f"{prefix}ANT {v}", baseline, group) for v in transfer]
 
 
-def _digest(data: SeqData) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for t in (data.train_inputs, data.eval_targets["test"]):
-        h.update(t.cpu().numpy().tobytes())
-    return h.hexdigest()
+def pretrain_name(setting: D.CrossDomain) -> str:
+    """The pre-training run's variant: named by its sources, not by the setting, so settings
+    with the same sources (ML-1M -> Scientific and -> ML-100K) share one cached run."""
+    src = setting.sources
+    genres = sorted(src.inter["domain"].unique()) if "domain" in src.inter else []
+    held = setting.meta.get("target_name", setting.target.name) if setting.kind == "genre" else ""
+    return f"ANT pre-train on {src.name.split('[')[0]}, {len(genres)} genres" + (f" (no {held})" if held else "")
 
 
-def run_settings(preps: dict[str, Prepared], cfg: AntConfig, variants: tuple[str, ...] = VARIANTS,
-                 seed: int = 0, id_baseline: bool = True) -> dict[str, list[MethodResult]]:
-    """:func:`compare` on every setting (label -> prepared data), plus the ID-only SASRec trained
-    on each target (``methods.baseline``, the workbench's target-only model, through the target
-    experiment's runs and cache). Settings whose source tensors are identical share one
-    pre-trained model. Each list starts with its pre-training run (possibly shared)."""
-    from . import baseline
-    pretrained: dict[str, MethodResult] = {}
-    out = {}
-    for label, p in preps.items():
-        key = _digest(p.source)
-        res = compare(p, cfg, variants, seed, label, pretrained=pretrained.get(key))
-        if res and key not in pretrained and res[0].history["stage"].iloc[0] == "pre-train":
-            pretrained[key] = res[0]
-        if id_baseline:
-            exp = p.target
-            # the ANT variants train at one learning rate (cfg.train.lr), so the ID model does
-            # too: arms tuned alike, not one of them searched over the budget's grid
-            ident = exp.config(baseline.BaselineConfig, backbone="sasrec")
-            res += exp.run({f"{label} | SASRec ID (target only)": (
-                baseline.fit, replace(ident, train=replace(ident.train, lr=cfg.train.lr)))},
-                seeds=[seed], lr_grid=(cfg.train.lr,))
-        out[label] = res
+def runs(prep: Transfer, cfg: AntConfig, variants: tuple[str, ...] = VARIANTS, label: str = "",
+         pretrain_seeds: int | None = 1,
+         pretrain_lr_grid: tuple[float, ...] | None = None) -> dict[str, Run]:
+    """The runs of one setting for ``prep.target.run(...)``: the pre-training on the sources
+    (a run of its own on the source tensors, ``pretrain_seeds`` seeds, its learning rate from
+    ``pretrain_lr_grid``, default ``cfg.pretrain.lr`` alone, chosen on the sources' validation),
+    then every adaptation variant built on it. Every target arm's rate comes from the call's
+    grid (the budget's); every target arm trains every seed. Variant names: ``"<label> | ANT
+    <v>"``. The notebook adds the ID-only SASRec on the target (``methods.baseline``) to the
+    same call, so it is tuned and seeded alike."""
+    prefix = f"{label} | " if label else ""
+    out: dict[str, Run] = {}
+    pre = pretrain_name(prep.setting)
+    if any(v != "scratch" for v in variants):
+        out[pre] = Run(pretrain, cfg, data=prep.source, given={"features": prep.source_features},
+                       tune="pretrain", n_seeds=pretrain_seeds,
+                       lr_grid=tuple(pretrain_lr_grid) if pretrain_lr_grid else (cfg.pretrain.lr,))
+    for v in variants:
+        out[f"{prefix}ANT {v}"] = Run(fit, replace(cfg, variant=v), given={"features": prep.target_features},
+                                      inputs={} if v == "scratch" else {"pretrained": pre})
     return out
 
 
@@ -379,35 +300,34 @@ ABLATIONS = {                                        # name -> AntConfig / Conte
 }
 
 
-def ablation(prep: Prepared, cfg: AntConfig, seed: int = 0, label: str = "",
-             specs: dict[str, dict] | None = None, max_steps: int | None = None,
-             variant: str = "re-learn") -> list[MethodResult]:
-    """Modality ablation: for every spec, pre-train (at most ``max_steps`` steps when given) and
-    adapt with ``variant``. Spec keys are :class:`AntConfig` fields or, for ``beta``,
-    :class:`ContentConfig` fields. Returns the adapted runs, named ``"<label> | ANT <variant>
-    [<spec>]"``; pre-training runs are in each run's ``diagnostics["pretrain"]``."""
+def ablation_runs(prep: Transfer, cfg: AntConfig, label: str = "", specs: dict[str, dict] | None = None,
+                  variant: str = "re-learn", pretrain_seeds: int | None = 1) -> dict[str, Run]:
+    """Modality ablation as runs for ``prep.target.run(...)``: for every spec a pre-training
+    (to early stopping, as the main one) and the ``variant`` adaptation built on it. Spec keys
+    are :class:`AntConfig` fields or, for ``beta``, :class:`ContentConfig` fields. Names:
+    ``"<label> | ANT pre-train [<spec>]"`` and ``"<label> | ANT <variant> [<spec>]"``."""
     prefix = f"{label} | " if label else ""
-    out = []
+    out: dict[str, Run] = {}
     for name, change in (specs or ABLATIONS).items():
         model_change = {k: v for k, v in change.items() if k in ContentConfig.__dataclass_fields__}
         c = replace(cfg, **{k: v for k, v in change.items() if k not in model_change},
                     model=replace(cfg.model, **model_change), variant=variant)
-        c = replace(c, pretrain=cap_steps(c.pretrain, max_steps))   # never above the budget's cap
-        pre = pretrain(prep.source, prep.source_features, c, seed, variant=f"{prefix}ANT pre-train [{name}]")
-        r = fit(prep.target.data, prep.target.groups, c, seed, variant=f"{prefix}ANT {variant} [{name}]",
-                pretrained=pre, features=prep.target_features)
-        r.diagnostics["pretrain"] = pre.history
-        out.append(r)
+        pre = f"{prefix}ANT pre-train [{name}]"
+        out[pre] = Run(pretrain, c, data=prep.source, given={"features": prep.source_features},
+                       tune="pretrain", n_seeds=pretrain_seeds, lr_grid=(c.pretrain.lr,))
+        out[f"{prefix}ANT {variant} [{name}]"] = Run(fit, c, given={"features": prep.target_features},
+                                                     inputs={"pretrained": pre})
     return out
 
 
-def stage_times(results: list[MethodResult], preps: dict[str, Prepared] | None = None) -> pd.DataFrame:
+def stage_times(results: list[MethodResult], preps: dict[str, Transfer] | None = None) -> pd.DataFrame:
     """Seconds per stage: data and feature preparation of every setting, then every training run
-    (a shared pre-training counted once)."""
+    (a shared pre-training counted once; a run loaded from the cache shows the seconds it took
+    when it trained)."""
     rows = []
     for label, p in (preps or {}).items():
         rows += [{"variant": f"{label} | {stage}", "stage": stage, "seconds": s, "steps": np.nan, "stopped": ""}
                  for stage, s in p.seconds.items()]
-    seen = set()
-    unique = [r for r in results if not (id(r) in seen or seen.add(id(r)))]
+    seen = set()   # a run shared by settings (one pre-training) is one row, loaded twice or not
+    unique = [r for r in results if not ((r.variant, r.seed) in seen or seen.add((r.variant, r.seed)))]
     return pd.concat([pd.DataFrame(rows), timings(unique)], ignore_index=True)

@@ -1,8 +1,6 @@
 """What every method returns, and the steps every method shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 import torch
@@ -13,31 +11,8 @@ from ..diagnostics import ConflictProbe
 from ..evaluate import evaluate, per_user_metric, rank_targets
 from ..models import BACKBONES, SequentialRecommender, make_backbone
 from ..stats import N_BOOT, ci95, interval_verdict, paired_verdict, percent, verdict_interval
-from ..train import TrainResult, seed_everything
-
-
-@dataclass
-class MethodResult:
-    """Metrics per split and group, training curves and method diagnostics of one run."""
-
-    method: str                      # e.g. "baseline"
-    variant: str                     # e.g. "sasrec joint", "sasrec tail-only"
-    seed: int
-    metrics: pd.DataFrame            # split, protocol, group, metric, k, value, n_users, variant, seed
-    history: pd.DataFrame            # epoch, step, loss, valid_ndcg10, seconds
-    model: torch.nn.Module
-    train: TrainResult | None = None
-    diagnostics: dict[str, pd.DataFrame] = field(default_factory=dict)
-    ranks: dict[str, np.ndarray] = field(default_factory=dict)   # split -> (U,) target ranks
-    lr: float | None = None          # the learning rate it trained with (chosen on validation
-                                     # by Experiment.run when a grid is searched)
-    tuning: pd.DataFrame | None = None   # that search: lr, valid_ndcg10, chosen
-    ran_on: dict | None = None       # where it trained: executor, node, host, pid (Experiment.run)
-
-    def ndcg10(self, group: str = "all", split: str = "test") -> float:
-        m = self.metrics
-        sel = (m["split"] == split) & (m["group"] == group) & (m["metric"] == "ndcg") & (m["k"] == 10)
-        return float(m.loc[sel, "value"].iloc[0])
+from ..results import MethodResult  # noqa: F401  (re-exported: methods import it from here)
+from ..train import seed_everything
 
 
 def seeded_backbone(cfg, data: SeqData, seed: int) -> SequentialRecommender:
