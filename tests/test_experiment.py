@@ -1,4 +1,5 @@
 """experiment.prepare and Experiment.run: the run cache and runs that build on earlier runs."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -169,3 +170,70 @@ def test_run_facts_say_where_each_seed_ran(exp):
     facts = run_facts(out)
     assert facts["a"]["ran_on"] == {"0": "local", "1": "local"}
     assert out[0].ran_on["executor"] == "local" and out[0].ran_on["pid"] == __import__("os").getpid()
+
+
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint(exp, monkeypatch):
+    """The engine gives each run its own checkpoint folder: a run killed right after its second
+    validation resumes there (it trains only the epochs it had left) and ends bit-identical to
+    an uninterrupted run; the folder goes once the finished run is stored."""
+    from seqtransfer import train as T
+    from seqtransfer.methods import baseline
+    cfg = exp.config(baseline.BaselineConfig, backbone="sasrec",
+                     train=exp.train_config(epochs=5, max_steps=None, patience=10))
+    whole = experiment.prepare(exp.dataset, exp.budget, seed=0, device="cpu", head_frac=0.25, min_user=1,
+                               min_item=1, progress=False).run({"base": (baseline.fit, cfg)}, seeds=[0],
+                                                               lr_grid=(3e-3,))[0]
+    saved, real_save = [], T._save
+
+    def killed_after_two(path, *args, **kw):
+        real_save(path, *args, **kw)
+        saved.append(path)
+        if len(saved) == 2:
+            raise KeyboardInterrupt("the kernel was killed")
+    monkeypatch.setattr(T, "_save", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        exp.run({"base": (baseline.fit, cfg)}, seeds=[0], lr_grid=(3e-3,))
+    ckpt = saved[0].parent
+    assert ckpt.parent == exp.cache_dir / "checkpoints" and (ckpt / "last.pt").exists()
+    monkeypatch.setattr(T, "_save", real_save)
+    epochs = []
+    monkeypatch.setattr(T, "_validate", lambda model, data, groups, c, epoch, f=T._validate:
+                        (epochs.append(epoch), f(model, data, groups, c, epoch))[1])
+    again = exp.run({"base": (baseline.fit, cfg)}, seeds=[0], lr_grid=(3e-3,))[0]
+    assert epochs == [2, 3, 4]                                  # epochs 0 and 1 were not trained again
+    assert again.train.history["epoch"].tolist() == [0, 1, 2, 3, 4]
+    for a, b in zip(whole.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not ckpt.exists()
+
+
+def given_fit(data, groups, cfg, seed=0, variant=None, features=None, base=None):
+    """Records the data it saw and its constant; metric: the constant's sum plus base's."""
+    CALLS.append((variant, seed, int(data.n_users), None if base is None else (base.variant, base.seed)))
+    value = float(features.sum()) + (0 if base is None else base.metrics["value"].iloc[0])
+    return MethodResult("fake", variant, seed, pd.DataFrame({"value": [value]}), pd.DataFrame(),
+                        torch.nn.Linear(1, 1))
+
+
+def test_run_entries_with_their_own_data_constants_and_fewer_seeds(exp):
+    """A Run's data is what it alone sees; its constants are part of the cache key (a changed
+    constant re-trains, the same one loads); a one-seed upstream run serves every seed."""
+    from seqtransfer.data import eval_sample
+    from seqtransfer.experiment import Run
+    small = eval_sample(exp.data, 5, seed=0)                   # "source" tensors of 5 users
+    feats = np.arange(4.0)
+
+    def spec(f):
+        return {"up": Run(given_fit, {"value": 0}, data=small, given={"features": f}, n_seeds=1),
+                "arm": Run(given_fit, {"value": 0}, given={"features": f}, inputs={"base": "up"})}
+    out = exp.run(spec(feats), lr_grid=(1e-3,))
+    assert [(r.variant, r.seed) for r in out] == [("up", 0), ("arm", 0), ("arm", 1)]
+    assert CALLS == [("up", 0, 5, None), ("arm", 0, exp.data.n_users, ("up", 0)),
+                     ("arm", 1, exp.data.n_users, ("up", 0))]
+    CALLS.clear()
+    exp.run(spec(feats.copy()), lr_grid=(1e-3,))                # equal content: all from the cache
+    assert CALLS == []
+    again = exp.run(spec(feats + 1), lr_grid=(1e-3,))           # a changed constant: all re-trained
+    assert len(CALLS) == 3 and again[1].metrics["value"].iloc[0] == 2 * (feats + 1).sum()
+    with pytest.raises(ValueError, match="n_seeds must be >= 1"):
+        Run(given_fit, {}, n_seeds=0)

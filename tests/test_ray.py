@@ -280,6 +280,25 @@ def test_notebook_01_on_a_local_ray_records_the_local_metrics(smoke_notebook, mo
     assert "runs done" in ray_nb.read_text()                          # the progress line
 
 
+@pytest.mark.notebook
+def test_notebook_04_on_a_local_ray_records_the_local_metrics(smoke_notebook, monkeypatch, amazon_scientific):
+    """04 through the engine: its pre-trainings and variants as Ray tasks give the metrics the
+    local executor gives (one genre target and Scientific, no sanity check, no ablation)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    small = dict(target_genres=["Film-Noir"], sanity_target="", ablation=False)
+    local_nb, local = smoke_notebook("04_ant", executor="local", cache_runs=False, **small)
+    (lp,) = report.read_payloads(local_nb)
+    ray_nb, remote = smoke_notebook("04_ant", executor="ray", cache_runs=False, **small)
+    (rp,) = report.read_payloads(ray_nb)
+    assert len(local) and set(local["method"]) == set(remote["method"])
+    pd.testing.assert_frame_equal(_metrics(remote), _metrics(local))
+    assert {n for v in _runs(lp).values() for n in v["ran_on"].values()} == {"local"}
+    assert "local" not in {n for v in _runs(rp).values() for n in v["ran_on"].values()}
+    assert any("pre-train" in name for name in _runs(rp))         # the pre-trainings ran on Ray too
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,7 +4,8 @@
 the notebook's kernel; nothing to install or start. ``"ray"`` makes each run a Ray task:
 
 - **Data once.** The prepared tensors and groups go into Ray's object store once per
-  ``Experiment.run`` call; every task reads them from there.
+  ``Experiment.run`` call, and so do a run's own tensors (a pre-training's sources) and each
+  constant it is given (item features); every task reads them from there.
 - **Resources.** A task asks for one GPU when the experiment's device is CUDA, else for
   ``cpus_per_run`` CPUs, and trains with that many torch threads. Independent runs proceed in
   parallel up to the cluster's size.
@@ -14,7 +15,8 @@ the notebook's kernel; nothing to install or start. ``"ray"`` makes each run a R
   submitted once its grid has finished and a rate is chosen (on validation NDCG@10).
 - **Cache.** The run cache stays where the notebook runs: a cached run is loaded here and not
   submitted; a finished task's result is saved here as it arrives, so when a later run fails
-  the finished ones are kept.
+  the finished ones are kept. A task checkpoints under the cache's ``checkpoints/`` folder (on
+  a local Ray, the notebook's disk), so a retried task resumes where its worker died.
 - **Faults.** A task whose worker process or node dies is retried by Ray (``retries`` times);
   an exception raised by the training itself is not retried and fails the notebook, naming the
   run. A cluster that cannot be reached fails :func:`connect` with one message.

@@ -413,7 +413,8 @@ class _Chooser:
         if first:
             self.tuning[variant] = pd.DataFrame({"variant": variant, "lr": used,
                                                  "valid_ndcg10": [_valid_ndcg(r) for r in results],
-                                                 "chosen": [j == best for j in range(len(results))]})
+                                                 "chosen": [j == best for j in range(len(results))],
+                                                 "seconds": [_seconds(r) for r in results]})
         results[best].lr, results[best].tuning = used[best], self.tuning[variant]
         return best
 
@@ -422,6 +423,12 @@ def _lr_of(cfg, tune: str = "train") -> float | None:
     """The learning rate a method config's ``tune`` settings ask for (None when it has none)."""
     t = getattr(cfg, tune, None)
     return None if t is None else t.lr
+
+
+def _seconds(result: MethodResult) -> float:
+    """Training seconds of a run (NaN when it kept no training record)."""
+    t = getattr(result, "train", None)
+    return float(t.seconds) if t is not None and hasattr(t, "seconds") else float("nan")
 
 
 def _valid_ndcg(result: MethodResult) -> float:

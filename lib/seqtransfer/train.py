@@ -56,6 +56,14 @@ class TrainConfig:
     progress: bool = True             # tqdm progress bars
 
 
+def cap_steps(cfg: TrainConfig, max_steps: int | None) -> TrainConfig:
+    """``cfg`` with at most ``max_steps`` steps, never more than its own cap (None: unchanged)."""
+    if max_steps is None:
+        return cfg
+    from dataclasses import replace
+    return replace(cfg, max_steps=max_steps if cfg.max_steps is None else min(max_steps, cfg.max_steps))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
     if device == "auto":

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a notebook reopened after its kernel stopped still shows them
 
 from .fetch import default_data_dir, sha256
 
@@ -221,7 +221,7 @@ class MiniLM:
         order = np.argsort([len(t) for t in toks], kind="stable")
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for s in tqdm(range(0, len(texts), batch_size), desc="embedding texts", disable=not progress,
-                      leave=False):
+                      leave=True, mininterval=2.0):
             idx = order[s:s + batch_size]
             width = max(len(toks[i]) for i in idx)
             ids = torch.zeros(len(idx), width, dtype=torch.long)

@@ -342,8 +342,9 @@ def convergence_sentence(results: list[MethodResult]) -> str:
 
 
 def tuning_table(results: list[MethodResult]) -> pd.DataFrame:
-    """Every arm's learning-rate search (``Experiment.run``): variant, lr, validation NDCG@10 and
-    which value was chosen, one row per grid point; arms run without a search show their lr."""
+    """Every arm's learning-rate search (``Experiment.run``): variant, lr, validation NDCG@10,
+    which value was chosen and the training seconds, one row per grid point; arms run without a
+    search show their lr."""
     frames = []
     for r in results:
         if r.seed != min(x.seed for x in results if x.variant == r.variant):
@@ -351,10 +352,11 @@ def tuning_table(results: list[MethodResult]) -> pd.DataFrame:
         t = getattr(r, "tuning", None)
         if t is None:
             t = pd.DataFrame({"variant": [r.variant], "lr": [getattr(r, "lr", None)],
-                              "valid_ndcg10": [r.ndcg10("all", "valid")], "chosen": [True]})
+                              "valid_ndcg10": [r.ndcg10("all", "valid")], "chosen": [True],
+                              "seconds": [r.train.seconds if r.train is not None else float("nan")]})
         frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["variant", "lr", "valid_ndcg10", "chosen"])
+        columns=["variant", "lr", "valid_ndcg10", "chosen", "seconds"])
 
 
 def run_facts(results: list[MethodResult]) -> dict:

@@ -19,7 +19,14 @@ below is ours** [ours], each kept configurable in :class:`EcatConfig`:
   logistic domain classifier (target samples = 1, candidates = 0) on the frozen entire-space
   teacher's hidden state at each sample (its context in the entire space); candidates with
   ``p >= p_min`` (0.2) are kept with weight ``w = p / (1 - p)``, clipped at ``clip`` (10) and
-  then normalised to mean 1. METHODS.md also scales by ``|candidates| / |target|``; that is the
+  then normalised to mean 1. **The positive class** is the entire-space positions whose next
+  item is a target item (the target's behaviour as the entire space records it), not the
+  student's own target windows: the classifier reads the teacher's hidden state over an
+  entire-space context, and a target-only window (the mini-app's subsequence) is a different
+  kind of context, so a classifier trained on those would separate contexts by how they were
+  cut, not by domain, and score nearly every candidate p ~ 0. With the entire-space positive
+  class both classes are contexts of the same kind and differ only in the domain of the item
+  that follows. METHODS.md also scales by ``|candidates| / |target|``; that is the
   ``count_scale`` option, off by default because class balancing already makes ``p / (1 - p)``
   the density ratio, and the extra factor (tens on ML-1M) sends most weights to the clip.
   Option: a gradient-reversal domain head on the student instead (``fine="grl"``).
@@ -734,14 +741,13 @@ def train_teachers(setting: EcatSetting, cfg: EcatConfig, seed: int = 0, n_perio
                    observe=None) -> tuple[list[nn.Module], pd.DataFrame]:
     """The entire-space teacher of every period, each continuing from the previous one and
     trained on everything up to its period's end. Returns (a copy per period, history)."""
-    from .ant import eval_sample
     n = cfg.n_periods if n_periods is None else n_periods
     cuts = period_cuts(setting.times, n)
     model = _backbone(cfg, setting.split.n_items, setting.target.data.max_len, seed)
     tcfg = period_train(replace(cfg.teacher_train or cfg.train, seed=seed), n, cfg.split_budget)
     out, hist = [], []
     for t, cut in enumerate(cuts):
-        data = eval_sample(D.build_sequences(truncate(setting.split, setting.times, cut),
+        data = D.eval_sample(D.build_sequences(truncate(setting.split, setting.times, cut),
                                              setting.target.data.max_len), cfg.max_teacher_users, seed)
         if observe:
             observe(t, "teacher start", model)

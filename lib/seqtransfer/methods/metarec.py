@@ -554,12 +554,19 @@ SPECS = {                                   # name -> MetaRecConfig changes ("vq
     "joint (VQ)": {"variant": "joint"},
     "joint (no VQ)": {"variant": "joint", "vq": False},
     "pre-train + fine-tune": {"variant": "fine-tune"},
+    "pre-train + fine-tune, no VQ": {"variant": "fine-tune", "vq": False},
     "MetaRec": {"variant": "meta", "weights": "descent"},
     "MetaRec, public sign": {"variant": "meta", "weights": "public"},
     "MetaRec, uniform weights": {"variant": "meta", "weights": "uniform"},
     "MetaRec, no VQ": {"variant": "meta", "vq": False},
 }
 TRANSFER = tuple(k for k in SPECS if k != "target only")
+# one switch at a time, each row against the one before it: pre-training (no VQ, no meta), then
+# meta transfer on it, then the quantiser; so a verdict can name which of the three mattered
+LADDER = (("pre-train + fine-tune, no VQ", "target only", "pre-training"),
+          ("MetaRec, no VQ", "pre-train + fine-tune, no VQ", "meta transfer"),
+          ("MetaRec", "MetaRec, no VQ", "the VQ codebook"),
+          ("pre-train + fine-tune", "pre-train + fine-tune, no VQ", "the VQ codebook without meta transfer"))
 
 
 def spec_config(cfg: MetaRecConfig, change: dict) -> MetaRecConfig:
