@@ -259,6 +259,11 @@ def test_runs_tune_every_arm_seed_every_arm_and_pretrain_once(toy_csv, tmp_path)
     assert (table["HR@10"] <= table["HR@50"]).all()
     times = ant.stage_times(out + again, {"a": prep})
     assert (times["stage"] == "pre-train").sum() == 1          # a shared pre-training counted once
+    # every grid point is timed: per arm the kept run of each seed and the first seed's other rate
+    search = times[times["stage"] == "lr search"]
+    assert len(search) == 3 and search["seconds"].notna().all()
+    assert set(search["variant"].str.split(" \\(lr").str[0]) == {"a | ANT scratch", "a | ANT re-learn",
+                                                                "b | ANT re-learn"}
 
 
 def test_the_pretraining_sees_only_the_sources(toy_csv, tmp_path):
