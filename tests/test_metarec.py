@@ -305,6 +305,33 @@ def test_a_source_that_is_the_target_has_alignment_one_and_descent_weights_it():
     assert rows["same"]["grad_cosine"] == pytest.approx(1.0, abs=1e-2)
     assert rows["same"]["alignment"] > rows["other"]["alignment"]
     assert rows["same"]["weight"] > rows["other"]["weight"]
+    # the pairwise cosine of the two sources' meta-gradients, and the weights' spread
+    assert rows["same"]["pair_cosine"] == pytest.approx(rows["other"]["pair_cosine"])
+    assert -1.0 <= rows["same"]["pair_cosine"] < 1 - 1e-5   # 0.9993 here: alike, not identical
+    assert rows["same"]["weight_spread"] == pytest.approx(rows["same"]["weight"] - rows["other"]["weight"])
+
+
+def test_pair_cosine_is_one_for_two_copies_of_one_source():
+    """Two sources with the same table and the same batches have the same meta-gradient: pair
+    cosine 1 (and equal weights, spread 0): the case where source weighting can move nothing."""
+    torch.manual_seed(0)
+    cfg_m = MultiDomainConfig(dim=8, n_layers=1, max_len=5, dropout=0.0, vq=None)
+    model = MultiDomainSASRec({"a": 6, "b": 6, metarec.TARGET: 6}, cfg_m)
+    with torch.no_grad():
+        model.tables["b"].weight.copy_(model.tables["a"].weight)
+    _, target = tiny_batches(2)
+    x = torch.randint(1, 7, (4, 5), generator=torch.Generator().manual_seed(3))
+    mk = lambda: type("S", (), {"train_inputs": x[:, :-1], "train_targets": x[:, 1:], "device": torch.device("cpu")})()  # noqa: E731
+
+    class Fixed(metarec.DomainBatches):
+        def __call__(self, d):
+            s = self.sources[d]
+            return s.train_inputs, s.train_targets
+    rows = metarec.meta_iteration(model, torch.optim.SGD(model.parameters(), lr=0.0), target,
+                                  Fixed({"a": mk(), "b": mk()}, 4, 0), metarec.MetaRecConfig(n_sampled=2),
+                                  domains=["a", "b"])
+    assert [r["pair_cosine"] for r in rows] == [pytest.approx(1.0, abs=1e-5)] * 2
+    assert rows[0]["weight_spread"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_meta_iteration_applies_the_weighted_sum_of_meta_gradients():

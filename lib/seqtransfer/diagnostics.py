@@ -356,12 +356,17 @@ def title_code_agreement(source_titles: dict[str, pd.Series], source_codes: dict
 def source_weight_summary(weights: pd.DataFrame) -> pd.DataFrame:
     """Per variant (when given) and source, over the meta iterations it was sampled in: times
     sampled, mean weight, mean descent alignment, mean meta-gradient cosine with the target
-    gradient, and the weight at its first and last sampled iteration."""
+    gradient, mean cosine with the other sources' meta-gradients and mean spread (max - min) of
+    the iteration's weights (when recorded), and the weight at its first and last sampled
+    iteration."""
     keys = [k for k in ("variant", "source") if k in weights.columns]
     g = weights.sort_values("step").groupby(keys, sort=False)
-    return pd.DataFrame({"sampled": g.size(), "mean_weight": g["weight"].mean(),
-                         "mean_alignment": g["alignment"].mean(), "mean_grad_cosine": g["grad_cosine"].mean(),
-                         "first_weight": g["weight"].first(), "last_weight": g["weight"].last()}).reset_index()
+    out = {"sampled": g.size(), "mean_weight": g["weight"].mean(),
+           "mean_alignment": g["alignment"].mean(), "mean_grad_cosine": g["grad_cosine"].mean()}
+    if "pair_cosine" in weights:       # how alike the sources' meta-gradients are, and what the weights did
+        out.update(mean_pair_cosine=g["pair_cosine"].mean(), mean_weight_spread=g["weight_spread"].mean())
+    out.update(first_weight=g["weight"].first(), last_weight=g["weight"].last())
+    return pd.DataFrame(out).reset_index()
 
 
 # ECAT: sample selection and continual periods

@@ -193,8 +193,9 @@ def meta_iteration(model: MultiDomainSASRec, optimizer: torch.optim.Optimizer, t
                    grad_clip: float | None = None) -> list[dict]:
     """One meta iteration on one target batch (the shared weights move only through
     ``optimizer``). Returns one row per sampled source: alignment (descent sign), weight,
-    meta-gradient cosine with the target gradient at the shared weights, target loss after
-    adaptation."""
+    meta-gradient cosine with the target gradient at the shared weights (``grad_cosine``), its
+    mean cosine with the other sampled sources' meta-gradients (``pair_cosine``), the spread of
+    the iteration's weights (``weight_spread``), target loss after adaptation."""
     xt, yt = target_batch
     domains = domains if domains is not None else batches.sample_domains(cfg.n_sampled)
     shared = model.shared_names()
@@ -239,8 +240,15 @@ def meta_iteration(model: MultiDomainSASRec, optimizer: torch.optim.Optimizer, t
     if grad_clip:
         torch.nn.utils.clip_grad_norm_([named[n] for n in outer], grad_clip)
     optimizer.step()
-    for r, wi in zip(rows, w.tolist()):
+    names = [n for n in shared if n in grads[0]] if grads else []
+    spread = float(w.max() - w.min()) if len(w) else 0.0
+    for i, (r, wi) in enumerate(zip(rows, w.tolist())):
         r["weight"] = wi
+        r["weight_spread"] = spread          # max - min of this iteration's weights
+        # mean cosine of this source's meta-gradient with every other sampled source's, at the
+        # shared weights: near 1 means the sources' signals are alike and weighting moves nothing
+        others = [similarity(grads[i], grads[j], names) for j in range(len(grads)) if j != i]
+        r["pair_cosine"] = float(np.mean(others)) if others else float("nan")
     return rows
 
 
