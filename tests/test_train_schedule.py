@@ -51,3 +51,14 @@ def test_evaluations_before_min_steps_do_not_count_toward_patience(toy_csv):
     assert np.allclose(late.history["lr"], [1e-12] * 4 + [5e-13], rtol=1e-9, atol=0)   # no decay before it
     with pytest.raises(ValueError, match="min_steps"):
         run(min_steps=-1)
+
+
+def test_fit_warmup_shortens_the_warmup_of_a_small_target_only():
+    from seqtransfer.train import fit_warmup
+    cfg = TrainConfig(warmup_steps=100, min_steps=0)
+    small = fit_warmup(cfg, steps_per_epoch=10)                # Film-Noir: ten steps an epoch
+    assert (small.warmup_steps, small.min_steps) == (20, 20)
+    big = fit_warmup(cfg, steps_per_epoch=400)                 # a big target keeps the budget's
+    assert (big.warmup_steps, big.min_steps) == (100, 100)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        fit_warmup(cfg, steps_per_epoch=0)
