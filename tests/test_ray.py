@@ -118,7 +118,8 @@ def test_real_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thr
     for a, b in zip(out["local"], out["ray"]):
         pd.testing.assert_frame_equal(a.metrics, b.metrics)
         assert (a.ranks["test"] == b.ranks["test"]).all()
-        pd.testing.assert_frame_equal(a.tuning, b.tuning)
+        # the grid's wall-clock seconds differ between any two runs; everything else is equal
+        pd.testing.assert_frame_equal(a.tuning.drop(columns="seconds"), b.tuning.drop(columns="seconds"))
     assert {r.ran_on["executor"] for r in out["ray"]} == {"ray"}
     assert {r.ran_on["node"] for r in out["local"]} == {"local"}
 
