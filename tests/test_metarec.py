@@ -334,15 +334,22 @@ def test_pair_cosine_is_one_for_two_copies_of_one_source():
     assert rows[0]["weight_spread"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_meta_iteration_applies_the_weighted_sum_of_meta_gradients():
-    """With plain SGD and lr 1, the shared weights move by exactly sum_s w_s g_s."""
+@pytest.mark.parametrize("rule", ["uniform", "descent"])
+def test_meta_iteration_applies_the_weighted_sum_of_meta_gradients(rule):
+    """With plain SGD and lr 1, the shared weights move by exactly sum_s w_s g_s, with the
+    weights the iteration computed (unequal under descent at a small tau: an update that took
+    the plain mean, or dropped the weights, fails)."""
     model = tiny_model(vq=False)
     sources, target = tiny_batches(1)
-    cfg = metarec.MetaRecConfig(n_sampled=2, weights="uniform", inner_steps=1)
+    cfg = metarec.MetaRecConfig(n_sampled=2, weights=rule, inner_steps=1, tau=0.01)
     ref = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     rows = metarec.meta_iteration(model, opt, target, metarec.DomainBatches(sources, 3, 0), cfg)
-    assert [r["weight"] for r in rows] == [0.5, 0.5]
+    w = {r["source"]: r["weight"] for r in rows}
+    if rule == "uniform":
+        assert list(w.values()) == [0.5, 0.5]
+    else:
+        assert abs(rows[0]["weight"] - rows[1]["weight"]) > 0.05
     # recompute each source's first-order meta-gradient by hand from the reference copy
     batches = metarec.DomainBatches(sources, 3, 0)
     doms = batches.sample_domains(2)
@@ -358,7 +365,7 @@ def test_meta_iteration_applies_the_weighted_sum_of_meta_gradients():
                 if gi is not None and (n in src.shared_names() or n == src.table_name(d)):
                     p -= cfg.inner_lr * gi
         gt = torch.autograd.grad(src.loss(*target, domain=metarec.TARGET), dict(src.named_parameters())[name])[0]
-        expect += 0.5 * gt
+        expect += w[d] * gt
     moved = dict(ref.named_parameters())[name] - dict(model.named_parameters())[name]
     assert torch.allclose(moved, expect, atol=1e-6)
 

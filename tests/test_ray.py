@@ -300,6 +300,26 @@ def test_notebook_04_on_a_local_ray_records_the_local_metrics(smoke_notebook, mo
     assert any("pre-train" in name for name in _runs(rp))         # the pre-trainings ran on Ray too
 
 
+
+@pytest.mark.notebook
+def test_notebook_05_on_a_local_ray_records_the_local_metrics(smoke_notebook, monkeypatch):
+    """05 through the engine: its pre-trainings (with and without VQ) and arms built on them as
+    Ray tasks give the metrics the local executor gives (the ML-100K target, three arms)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    small = dict(targets=["ml-100k"], arms=["target only", "pre-train + fine-tune, no VQ", "MetaRec"])
+    local_nb, local = smoke_notebook("05_metarec", executor="local", cache_runs=False, **small)
+    (lp,) = report.read_payloads(local_nb)
+    ray_nb, remote = smoke_notebook("05_metarec", executor="ray", cache_runs=False, **small)
+    (rp,) = report.read_payloads(ray_nb)
+    assert len(local) and set(local["method"]) == set(remote["method"]) == {
+        f"metarec:ml-100k | {a}" for a in small["arms"]}
+    pd.testing.assert_frame_equal(_metrics(remote), _metrics(local))
+    assert {n for v in _runs(lp).values() for n in v["ran_on"].values()} == {"local"}
+    assert "local" not in {n for v in _runs(rp).values() for n in v["ran_on"].values()}
+    assert sum("MetaRec pre-train" in name for name in _runs(rp)) == 2   # both pre-trainings ran on Ray
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -213,8 +213,11 @@ class Experiment:
         else:
             data_digest = digest((r.data, r.groups))
         key = hashlib.sha256()
+        # a run on data of its own (a pre-training on the sources) does not depend on the target's
+        # groups: targets with the same sources share it
+        target_groups = (self.groups.head_threshold, self.groups.cold_max) if r.data is None else ()
         for part in (r.fit.__module__, r.fit.__qualname__, repr(cfg), r.tune, variant, seed,
-                     self.groups.head_threshold, self.groups.cold_max, data_digest,
+                     *target_groups, data_digest,
                      *(f"{k}={digest(v)}" for k, v in sorted(r.given.items())), _code_fingerprint(), *upstream):
             key.update(repr(part).encode())
         return key.hexdigest()
@@ -350,6 +353,53 @@ def prepare_transfer(setting: D.CrossDomain, budget: str | Budget = "quick", see
     tgt_f = D.item_features(exp.dataset, slots, data_dir, progress, genre_vocab=src_f.genre_vocab)
     t2 = time.perf_counter()
     return Transfer(setting, source, src_f, exp, tgt_f, {"data": t1 - t0, "features": t2 - t1})
+
+
+@dataclass
+class Domains:
+    """A multi-source setting: every source domain's own tensors (own users, own item ids), its
+    items, and the target as an :class:`Experiment` (groups, budget, runs)."""
+
+    setting: D.CrossDomain
+    sources: dict[str, D.SeqData]          # domain -> its sequences and item ids
+    source_items: dict[str, pd.DataFrame]  # domain -> items (index = that domain's ids; title ...)
+    target: Experiment
+    seconds: dict[str, float]              # stage -> seconds spent preparing
+
+
+def prepare_domains(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0,
+                    device: str = "auto", max_len: int = 50, target_user_frac: float = 1.0,
+                    target_history_frac: float = 1.0, progress: bool = True, head_frac: float = 0.2,
+                    cold_max: int = 5, cache: bool | str = False, data_dir: str | None = None,
+                    source_eval_users: int | None = 1000, source_users: int | None = None,
+                    executor: str = "local", ray_address: str = "", n_seeds: int = 0) -> Domains:
+    """Sample (smoke budget), split and tensorise every source domain of ``setting`` on its own,
+    and the target. The limited-data target keeps a seeded ``target_user_frac`` of its users
+    and, of every kept user, the most recent ``target_history_frac`` of the history
+    (:func:`seqtransfer.data.recent_share`). Each source validates (a pre-training's early
+    stopping) on a seeded sample of ``source_eval_users`` of its sequences (None: all) and
+    trains on all of them; ``source_users`` keeps the sequences of a seeded sample of that many
+    source users (None: all). ``cache``, ``executor``, ``ray_address``, ``n_seeds``: the target
+    experiment's (:func:`prepare`)."""
+    if not 0.0 < target_user_frac <= 1.0:
+        raise ValueError(f"target_user_frac must be in (0, 1], got {target_user_frac}")
+    b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
+    t0 = time.perf_counter()
+    setting = setting.sample(b.max_users, seed).sample_sources(source_users, seed)
+    sources, items = {}, {}
+    for i, d in enumerate(sorted(setting.sources.inter["domain"].unique())):
+        ds = D.domain_sequences(setting.sources, [d], min_len=3)
+        sources[d] = D.eval_sample(D.build_sequences(D.leave_one_out(ds), max_len), source_eval_users, seed + i)
+        items[d] = ds.items
+    target = setting.target
+    if target_user_frac < 1.0:
+        target = D.sample_users(target, max(1, round(target_user_frac * target.n_users)), seed)
+    target = D.recent_share(target, target_history_frac)
+    exp = prepare(target, b, seed, device, head_frac=head_frac, cold_max=cold_max, progress=progress,
+                  data_dir=data_dir, cache=cache, executor=executor, ray_address=ray_address, n_seeds=n_seeds)
+    # a group no target user falls in (no cold-start users among ML targets) is left out
+    exp.groups.masks = {k: m for k, m in exp.groups.masks.items() if m.any()}
+    return Domains(setting, sources, items, exp, {"data": time.perf_counter() - t0})
 
 
 def with_lr(cfg, lr: float | None, tune: str = "train"):

@@ -144,6 +144,9 @@ class Hooks:
     after_eval: Callable[[int, pd.DataFrame], None] | None = None
     state: Callable[[], dict] | None = None               # extra state to checkpoint
     load_state: Callable[[dict], None] | None = None      # restore it on resume
+    # validation metrics (group, metric, k, value; NDCG@10 of group "all" selects) in place of
+    # ranking ``data``'s validation split: a multi-domain pre-training pools its sources' users
+    validate: Callable[[torch.nn.Module], pd.DataFrame] | None = None
 
 
 @dataclass
@@ -289,7 +292,7 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         last = epoch == cfg.epochs - 1 or out_of_steps or out_of_time
         if (epoch + 1) % cfg.eval_every == 0 or last:
             t_eval = time.perf_counter()
-            metrics = _validate(model, data, groups, cfg, epoch)               # guard: raises on NaN
+            metrics = hooks.validate(model) if hooks.validate else _validate(model, data, groups, cfg, epoch)
             ndcg = float(metrics.query("group == 'all' and metric == 'ndcg'")["value"].iloc[0]) \
                 if groups is None or "all" in groups else float(metrics.query("metric == 'ndcg'")["value"].iloc[0])
             _check_metric(ndcg, model, epoch)                                  # guard: never keep NaN

@@ -8,6 +8,6 @@ from .crossdomain import CrossDomain, dataset_setting, domain_sequences, genre_s
 from .domains import combine, domain_table, genre_domains, genre_subset
 from .features import ItemFeatures, item_features
 from .fetch import KNOWN_DATASETS, default_data_dir, fetch
-from .loaders import DataError, Interactions, load, sample_users, subset
+from .loaders import DataError, Interactions, load, recent_share, sample_users, subset
 from .split import (Split, UserGroups, activeness_groups, leave_one_out, lorenz, strata,
                     truncate_histories)

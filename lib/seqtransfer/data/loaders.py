@@ -368,6 +368,23 @@ def sample_users(ds: Interactions, n_users: int | None, seed: int = 0) -> Intera
     return subset(ds, users=keep)
 
 
+def recent_share(ds: Interactions, frac: float, min_len: int = 3) -> Interactions:
+    """Every user's most recent ``ceil(frac * n)`` interactions (at least ``min_len``, so that
+    leave-one-out keeps a training item; fewer only when the user has fewer): a target with
+    limited histories. Items no one keeps any more are dropped and ids re-indexed."""
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(f"the kept share of each history must be in (0, 1], got {frac}")
+    if frac == 1.0:
+        return ds
+    inter = ds.inter.sort_values(["user", "timestamp"], kind="stable")
+    n = inter.groupby("user")["item"].transform("size").to_numpy()
+    rank_from_end = inter.groupby("user").cumcount(ascending=False).to_numpy()    # 0 = most recent
+    keep = rank_from_end < np.maximum(np.ceil(frac * n), min_len)
+    items = np.unique(inter.loc[keep, "item"].to_numpy())
+    cut = replace(ds, inter=inter[keep].reset_index(drop=True))
+    return subset(cut, items=items, name=ds.name)
+
+
 def subset(ds: Interactions, users: np.ndarray | None = None, items: np.ndarray | None = None,
            name: str | None = None) -> Interactions:
     """Restrict to the given internal user / item ids and re-index both contiguously."""

@@ -49,7 +49,7 @@ from ..models import ContentConfig, ContentSASRec, masked_contrastive_loss
 from ..results import MethodResult
 from ..runspec import Run
 from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
-from .common import evaluate_both
+from .common import evaluate_both, stage_times, timings  # noqa: F401  (04 reads ant.stage_times)
 
 if TYPE_CHECKING:
     from ..experiment import Transfer
@@ -231,26 +231,6 @@ def fit(data: SeqData, groups: UserGroups, cfg: AntConfig, seed: int = 0, varian
                         ranks)
 
 
-def timings(results: list[MethodResult]) -> pd.DataFrame:
-    """Training seconds, steps and why training stopped, of every run (its seed in the
-    ``seed`` column), and a row per learning rate its search tried and did not keep (stage
-    ``"lr search"``, from the run's ``tuning`` table)."""
-    rows = []
-    for r in results:
-        stage = r.history["stage"].iloc[0] if "stage" in r.history and len(r.history) else "target-only"
-        rows.append({"variant": r.variant, "seed": r.seed, "stage": stage,
-                     "seconds": r.train.seconds if r.train else np.nan,
-                     "steps": r.train.steps if r.train else np.nan,
-                     "stopped": r.train.stopped if r.train else ""})
-        t = getattr(r, "tuning", None)
-        if t is not None and len(t) > 1 and "seconds" in t and r.seed == min(
-                x.seed for x in results if x.variant == r.variant):
-            rows += [{"variant": f"{r.variant} (lr {row.lr:g}, not kept)", "seed": r.seed, "stage": "lr search",
-                      "seconds": row.seconds, "steps": np.nan, "stopped": ""}
-                     for row in t.itertuples() if not row.chosen]
-    return pd.DataFrame(rows, columns=["variant", "seed", "stage", "seconds", "steps", "stopped"])
-
-
 def cutoff_table(results: list[MethodResult], ks: tuple[int, ...] = (10, 50), split: str = "test") -> pd.DataFrame:
     """NDCG and HR of all users at ``ks`` (e.g. @50 for published Scientific figures), one row
     per variant, from the runs' stored full-ranking target ranks."""
@@ -330,16 +310,3 @@ def ablation_runs(prep: Transfer, cfg: AntConfig, label: str = "", specs: dict[s
         out[f"{prefix}ANT {variant} [{name}]"] = Run(fit, c, given={"features": prep.target_features},
                                                      inputs={"pretrained": pre})
     return out
-
-
-def stage_times(results: list[MethodResult], preps: dict[str, Transfer] | None = None) -> pd.DataFrame:
-    """Seconds per stage: data and feature preparation of every setting, then every training run
-    of every seed and every learning rate its search tried (a shared pre-training counted once;
-    a run loaded from the cache shows the seconds it took when it trained)."""
-    rows = []
-    for label, p in (preps or {}).items():
-        rows += [{"variant": f"{label} | {stage}", "seed": np.nan, "stage": stage, "seconds": s, "steps": np.nan,
-                  "stopped": ""} for stage, s in p.seconds.items()]
-    seen = set()   # a run shared by settings (one pre-training) is one row, loaded twice or not
-    unique = [r for r in results if not ((r.variant, r.seed) in seen or seen.add((r.variant, r.seed)))]
-    return pd.concat([pd.DataFrame(rows), timings(unique)], ignore_index=True)

@@ -402,3 +402,37 @@ def null_check_sentence(comparisons: pd.DataFrame, variant: str, baseline: str,
     return (f"Null check FAILS: {variant} differs from {baseline} for {', '.join(off)} users ({label} "
             f"difference, interval: {spans}); find out why (stopping, batch composition, a bug) before "
             "trusting the verdicts below.")
+
+
+def timings(results: list[MethodResult]) -> pd.DataFrame:
+    """Training seconds, steps and why training stopped, of every run (its seed in the
+    ``seed`` column), and a row per learning rate its search tried and did not keep (stage
+    ``"lr search"``, from the run's ``tuning`` table)."""
+    rows = []
+    for r in results:
+        stage = r.history["stage"].iloc[0] if "stage" in r.history and len(r.history) else "target-only"
+        rows.append({"variant": r.variant, "seed": r.seed, "stage": stage,
+                     "seconds": r.train.seconds if r.train else np.nan,
+                     "steps": r.train.steps if r.train else np.nan,
+                     "stopped": r.train.stopped if r.train else ""})
+        t = getattr(r, "tuning", None)
+        if t is not None and len(t) > 1 and "seconds" in t and r.seed == min(
+                x.seed for x in results if x.variant == r.variant):
+            rows += [{"variant": f"{r.variant} (lr {row.lr:g}, not kept)", "seed": r.seed, "stage": "lr search",
+                      "seconds": row.seconds, "steps": np.nan, "stopped": ""}
+                     for row in t.itertuples() if not row.chosen]
+    return pd.DataFrame(rows, columns=["variant", "seed", "stage", "seconds", "steps", "stopped"])
+
+
+def stage_times(results: list[MethodResult], preps: dict | None = None) -> pd.DataFrame:
+    """Seconds per stage: data (and feature) preparation of every setting (``preps``: label ->
+    anything with a ``seconds`` dict, e.g. :class:`~seqtransfer.experiment.Transfer`), then every training run
+    of every seed and every learning rate its search tried (a shared pre-training counted once;
+    a run loaded from the cache shows the seconds it took when it trained)."""
+    rows = []
+    for label, p in (preps or {}).items():
+        rows += [{"variant": f"{label} | {stage}", "seed": np.nan, "stage": stage, "seconds": s, "steps": np.nan,
+                  "stopped": ""} for stage, s in p.seconds.items()]
+    seen = set()   # a run shared by settings (one pre-training) is one row, loaded twice or not
+    unique = [r for r in results if not ((r.variant, r.seed) in seen or seen.add((r.variant, r.seed)))]
+    return pd.concat([pd.DataFrame(rows), timings(unique)], ignore_index=True)

@@ -32,20 +32,25 @@ meta-gradient is rescaled by its similarity to the target. Everything below it i
   in the pass at the real weights, never inside a fast-weight copy.
 * Model selection: validation NDCG@10 of the target (the shared training loop iterates over the
   target's training windows; every step is one meta iteration on one target batch).
+* **Pre-training** [ours]: joint training on the sources alone (:func:`pretrain`), on the same
+  loop as every other model (``train.fit`` with hooks): each step the mean loss of one batch of
+  each of ``n_sampled`` sampled sources; it early-stops on the sources' own held-out items (every
+  source user's validation item ranked within its domain, NDCG@10 pooled over the sources' users),
+  never on the target. It is a run of its own (:func:`runs`): cached, trained once, and shared by
+  every arm and target that builds on it.
 
 Variants (:data:`VARIANTS`): ``target-only`` (the target's table and the encoder, target data
 only), ``joint`` (sources and target trained together, one loss per domain batch, averaged),
 ``fine-tune`` (pre-train on the sources, then train everything on the target), ``meta`` (the
-method; after an optional joint pre-training on the sources,
-which stops when its training loss levels off: :func:`pretrain`, our rule). Switch VQ off with
-``model.vq = None``.
+method, from the joint pre-training when given one). Switch VQ off with ``model.vq = None``;
+:data:`SPECS` names the notebook's arms and :data:`LADDER` the one-switch-at-a-time comparisons
+(pre-training, then meta transfer, then the codebook).
 """
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -55,14 +60,14 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import data as D
-from ..budget import Budget, get_budget
 from ..data.batches import SeqData
+from ..evaluate import evaluate, rank_targets
 from ..models import MultiDomainConfig, MultiDomainSASRec
-from ..train import Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, seed_everything
-from .common import MethodResult, evaluate_both
-
-if TYPE_CHECKING:
-    from ..experiment import Experiment
+from ..results import MethodResult
+from ..runspec import Run
+from ..train import (Hooks, StepContext, TrainConfig, clip_and_step, fit as train_fit, resolve_device,
+                     seed_everything)
+from .common import evaluate_both, stage_times, timings  # noqa: F401  (05 reads metarec.stage_times)
 
 VARIANTS = ("target-only", "joint", "fine-tune", "meta")
 WEIGHTS = ("descent", "public", "uniform")
@@ -80,13 +85,9 @@ class MetaRecConfig:
     inner_steps: int = 1               # k SGD steps on a source per meta iteration
     inner_lr: float = 0.01             # SGD step size of the inner loop
     n_sampled: int = 3                 # source domains sampled per meta iteration (None/0: all)
-    pretrain_steps: int = 0            # joint pre-training steps on the sources, at most (0: none)
-    pretrain_lr: float = 1e-3          # Adam learning rate of the pre-training
-    pretrain_block: int = 50           # the pre-training stops once its training loss levels off:
-    pretrain_tol: float = 0.005        # `pretrain_patience` blocks of `pretrain_block` steps in a row
-    pretrain_patience: int = 2         # whose mean loss is not `pretrain_tol` (relative) below the best
-                                       # block so far (no validation: the target is not seen); block 0: a
-                                       # fixed schedule of `pretrain_steps`
+    pretrain: TrainConfig = field(default_factory=TrainConfig)   # the joint pre-training on the sources
+                                       # (metarec.pretrain): its own rate, early stopping on the sources'
+                                       # held-out items
     target_init: str = "codes"         # a pre-trained model's new target table [ours]: "codes" puts each
                                        # target item on a code the sources use (drawn by their usage,
                                        # plus noise of init_noise); "normal": N(0, 0.02^2), which lands
@@ -264,77 +265,18 @@ class _null:
 # a setting's data, the model and the variants
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
-class Prepared:
-    """Per-domain source tensors, the target as an Experiment, and item titles per domain."""
-
-    setting: D.CrossDomain
-    sources: dict[str, SeqData]          # domain -> its own sequences and item ids
-    source_items: dict[str, pd.DataFrame]  # domain -> items (index = that domain's ids; title ...)
-    target: Experiment
-    seconds: dict[str, float]
-
-
 def largest_domains(ds: D.Interactions, n: int, rule: str = "rarest", exclude: tuple[str, ...] = ()) -> list[str]:
     """The ``n`` genre domains of ``ds`` with the most interactions (one genre per film by ``rule``)."""
     counts = D.genre_domains(ds, rule).inter["domain"].value_counts()
     return [d for d in counts.index if d not in exclude][:n]
 
 
-def recent_share(ds: D.Interactions, frac: float, min_len: int = 3) -> D.Interactions:
-    """Every user's most recent ``ceil(frac * n)`` interactions (at least ``min_len``, so that
-    leave-one-out keeps a training item; fewer only when the user has fewer): the target with
-    limited histories. Items no one keeps any more are dropped and ids re-indexed."""
-    if not 0.0 < frac <= 1.0:
-        raise ValueError(f"the kept share of each history must be in (0, 1], got {frac}")
-    if frac == 1.0:
-        return ds
-    inter = ds.inter.sort_values(["user", "timestamp"], kind="stable")
-    n = inter.groupby("user")["item"].transform("size").to_numpy()
-    rank_from_end = inter.groupby("user").cumcount(ascending=False).to_numpy()    # 0 = most recent
-    keep = rank_from_end < np.maximum(np.ceil(frac * n), min_len)
-    items = np.unique(inter.loc[keep, "item"].to_numpy())
-    cut = replace(ds, inter=inter[keep].reset_index(drop=True))
-    return D.subset(cut, items=items, name=ds.name)
-
-
-def prepare(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0, device: str = "auto",
-            max_len: int = 50, target_user_frac: float = 1.0, target_history_frac: float = 1.0,
-            progress: bool = True, head_frac: float = 0.2, cold_max: int = 5, cache: bool | str = False,
-            data_dir: str | None = None) -> Prepared:
-    """Sample (smoke budget), split and tensorise every source domain on its own and the target.
-    The limited-data target keeps a seeded ``target_user_frac`` of its users and, of every kept
-    user, the most recent ``target_history_frac`` of the history (:func:`recent_share`)."""
-    from ..experiment import prepare as prepare_experiment
-    if not 0.0 < target_user_frac <= 1.0:
-        raise ValueError(f"target_user_frac must be in (0, 1], got {target_user_frac}")
-    b = replace(budget if isinstance(budget, Budget) else get_budget(budget), max_len=max_len)
-    t0 = time.perf_counter()
-    setting = setting.sample(b.max_users, seed)
-    sources, items = {}, {}
-    for d in sorted(setting.sources.inter["domain"].unique()):
-        ds = D.domain_sequences(setting.sources, [d], min_len=3)
-        sources[d] = D.build_sequences(D.leave_one_out(ds), max_len)
-        items[d] = ds.items
-    target = setting.target
-    if target_user_frac < 1.0:
-        target = D.sample_users(target, max(1, round(target_user_frac * target.n_users)), seed)
-    target = recent_share(target, target_history_frac)
-    exp = prepare_experiment(target, b, seed, device, head_frac=head_frac, cold_max=cold_max,
-                             progress=progress, data_dir=data_dir, cache=cache)
-    exp.groups.masks = {k: m for k, m in exp.groups.masks.items() if m.any()}
-    return Prepared(setting, sources, items, exp, {"data": time.perf_counter() - t0})
-
-
-def build(prep: Prepared, cfg: MetaRecConfig, seed: int, with_sources: bool = True,
-          with_target: bool = True) -> MultiDomainSASRec:
-    """A fresh seeded model with a table for every source (``with_sources``) and the target."""
+def build(domains: dict[str, int], cfg: MetaRecConfig, seed: int, max_len: int) -> MultiDomainSASRec:
+    """A fresh seeded model with one table per ``domain -> n_items`` (the target's named
+    :data:`TARGET`, made the scoring domain when present)."""
     seed_everything(seed)
-    domains = {d: s.n_items for d, s in prep.sources.items()} if with_sources else {}
-    if with_target:
-        domains[TARGET] = prep.target.data.n_items
-    model = MultiDomainSASRec(domains, replace(cfg.model, max_len=prep.target.data.max_len))
-    if with_target:
+    model = MultiDomainSASRec(dict(domains), replace(cfg.model, max_len=max_len))
+    if TARGET in domains:
         model.set_domain(TARGET)
     return model
 
@@ -365,87 +307,6 @@ def init_on_codes(model: MultiDomainSASRec, domain: str, sources: list[str], noi
     return codes
 
 
-def plateau_step(losses: list[float] | np.ndarray, block: int, tol: float, patience: int) -> int | None:
-    """The step (1-based, a block's end) where a training loss levels off, or None if it never does.
-
-    The losses are cut into blocks of ``block`` steps; a block whose mean is not ``tol`` (relative)
-    below the best earlier block mean is a bad block, and ``patience`` bad blocks in a row end the
-    run at the end of the last of them. ``block <= 0`` never stops."""
-    if block <= 0:
-        return None
-    if patience < 1 or tol < 0:
-        raise ValueError(f"plateau needs patience >= 1 and tol >= 0, got patience={patience}, tol={tol}")
-    best, bad = float("inf"), 0
-    for k in range(len(losses) // block):
-        m = float(np.mean(losses[k * block:(k + 1) * block]))
-        if not np.isfinite(best) or m < best * (1 - tol):
-            best, bad = m, 0
-        else:
-            bad += 1
-            if bad >= patience:
-                return (k + 1) * block
-    return None
-
-
-def pretrain(model: MultiDomainSASRec, prep: Prepared, cfg: MetaRecConfig, seed: int) -> pd.DataFrame:
-    """Joint pre-training on the sources: Adam steps, each the mean loss of one batch of every
-    sampled source, until the training loss levels off (:func:`plateau_step` with
-    ``cfg.pretrain_block`` / ``pretrain_tol`` / ``pretrain_patience``) or ``cfg.pretrain_steps``
-    steps. No validation (the target is not seen); returns the loss curve, with
-    ``attrs["stopped"]`` = ``"plateau"``, ``"cap"`` or (``pretrain_block`` 0) ``"schedule"``."""
-    device = next(model.parameters()).device
-    batches = DomainBatches({d: s.to(device) for d, s in prep.sources.items()}, cfg.train.batch_size, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr)
-    model.train()
-    rows, losses, t0, stopped = [], [], time.perf_counter(), "cap"
-    for step in range(cfg.pretrain_steps):
-        doms = batches.sample_domains(cfg.n_sampled)
-        opt.zero_grad(set_to_none=True)
-        loss = sum(model.loss(*batches(d), domain=d) for d in doms) / len(doms)
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        rows.append({"epoch": 0, "step": step + 1, "loss": losses[-1], "seconds": time.perf_counter() - t0})
-        if (cfg.pretrain_block > 0 and (step + 1) % cfg.pretrain_block == 0 and step + 1 < cfg.pretrain_steps
-                and plateau_step(losses, cfg.pretrain_block, cfg.pretrain_tol, cfg.pretrain_patience)):
-            stopped = "plateau"
-            break
-    if cfg.pretrain_block <= 0:
-        stopped = "schedule"               # a fixed schedule: nothing was checked
-    elif stopped == "cap" and plateau_step(losses, cfg.pretrain_block, cfg.pretrain_tol, cfg.pretrain_patience):
-        stopped = "plateau"                # levelled off exactly at the cap
-    out = pd.DataFrame(rows, columns=["epoch", "step", "loss", "seconds"]).assign(stage="pre-train")
-    out.attrs.update(stopped=stopped, cap=cfg.pretrain_steps, vq=cfg.model.vq is not None,
-                     block=cfg.pretrain_block if cfg.pretrain_block > 0 else 50)
-    return out
-
-
-def pretrain_sentence(pretrained: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]], block: int | None = None) -> str:
-    """One line per shared pre-training (the ``pretrained`` dict of :func:`run_setting`): how
-    many steps it ran and whether its training loss had levelled off or the cap stopped it; the
-    closing loss is averaged over ``block`` steps (None: the run's own ``pretrain_block``)."""
-    lines = []
-    for _, hist in pretrained.values():
-        b = block or hist.attrs.get("block", 50)
-        name = "with VQ" if hist.attrs.get("vq") else "without VQ"
-        n, cap = len(hist), hist.attrs.get("cap", len(hist))
-        tail = hist["loss"].to_numpy()
-        last = f"mean loss of its last {min(b, n)} steps {tail[-b:].mean():.3f}" if n else "no steps"
-        if hist.attrs.get("stopped") == "schedule":
-            lines.append(f"The joint pre-training {name} ran a fixed schedule of {n} steps, unchecked for "
-                         f"levelling off ({last}).")
-        elif hist.attrs.get("stopped") == "plateau":
-            lines.append(f"The joint pre-training {name} ran {n} steps of at most {cap}; its training loss "
-                         f"had levelled off ({last}).")
-        else:
-            lines.append(f"The joint pre-training {name} ran all {n} steps of its cap without its training loss "
-                         f"levelling off ({last}): it may have been cut off while still improving, and a longer "
-                         "one could change the transfer variants that start from it.")
-    return "\n".join(lines)
-
-
 def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
     """The codebook and every domain's items at ``step``: columns step, domain, item, code, x, y
     (:func:`~seqtransfer.diagnostics.codebook_projection`; empty without a quantiser)."""
@@ -458,76 +319,165 @@ def snapshot(model: MultiDomainSASRec, step: int) -> pd.DataFrame:
         return codebook_projection(model.quantizer.codebook, items, codes).assign(step=step)
 
 
-def pretrained_model(prep: Prepared, cfg: MetaRecConfig, seed: int) -> tuple[MultiDomainSASRec, pd.DataFrame]:
-    """A fresh seeded model of the source domains (no target table: :func:`fit` adds one), jointly
-    pre-trained (:func:`pretrain`: until its training loss levels off, at most
-    ``cfg.pretrain_steps`` steps), and its loss curve. What fine-tune and meta
-    start from; share it across variants and across targets with the same sources."""
-    model = build(prep, cfg, seed, with_target=False).to(prep.target.device)
-    return model, pretrain(model, prep, cfg, seed)
+def source_metrics(model: MultiDomainSASRec, sources: dict[str, SeqData], split: str = "valid",
+                   ks=(10,), batch_size: int = 2048) -> tuple[pd.DataFrame, np.ndarray]:
+    """Full-ranking metrics of every source user on ``split``, each ranked among its own domain's
+    items: group ``"all"`` pools the users of every domain (what a pre-training early-stops on),
+    ``"domain:<d>"`` one domain's. Returns the metrics and the pooled (U,) ranks, domain by domain
+    in ``sources``' order. The model's scoring domain is restored afterwards."""
+    before = model.domain
+    ranks = []
+    try:
+        for d, s in sources.items():
+            model.set_domain(d)
+            ranks.append(rank_targets(model, s, split, batch_size=batch_size))
+    finally:
+        if before is not None:
+            model.set_domain(before)
+    pooled = np.concatenate(ranks)
+    groups, start = {"all": np.ones(len(pooled), dtype=bool)}, 0
+    for d, r in zip(sources, ranks):
+        groups[f"domain:{d}"] = np.zeros(len(pooled), dtype=bool)
+        groups[f"domain:{d}"][start:start + len(r)] = True
+        start += len(r)
+    return evaluate(model, None, split, groups, ks, ranks=pooled), pooled
 
 
-def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None = None,
-        pretrained: tuple[MultiDomainSASRec, pd.DataFrame] | None = None) -> MethodResult:
-    """Train ``cfg.variant`` for ``prep``'s target and evaluate it on validation and test.
+def _steps_per_epoch(sources: dict[str, SeqData], batch_size: int, n_sampled: int | None) -> int:
+    """Joint steps in one pre-training epoch: each step takes one batch of each of ``k`` sampled
+    sources, so an epoch of ceil(windows / (batch x k)) steps draws about as many windows as
+    the sources hold."""
+    k = len(sources) if not n_sampled else min(n_sampled, len(sources))
+    windows = sum(len(s.train_inputs) for s in sources.values())
+    return max(1, -(-windows // (batch_size * k)))
 
-    ``pretrained``: ``(model, history)`` from :func:`pretrained_model` to start from (fine-tune
-    and meta; a copy is trained); without it they pre-train for ``cfg.pretrain_steps`` steps
-    themselves (fine-tune needs at least one).
-    Diagnostics: ``weights`` (per meta iteration and source: alignment, weight, meta-gradient
-    cosine), ``codes`` (item codes of every domain at snapshots), ``codebook`` (the final codes)."""
+
+def pretrain(data: SeqData, groups, cfg: MetaRecConfig, seed: int = 0, variant: str = "MetaRec pre-train",
+             sources: dict[str, SeqData] | None = None) -> MethodResult:
+    """Joint pre-training on the source domains alone, on the shared loop (``train.fit`` with
+    hooks): each step is the mean loss of one random batch of each of ``cfg.n_sampled`` sampled
+    sources (Adam, ``cfg.pretrain``'s schedule); validation after every epoch ranks the held-out
+    item of every source user within its own domain, and early stopping reads NDCG@10 of those
+    users pooled (:func:`source_metrics`). The target is never seen.
+
+    The engine's fit contract (``Run(pretrain, cfg, data=<a source>, given={"sources": ...},
+    tune="pretrain")``): ``data`` only carries the device and the run's identity; every batch and
+    every validation comes from ``sources``. Metrics are the sources' validation and test."""
+    if not sources:
+        raise ValueError("metarec.pretrain needs the source domains (sources={domain: SeqData})")
+    if TARGET in sources:
+        raise ValueError(f"a source may not be named {TARGET!r} (the target's table)")
+    first = next(iter(sources.values()))
+    model = build({d: s.n_items for d, s in sources.items()}, cfg, seed, first.max_len)
+    model.set_domain(next(iter(sources)))
+    tcfg = replace(cfg.pretrain, seed=seed)
+    device = resolve_device(tcfg.device)
+    on = {d: s.to(device) for d, s in sources.items()}
+    names = list(on)
+    k = len(names) if not cfg.n_sampled else min(cfg.n_sampled, len(names))
+    per_epoch = _steps_per_epoch(on, tcfg.batch_size, cfg.n_sampled)
+
+    def batches(_, c: TrainConfig, gen: torch.Generator):
+        for _ in range(per_epoch):               # the loop's per-epoch generator: a resumed run draws alike
+            pick = torch.randperm(len(names), generator=gen)[:k].sort().values.tolist()
+            yield [(names[i], torch.randint(0, len(on[names[i]].train_inputs), (c.batch_size,), generator=gen))
+                   for i in pick]
+
+    def step(ctx: StepContext) -> float:
+        ctx.optimizer.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            loss = sum(ctx.model.loss(on[d].train_inputs[i.to(device)], on[d].train_targets[i.to(device)], domain=d)
+                       for d, i in ctx.batch) / len(ctx.batch)
+        loss.backward()
+        clip_and_step(ctx)
+        return loss.item()
+
+    def validate(m: torch.nn.Module) -> pd.DataFrame:
+        return source_metrics(m, on, "valid", (10,), tcfg.eval_batch_size)[0]
+
+    result = train_fit(model, data, tcfg, Hooks(batches=batches, step=step, validate=validate))
+    frames, ranks = [], {}
+    for split in ("valid", "test"):
+        m, ranks[split] = source_metrics(result.model, on, split, batch_size=tcfg.eval_batch_size)
+        frames.append(m)
+    metrics = pd.concat(frames, ignore_index=True).assign(variant=variant, seed=seed)
+    history = result.history.assign(variant=variant, stage="pre-train")
+    diag = {"codes": snapshot(result.model, -1),
+            "stages": pd.DataFrame([{"stage": "pre-train", "stopped": result.stopped, "steps": result.steps,
+                                     "steps_per_epoch": per_epoch}])}
+    return MethodResult("metarec", variant, seed, metrics, history, result.model, result, diag, ranks)
+
+
+def _start_model(data: SeqData, cfg: MetaRecConfig, seed: int, sources: dict[str, SeqData] | None,
+                 pretrained: MethodResult | None) -> MultiDomainSASRec:
+    """The model an arm starts the target from: a fresh target-only model, a fresh model of the
+    sources and the target (joint; meta without pre-training), or a copy of the pre-trained
+    source model with a fresh target table (``pretrained`` is never changed)."""
+    if cfg.variant == "target-only":
+        if pretrained is not None:
+            raise ValueError("variant 'target-only' trains from scratch; pass pretrained= to fine-tune or meta only")
+        return build({TARGET: data.n_items}, cfg, seed, data.max_len)
+    if pretrained is None:
+        if cfg.variant == "fine-tune":
+            raise ValueError("fine-tune needs a pre-trained model: pass pretrained= (the result of metarec.pretrain)")
+        return build({**{d: s.n_items for d, s in sources.items()}, TARGET: data.n_items}, cfg, seed, data.max_len)
+    if cfg.variant not in ("fine-tune", "meta"):
+        raise ValueError(f"variant {cfg.variant!r} trains from scratch; pass pretrained= to fine-tune or meta only")
+    pre = pretrained.model
+    if TARGET in pre.tables:
+        raise ValueError("the pre-trained model already has a target table; pre-train with metarec.pretrain")
+    if (pre.quantizer is None) != (cfg.model.vq is None):
+        raise ValueError(f"the pre-trained model was trained {'without' if pre.quantizer is None else 'with'} a VQ "
+                         f"codebook and this arm {'has' if cfg.model.vq is not None else 'has none'}; pre-train "
+                         "with the arm's model config")
+    missing = set(sources or ()) - set(pre.tables)
+    if missing:
+        raise ValueError(f"the pre-trained model has no table for source(s) {sorted(missing)}")
+    model = copy.deepcopy(pre).cpu()
+    source_names = list(model.tables)
+    torch.manual_seed(seed)
+    model.add_domain(TARGET, data.n_items)                  # a fresh target table, N(0, 0.02^2)
+    if cfg.target_init == "codes" and model.quantizer is not None:
+        init_on_codes(model, TARGET, source_names, cfg.init_noise, seed)
+    return model
+
+
+def fit(data: SeqData, groups, cfg: MetaRecConfig, seed: int = 0, variant: str | None = None,
+        sources: dict[str, SeqData] | None = None, pretrained: MethodResult | None = None) -> MethodResult:
+    """Train ``cfg.variant`` on the target ``data`` and evaluate it on validation and test.
+
+    The engine's fit contract. ``sources``: the source domains (joint and meta train on them);
+    ``pretrained``: the result of :func:`pretrain` (fine-tune needs it, meta may start from it; a
+    copy is trained). Diagnostics: ``weights`` (per meta iteration and source: alignment,
+    weight, meta-gradient cosines), ``codes`` (item codes of every domain at snapshots)."""
     if cfg.variant not in VARIANTS:
         raise ValueError(f"unknown MetaRec variant {cfg.variant!r}; choose one of {VARIANTS}")
     if cfg.weights not in WEIGHTS:
         raise ValueError(f"unknown source weighting {cfg.weights!r}; choose one of {WEIGHTS}")
     if cfg.target_init not in TARGET_INITS:
         raise ValueError(f"unknown target_init {cfg.target_init!r}; choose one of {TARGET_INITS}")
+    if cfg.variant in ("joint", "meta") and not sources:
+        raise ValueError(f"variant {cfg.variant!r} trains on the source domains: pass sources={{domain: SeqData}}")
     variant = variant or f"MetaRec {cfg.variant}"
-    exp, data = prep.target, prep.target.data
-    pre_hist = pd.DataFrame()
-    if cfg.variant == "target-only":
-        model = build(prep, cfg, seed, with_sources=False)
-    elif pretrained is not None or (cfg.variant in ("fine-tune", "meta") and cfg.pretrain_steps):
-        if cfg.variant not in ("fine-tune", "meta"):
-            raise ValueError(f"variant {cfg.variant!r} trains from scratch; pass pretrained= to fine-tune or meta only")
-        pre, pre_hist = pretrained if pretrained is not None else pretrained_model(prep, cfg, seed)
-        model = copy.deepcopy(pre)
-        if TARGET in model.tables:
-            raise ValueError("the pre-trained model already has a target table; pre-train with pretrained_model()")
-        missing = set(prep.sources) - set(model.tables)
-        if missing:
-            raise ValueError(f"the pre-trained model has no table for source(s) {sorted(missing)}")
-        torch.manual_seed(seed)
-        model.add_domain(TARGET, data.n_items)                  # a fresh target table, N(0, 0.02^2)
-        if cfg.target_init == "codes" and model.quantizer is not None:
-            init_on_codes(model, TARGET, list(prep.sources), cfg.init_noise, seed)
-    else:
-        if cfg.variant == "fine-tune":
-            raise ValueError("fine-tune needs pre-training: set pretrain_steps >= 1 or pass pretrained=...")
-        model = build(prep, cfg, seed)
+    model = _start_model(data, cfg, seed, sources, pretrained)
     model.set_domain(TARGET)
-    t0 = time.perf_counter()
+    tcfg = replace(cfg.train, seed=seed)
+    device = resolve_device(tcfg.device)
+    domain_batches = (DomainBatches({d: s.to(device) for d, s in sources.items()}, tcfg.batch_size, seed)
+                      if cfg.variant in ("joint", "meta") else None)
     snaps, weights = [], []
-    state = {"batches": None}
-
-    def batches_for(ctx: StepContext) -> DomainBatches:
-        if state["batches"] is None:
-            state["batches"] = DomainBatches({d: s.to(ctx.data.device) for d, s in prep.sources.items()},
-                                             ctx.cfg.batch_size, seed)
-        return state["batches"]
 
     def meta_step(ctx: StepContext) -> float:
         batch = (ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch])
-        rows = meta_iteration(ctx.model, ctx.optimizer, batch, batches_for(ctx), cfg, grad_clip=ctx.cfg.grad_clip)
+        rows = meta_iteration(ctx.model, ctx.optimizer, batch, domain_batches, cfg, grad_clip=ctx.cfg.grad_clip)
         weights.extend({"step": ctx.step + 1, **r} for r in rows)
         return rows[0]["target_loss"]
 
     def joint_step(ctx: StepContext) -> float:
-        b = batches_for(ctx)
         ctx.optimizer.zero_grad(set_to_none=True)
-        doms = b.sample_domains(cfg.n_sampled)
+        doms = domain_batches.sample_domains(cfg.n_sampled)
         lt = ctx.model.loss(ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch], domain=TARGET)
-        loss = (lt + sum(ctx.model.loss(*b(d), domain=d) for d in doms)) / (1 + len(doms))
+        loss = (lt + sum(ctx.model.loss(*domain_batches(d), domain=d) for d in doms)) / (1 + len(doms))
         loss.backward()
         clip_and_step(ctx)
         return float(lt.detach())
@@ -536,22 +486,30 @@ def fit(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, variant: str | None =
         if cfg.snapshot_every and (ctx.step + 1) % cfg.snapshot_every == 0:
             snaps.append(snapshot(ctx.model, ctx.step + 1))
 
+    def state() -> dict:                         # a resumed run continues the same batches and records
+        return {"gen": None if domain_batches is None else domain_batches.gen.get_state(),
+                "snaps": list(snaps), "weights": list(weights)}
+
+    def load_state(saved: dict) -> None:
+        if domain_batches is not None and saved.get("gen") is not None:
+            domain_batches.gen.set_state(saved["gen"].cpu())
+        snaps[:], weights[:] = saved["snaps"], saved["weights"]
+
     step = {"meta": meta_step, "joint": joint_step}.get(cfg.variant)
-    train_cfg = replace(cfg.train, seed=seed)
     snaps.append(snapshot(model, 0))
-    result = train_fit(model, data, train_cfg, Hooks(step=step, after_step=after_step),
-                       groups={"all": exp.groups["all"]})
+    # the training's own randomness (dropout, sampled sources) from the seed alone, whatever
+    # trained before it in this process
+    seed_everything(seed)
+    result = train_fit(model, data, tcfg, Hooks(step=step, after_step=after_step, state=state, load_state=load_state),
+                       groups={"all": groups["all"]})
     snaps.append(snapshot(result.model, result.steps + 1).assign(step=-1))   # -1: the kept (best) weights
-    metrics, ranks = evaluate_both(result.model, data, exp.groups, variant, seed)
-    history = pd.concat([pre_hist, result.history.assign(stage=cfg.variant)], ignore_index=True)
+    metrics, ranks = evaluate_both(result.model, data, groups, variant, seed)
     diag = {"codes": pd.concat(snaps, ignore_index=True),
-            "times": pd.DataFrame([{"stage": "pre-train", "seconds": pre_hist["seconds"].max() if len(pre_hist) else 0.0,
-                                    "steps": len(pre_hist)},
-                                   {"stage": cfg.variant, "seconds": time.perf_counter() - t0, "steps": result.steps}])}
+            "stages": pd.DataFrame([{"stage": cfg.variant, "stopped": result.stopped, "steps": result.steps}])}
     if weights:
         diag["weights"] = pd.DataFrame(weights)
+    history = result.history.assign(variant=variant, stage=cfg.variant)
     return MethodResult("metarec", variant, seed, metrics, history, result.model, result, diag, ranks)
-
 
 # ---------------------------------------------------------------------------------------------
 # the notebook's comparison
@@ -575,6 +533,20 @@ LADDER = (("pre-train + fine-tune, no VQ", "target only", "pre-training"),
           ("MetaRec, no VQ", "pre-train + fine-tune, no VQ", "meta transfer"),
           ("MetaRec", "MetaRec, no VQ", "the VQ codebook"),
           ("pre-train + fine-tune", "pre-train + fine-tune, no VQ", "the VQ codebook without meta transfer"))
+# the arms the quick budget trains (a CPU in under an hour): the ladder, and uniform weights to
+# test the source weighting; joint training and MetaAdapt's sign only at full
+QUICK_SPECS = tuple(dict.fromkeys([n for arm, base, _ in LADDER for n in (base, arm)] + ["MetaRec, uniform weights"]))
+
+
+def comparison_pairs(arms, baseline: str = "target only") -> list[tuple[str, str]]:
+    """Which arm is compared with which, among the spec names ``arms``: every arm against
+    ``baseline``, the :data:`LADDER` steps, and MetaRec against each of its ablations."""
+    arms = list(arms)
+    pairs = [(a, baseline) for a in arms if a != baseline]
+    pairs += [(a, b) for a, b, _ in LADDER if a in arms and b in arms]
+    pairs += [("MetaRec", b) for b in ("MetaRec, uniform weights", "MetaRec, public sign", "MetaRec, no VQ",
+                                       "joint (VQ)") if "MetaRec" in arms and b in arms]
+    return list(dict.fromkeys(pairs))
 
 
 def spec_config(cfg: MetaRecConfig, change: dict) -> MetaRecConfig:
@@ -584,36 +556,44 @@ def spec_config(cfg: MetaRecConfig, change: dict) -> MetaRecConfig:
     return replace(cfg, model=model, **change)
 
 
-def _source_digest(prep: Prepared) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for d, s in sorted(prep.sources.items()):
-        h.update(d.encode())
-        h.update(s.train_inputs.cpu().numpy().tobytes())
-    return h.hexdigest()
+def pretrain_name(sources: dict[str, SeqData], vq: bool) -> str:
+    """The pre-training run's variant: named by its sources and the codebook, not by a target,
+    so targets with the same sources share one cached run."""
+    return f"MetaRec pre-train on {', '.join(sources)} ({'VQ' if vq else 'no VQ'})"
 
 
-def run_setting(prep: Prepared, cfg: MetaRecConfig, seed: int = 0, label: str = "",
-                specs: dict[str, dict] | None = None,
-                pretrained: dict[str, tuple[MultiDomainSASRec, pd.DataFrame]] | None = None) -> list[MethodResult]:
-    """Every spec (default :data:`SPECS`) on ``prep``'s target, named ``"<label> | <spec>"``.
-    Specs that pre-train share one pre-trained model per model config (with and without VQ);
-    pass the same ``pretrained`` dict to several calls to share it across targets whose source
-    tensors are identical (it is keyed by the model config and a digest of the sources)."""
+def pretrain_config(cfg: MetaRecConfig) -> MetaRecConfig:
+    """What a pre-training depends on (model, source sampling, its schedule), the rest at the
+    defaults: the arms' target-side settings never reach its cache key."""
+    return MetaRecConfig(model=cfg.model, n_sampled=cfg.n_sampled, pretrain=cfg.pretrain, snapshot_every=0)
+
+
+def runs(prep, cfg: MetaRecConfig, label: str = "", specs: dict[str, dict] | None = None,
+         pretrain_seeds: int | None = 1, pretrain_lr_grid: tuple[float, ...] | None = None) -> dict[str, Run]:
+    """The runs of one target for ``prep.target.run(...)`` (``prep``: sources and target, e.g.
+    :func:`seqtransfer.experiment.prepare_domains`): one pre-training on the sources per model
+    config the specs need (with and without VQ; a run of its own, ``pretrain_seeds`` seeds, its
+    rate from ``pretrain_lr_grid``, default ``cfg.pretrain.lr``, chosen on the sources'
+    validation), then every spec (default :data:`SPECS`), named ``"<label> | <spec>"``: the
+    pre-training through the inputs mechanism, the source domains (joint, meta) as constants.
+    Every arm's rate comes from the call's grid; every arm trains every seed."""
     prefix = f"{label} | " if label else ""
-    shared = {} if pretrained is None else pretrained
-    out = []
+    carrier = next(iter(prep.sources.values()))
+    grid = tuple(pretrain_lr_grid) if pretrain_lr_grid else (cfg.pretrain.lr,)
+    out: dict[str, Run] = {}
+    arms: dict[str, Run] = {}
     for name, change in (specs or SPECS).items():
         c = spec_config(cfg, change)
-        pre = None
-        if c.variant in ("fine-tune", "meta") and c.pretrain_steps:
-            key = (f"{c.model!r} {c.pretrain_steps} {c.pretrain_lr} {c.pretrain_block} {c.pretrain_tol} "
-                   f"{c.pretrain_patience} {c.n_sampled} {seed} {_source_digest(prep)}")
-            if key not in shared:
-                shared[key] = pretrained_model(prep, c, seed)
-            pre = shared[key]
-        out.append(fit(prep, c, seed, f"{prefix}{name}", pretrained=pre))
-    return out
+        inputs = {}
+        if c.variant in ("fine-tune", "meta"):
+            pre = pretrain_name(prep.sources, c.model.vq is not None)
+            if pre not in out:
+                out[pre] = Run(pretrain, pretrain_config(c), data=carrier, given={"sources": prep.sources},
+                               tune="pretrain", n_seeds=pretrain_seeds, lr_grid=grid)
+            inputs = {"pretrained": pre}
+        given = {"sources": prep.sources} if c.variant in ("joint", "meta") else {}
+        arms[f"{prefix}{name}"] = Run(fit, c, inputs=inputs, given=given)
+    return {**out, **arms}
 
 
 def verdicts(results: list[MethodResult], variants, baseline: str, groups, group: str = "all") -> list[str]:
@@ -625,25 +605,13 @@ def verdicts(results: list[MethodResult], variants, baseline: str, groups, group
     return [transfer_verdict(table, v, baseline, group) for v in variants]
 
 
-def stage_times(results: list[MethodResult], preps: dict[str, Prepared] | None = None) -> pd.DataFrame:
-    """Seconds and steps per stage: data preparation of every setting, then each run's
-    pre-training (a shared one appears under each run that started from it) and target stage."""
-    rows = [{"variant": label, "stage": stage, "seconds": sec, "steps": np.nan}
-            for label, p in (preps or {}).items() for stage, sec in p.seconds.items()]
-    for r in results:
-        t = r.diagnostics.get("times")
-        if t is not None:
-            rows += [{"variant": r.variant, **row} for row in t.to_dict("records") if row["steps"]]
-    return pd.DataFrame(rows, columns=["variant", "stage", "seconds", "steps"])
-
-
 def final_codes(result: MethodResult) -> pd.DataFrame:
     """The item codes of the kept weights (the last snapshot) of a run with a quantiser."""
     c = result.diagnostics["codes"]
     return c[c["step"] == c["step"].iloc[-1]]
 
 
-def title_agreement(result: MethodResult, prep: Prepared) -> pd.DataFrame:
+def title_agreement(result: MethodResult, prep) -> pd.DataFrame:
     """How often a target film found by title among the sources' films lands on the same code
     (:func:`~seqtransfer.diagnostics.title_code_agreement`) under ``result``'s kept weights."""
     from ..diagnostics import title_code_agreement
