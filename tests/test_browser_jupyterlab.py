@@ -210,6 +210,12 @@ def test_00_runs_in_jupyterlab_and_its_slider_redraws(lab, chrome, browser_ready
         assert after != before and "head: >" in after
         assert "25%" in page.locator(".widget-interact .widget-slider", has_text="head share").inner_text()
         page.locator(".widget-interact").first.screenshot(path=str(tmp_path / "explorer.png"))
+        # the saved file keeps a static copy of the explorer beside the widget view (a notebook
+        # reopened without its kernel cannot draw the widget): its table and both figures
+        cell = next(c for c in saved.cells if c.cell_type == "code" and "group_explorer(" in c.source)
+        kinds = [k for o in cell.outputs for k in o.get("data", {})]
+        assert WIDGET in kinds and kinds.count("application/vnd.plotly.v1+json") >= 2 and "text/html" in kinds
+        assert any("Static copy of the explorer" in o.get("data", {}).get("text/markdown", "") for o in cell.outputs)
     finally:
         page.close()
     print(f"00 in JupyterLab: all cells {took:.0f} s, test {time.monotonic() - t0:.0f} s")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from seqtransfer import data as D
+from seqtransfer import entire
 from seqtransfer.budget import get_budget
 from seqtransfer.methods import ecat
 from seqtransfer.train import TrainConfig
@@ -212,7 +213,7 @@ def toy_space(n_users: int = 24, seed: int = 0) -> D.Interactions:
 
 def _setting():
     b = get_budget("smoke", max_len=10, dim=8)
-    return ecat.make_setting(toy_space(), "A", b, seed=0, device="cpu", min_len=4, progress=False)
+    return entire.make_setting(toy_space(), "A", b, seed=0, device="cpu", min_len=4, progress=False)
 
 
 def test_no_target_future_in_the_entire_space():
@@ -246,16 +247,29 @@ def test_student_starts_each_period_where_the_last_ended():
 
 
 def test_teacher_continues_between_periods():
+    """Period 1's teacher starts from period 0's weights (lr 0 keeps them) and trains a copy:
+    period 0's result, which other runs read, is unchanged by it."""
     s = _setting()
     cfg = ecat.EcatConfig(backbone_kwargs={"dim": 8, "n_heads": 1},
                           train=TrainConfig(epochs=1, max_steps=2, batch_size=8, device="cpu", progress=False),
                           n_periods=2)
-    seen = []
-    teachers, hist = ecat.train_teachers(s, cfg, 0, observe=lambda t, st, m: seen.append(
-        {k: v.detach().clone() for k, v in m.state_dict().items()}))
+    teachers, hist = ecat.train_teachers(s, cfg, 0)
     assert len(teachers) == 2 and set(hist["period"]) == {0, 1}
-    assert all(torch.equal(seen[1][k], seen[2][k]) for k in seen[1])
-    assert all(torch.equal(teachers[0].state_dict()[k].cpu(), seen[1][k].cpu()) for k in seen[1])
+    data = ecat.teacher_data(s, 2, cfg.max_teacher_users, 0)
+    first = ecat.teacher(data[0], None, cfg, 0, period=0)
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+    still = ecat.teacher(data[1], None, replace(cfg, train=replace(cfg.train, lr=0.0, warmup_steps=0)), 0,
+                         previous=first, period=1)
+    assert all(torch.equal(still.model.state_dict()[k], v) for k, v in before.items())    # continued from it
+    moved = ecat.teacher(data[1], None, cfg, 0, previous=first, period=1)
+    assert any(not torch.equal(moved.model.state_dict()[k], v) for k, v in before.items())
+    assert all(torch.equal(first.model.state_dict()[k], v) for k, v in before.items())    # the input untouched
+    # each period's teacher sees the entire space up to its cut only
+    cuts = ecat.period_cuts(s.times, 2)
+    for t in range(2):
+        cut = D.build_sequences(ecat.truncate(s.split, s.times, cuts[t]), s.target.data.max_len)
+        assert torch.equal(data[t].train_inputs, cut.train_inputs) and torch.equal(data[t].train_targets, cut.train_targets)
+    assert data[0].n_train_positions < data[1].n_train_positions
 
 
 def test_period_cuts_and_truncate():
@@ -269,7 +283,7 @@ def test_period_cuts_and_truncate():
 def test_train_timestamps_align_with_the_split():
     ds = toy_space(4)
     split = D.leave_one_out(ds)
-    times = ecat.train_timestamps(ds)
+    times = entire.train_timestamps(ds)
     assert len(times) == len(split.train_items)
     lookup = ds.inter.set_index(["user", "timestamp"])["item"]
     owner = np.repeat(np.arange(split.n_users), np.diff(split.train_ptr))
@@ -279,7 +293,7 @@ def test_train_timestamps_align_with_the_split():
 def test_title_bridges():
     items = pd.DataFrame({"title": ["Heat (1995)", "Up", "heat (1995) ", "Other"],
                           "domain": ["a", "a", "b", "b"]}, index=pd.RangeIndex(1, 5))
-    assert ecat.title_bridges(items, "a", "b").tolist() == [[1, 3]]
+    assert entire.title_bridges(items, "a", "b").tolist() == [[1, 3]]
 
 
 def test_target_scored_masks_other_domains_in_eval_only():
@@ -325,7 +339,7 @@ def test_every_variant_and_option_runs(name):
     change = ecat.VARIANTS[name] if name in ecat.VARIANTS else options[name]
     cfg = _cfg(n_periods=2, top_m=0.5)
     from dataclasses import replace
-    r = ecat.fit(s, replace(cfg, **change), seed=0, variant=name)
+    r = ecat.fit(s.target.data, s.target.groups, replace(cfg, **change), seed=0, variant=name, setting=s)
     assert r.ndcg10() >= 0 and {"all", "tail"} <= set(r.metrics["group"])
     d = r.diagnostics
     assert len(d["counts"]) == replace(cfg, **change).n_periods
@@ -351,7 +365,8 @@ def test_without_graph_every_source_position_is_a_candidate():
 
 
 def test_history_runs_on_across_periods():
-    r = ecat.fit(_setting(), _cfg(n_periods=3, top_m=0.5), seed=0)
+    s = _setting()
+    r = ecat.fit(s.target.data, s.target.groups, _cfg(n_periods=3, top_m=0.5), seed=0, setting=s)
     h = r.history
     assert h["period"].tolist() == [0, 1, 2] and h["epoch"].tolist() == [0, 1, 2]
     assert h["step"].is_monotonic_increasing and h["step"].iloc[-1] == r.train.steps + h["step"].iloc[-2]
@@ -369,15 +384,25 @@ def test_runs_with_the_same_selection_share_it():
     cfg = _cfg(n_periods=2, top_m=0.5)
     teachers, _ = ecat.train_teachers(s, cfg)
     cache = {}
-    a = ecat.fit(s, cfg, 0, "a", teachers, cache)
+    _, a = ecat.continual(s, cfg, 0, teachers, cache=cache)
     assert len(cache) == 2                                          # one selection per period
-    b = ecat.fit(s, replace(cfg, distill="none"), 0, "b", teachers, cache)
+    _, b = ecat.continual(s, replace(cfg, distill="none"), 0, teachers, cache=cache)
     assert len(cache) == 2                                          # reused: same key
-    assert a.diagnostics["counts"].drop(columns="variant").equals(b.diagnostics["counts"].drop(columns="variant"))
-    fresh = ecat.fit(s, cfg, 0, "c", teachers)                      # recomputed: the same samples
-    assert np.array_equal(fresh.diagnostics["w"]["w"], a.diagnostics["w"]["w"])
-    ecat.fit(s, replace(cfg, p_min=0.5), 0, "d", teachers, cache)
+    assert a["counts"].equals(b["counts"])
+    _, fresh = ecat.continual(s, cfg, 0, teachers, cache={})        # recomputed: the same samples
+    assert np.array_equal(fresh["w"]["w"], a["w"]["w"])
+    ecat.continual(s, replace(cfg, p_min=0.5), 0, teachers, cache=cache)
     assert len(cache) == 4                                          # a different cut selects anew
+    # without a cache of its own, runs on the same teacher objects share the process-wide one
+    shared = ecat.periods._shared_selections(s, teachers)
+    ecat.continual(s, cfg, 0, teachers)
+    assert len(shared) == 2 and ecat.periods._shared_selections(s, teachers) is shared
+    assert ecat.periods._shared_selections(s, [copy_of(m) for m in teachers]) is not shared
+
+
+def copy_of(m):
+    import copy
+    return copy.deepcopy(m)
 
 
 def _step_case(distill="adaptive", fine="classifier"):
@@ -438,14 +463,14 @@ def test_fine_tune_starts_from_the_teacher_and_trains_everything():
 
 def test_entire_sample_keeps_every_target_user_and_samples_the_rest():
     users = np.arange(10)
-    got = ecat.entire_sample(users, np.array([2, 7]), 5, seed=0)
+    got = entire.entire_sample(users, np.array([2, 7]), 5, seed=0)
     assert len(got) == 5 and {2, 7} <= set(got.tolist()) and np.all(np.diff(got) > 0)
-    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), 5, seed=0), got)       # seeded
-    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), None), users)
-    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), 50), users)
-    assert np.array_equal(ecat.entire_sample(users, np.array([2, 7]), 2), [2, 7])
+    assert np.array_equal(entire.entire_sample(users, np.array([2, 7]), 5, seed=0), got)       # seeded
+    assert np.array_equal(entire.entire_sample(users, np.array([2, 7]), None), users)
+    assert np.array_equal(entire.entire_sample(users, np.array([2, 7]), 50), users)
+    assert np.array_equal(entire.entire_sample(users, np.array([2, 7]), 2), [2, 7])
     with pytest.raises(ValueError, match="entire_users=1 is below the target's 2 users"):
-        ecat.entire_sample(users, np.array([2, 7]), 1)
+        entire.entire_sample(users, np.array([2, 7]), 1)
 
 
 def test_a_sampled_entire_space_keeps_the_target_and_its_cut():
@@ -453,8 +478,8 @@ def test_a_sampled_entire_space_keeps_the_target_and_its_cut():
     space = toy_space()
     inter = space.inter
     space = replace(space, inter=inter[~((inter["user"] < 8) & (inter["domain"] == "A"))].reset_index(drop=True))
-    full = ecat.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False)
-    s = ecat.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False, entire_users=20)
+    full = entire.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False)
+    s = entire.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False, entire_users=20)
     assert full.target.data.n_users == 16 and full.entire.n_users == 24
     assert s.entire.n_users == 20
     assert set(s.target.dataset.user_ids) <= set(s.entire.user_ids)      # every target user stays
@@ -464,26 +489,28 @@ def test_a_sampled_entire_space_keeps_the_target_and_its_cut():
     assert len(kept) == len(s.entire.inter)                              # same no-leak cut per user
 
 
-def test_one_period_variants_borrow_the_chains_last_teacher(monkeypatch):
+def test_one_period_variants_borrow_the_chains_last_teacher():
+    """The runs: one chain of teachers (each on its own entire-space cut, built on the one
+    before); the one-period variants read its last teacher; target-only reads none."""
     s = _setting()
     cfg = _cfg(n_periods=2, top_m=0.5)
-    variants = {k: ecat.VARIANTS[k] for k in ("ECAT", "pre-train + fine-tune", "ECAT one period")}
-    given, fit = {}, ecat.fit
-    monkeypatch.setattr(ecat, "fit", lambda setting, c, seed, name, teachers, cache: (
-        given.__setitem__(name, teachers), fit(setting, c, seed, name, teachers, cache))[1])
-    runs, hist = ecat.run_variants(s, cfg, variants, 0)
-    assert len(given["ECAT"]) == 2 and given["ECAT one period"] == given["ECAT"][-1:]
-    assert given["pre-train + fine-tune"][0] is given["ECAT"][1]       # fine-tuned from the last teacher
-    assert set(hist) == {2}                                              # no teacher trained for one period
-    assert [k for k in s.seconds if k.startswith("teachers")] == ["teachers (2 periods)"]
-    stops = ecat.teacher_stops({"toy": hist})
+    variants = {k: ecat.VARIANTS[k] for k in ("ECAT", "pre-train + fine-tune", "ECAT one period", "target-only")}
+    spec = ecat.runs(s, cfg, variants, label="toy")
+    chain = ["toy | teacher 1/2", "toy | teacher 2/2"]
+    assert list(spec) == chain + [f"toy | {v}" for v in variants]
+    assert spec[chain[1]].inputs == {"previous": chain[0]} and spec[chain[0]].inputs == {}
+    assert spec["toy | ECAT"].inputs == {"teacher_0": chain[0], "teacher_1": chain[1]}
+    assert spec["toy | ECAT one period"].inputs == spec["toy | pre-train + fine-tune"].inputs == {"teacher_0": chain[1]}
+    assert spec["toy | target-only"].inputs == {}
+    assert spec[chain[0]].data is ecat.teacher_data(s, 2, cfg.max_teacher_users, s.target.seed)[0]
+    out = s.target.run(spec, seeds=[0], lr_grid=(1e-3,))
+    stops = ecat.teacher_stops([r for r in out if r.variant in chain])
     assert stops["period"].tolist() == [0, 1] and (stops["steps"] > 0).all()
     assert "2 of 2 teacher trainings ended at a cap" in ecat.teacher_sentence(stops)
-    st = runs[0].diagnostics["stages"]
+    st = out[2].diagnostics["stages"]
     assert st["period"].tolist() == [0, 1] and st["stopped"].str.len().gt(0).all()
-    s2 = _setting()
-    own, hist2 = ecat.run_variants(s2, replace(cfg, one_period_teacher="own"), variants, 0)
-    assert set(hist2) == {1, 2}
+    own = ecat.runs(s, replace(cfg, one_period_teacher="own"), variants, label="toy")
+    assert "toy | teacher 1/1" in own and own["toy | ECAT one period"].inputs == {"teacher_0": "toy | teacher 1/1"}
     with pytest.raises(ValueError, match="one_period_teacher"):
         ecat.check(replace(cfg, one_period_teacher="mine"))
 
@@ -497,13 +524,13 @@ def test_teacher_sentence_when_every_teacher_converged():
 @pytest.mark.parametrize("rule,caps", [("remaining", [10.0, 9.0, 8.0]), ("split", [10 / 3] * 3)])
 def test_a_student_period_may_use_what_earlier_periods_left(monkeypatch, rule, caps):
     s = _setting()
-    seen, real = [], ecat.train_fit
+    seen, real = [], ecat.periods.train_fit
 
     def fake(model, data, cfg, hooks=None, groups=None):               # every period "takes" one minute
         seen.append(cfg.max_minutes)
         return replace(real(model, data, cfg, hooks, groups=groups), seconds=60.0)
 
-    monkeypatch.setattr(ecat, "train_fit", fake)
+    monkeypatch.setattr(ecat.periods, "train_fit", fake)
     cfg = _cfg(n_periods=3, top_m=0.5, fine="none", distill="none", period_minutes=rule)
     ecat.continual(s, replace(cfg, train=replace(cfg.train, max_minutes=10.0)), seed=0)
     assert seen == pytest.approx(caps)

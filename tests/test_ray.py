@@ -320,6 +320,25 @@ def test_notebook_05_on_a_local_ray_records_the_local_metrics(smoke_notebook, mo
     assert "local" not in {n for v in _runs(rp).values() for n in v["ran_on"].values()}
     assert sum("MetaRec pre-train" in name for name in _runs(rp)) == 2   # both pre-trainings ran on Ray
 
+
+@pytest.mark.notebook
+def test_notebook_06_on_a_local_ray_records_the_local_metrics(smoke_notebook, monkeypatch):
+    """06 through the engine: its chain of teachers and the variants built on them as Ray tasks
+    give the metrics the local executor gives (the Film-Noir setting, ECAT and target-only)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    small = dict(bridge_target="", ablations=False)
+    local_nb, local = smoke_notebook("06_ecat", executor="local", cache_runs=False, **small)
+    (lp,) = report.read_payloads(local_nb)
+    ray_nb, remote = smoke_notebook("06_ecat", executor="ray", cache_runs=False, **small)
+    (rp,) = report.read_payloads(ray_nb)
+    assert len(local) and set(local["method"]) == set(remote["method"])
+    pd.testing.assert_frame_equal(_metrics(remote), _metrics(local))
+    assert {n for v in _runs(lp).values() for n in v["ran_on"].values()} == {"local"}
+    assert "local" not in {n for v in _runs(rp).values() for n in v["ran_on"].values()}
+    assert sum("| teacher " in name for name in _runs(rp)) == 3           # the chain of three periods ran on Ray
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -193,6 +193,50 @@ def _time_steps(split, dim, steps, seed, max_len=50, batch=128, loss_type="ce", 
     return {"wall_ms": wall, "cpu_ms": cpu, "cpu_ms_per_128": cpu * 128 / batch, "warmup_s": warm}
 
 
+def metarec_pretrain(lrs: tuple[float, ...], n_sources: int = 4, target: str = "ml-100k", seed: int = 0,
+                     max_minutes: float = 30.0, source_eval_users: int | None = 1000,
+                     device: str = "auto", progress: bool = True) -> list[dict]:
+    """Time to accuracy of 05's joint pre-training (the multi-domain VQ model on the ``n_sources``
+    largest ML-1M genre domains, the quick budget's schedule) at each learning rate in ``lrs``,
+    one after another in this process: epochs, steps, seconds, why it stopped, the best pooled
+    source validation NDCG@10, and the seconds to reach 90% and 98% of the lowest best among the
+    rates (a level every rate reaches, so the times compare)."""
+    from . import experiment
+    from .methods import metarec
+    from .models import MultiDomainConfig, VQConfig
+    source = data.load("ml-1m")
+    domains = metarec.largest_domains(source, n_sources)
+    setting = data.dataset_setting(source, data.load(target), sources=domains)
+    prep = experiment.prepare_domains(setting, "quick", seed, device, progress=False, source_eval_users=source_eval_users)
+    b = prep.target.budget
+    windows = sum(len(s.train_inputs) for s in prep.sources.values())
+    print(f"sources {', '.join(prep.sources)}: {windows} training windows, "
+          f"{sum(s.n_users for s in prep.sources.values())} validation sequences", flush=True)
+    out = []
+    for lr in lrs:
+        cfg = metarec.MetaRecConfig(model=MultiDomainConfig(dim=b.dim, max_len=b.max_len, vq=VQConfig(n_codes=256)),
+                                    pretrain=prep.target.train_config(lr=lr, max_minutes=max_minutes, progress=progress))
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = metarec.pretrain(prep.sources[next(iter(prep.sources))], None, cfg, seed, sources=prep.sources)
+        h = r.history
+        out.append({"lr": lr, "epochs": len(h), "steps": r.train.steps, "seconds": time.perf_counter() - t0,
+                    "cpu_seconds": time.process_time() - c0, "stopped": r.train.stopped,
+                    "best_valid": float(h["valid_ndcg10"].max()), "test": r.ndcg10("all", "test"), "history": h})
+        print(f"  lr {lr:g}: {out[-1]['epochs']} epochs, {out[-1]['steps']} steps, {out[-1]['seconds']:.0f} s, "
+              f"best valid NDCG@10 {out[-1]['best_valid']:.4f}, {r.train.stopped}", flush=True)
+    floor = min(o["best_valid"] for o in out)
+    print(f"\nMetaRec joint pre-training (VQ), time to pooled source validation NDCG@10 "
+          f"(levels: 90% and 98% of the lowest best, {floor:.4f})")
+    print(f"{'lr':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'epochs':>7} {'seconds':>8}  stopped")
+    for o in out:
+        h = o["history"]
+        reach = [h.loc[h["valid_ndcg10"] >= f * floor, "seconds"].min() for f in (0.9, 0.98)]
+        o["to_90"], o["to_98"] = reach
+        print(f"{o['lr']:>8g} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best_valid']:>8.4f} {o['test']:>8.4f} "
+              f"{o['epochs']:>7} {o['seconds']:>8.0f}  {o['stopped']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seqtransfer bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", metavar="DIR", help="print where the batch in DIR (a `seqtransfer run --out`) spent "
                    "its time, per notebook and per section, and train nothing")
+    p.add_argument("--metarec-pretrain", metavar="LRS", help="time 05's joint pre-training (ML-1M genre sources, "
+                   "quick schedule) at these comma-separated learning rates, side by side, and train nothing else")
     a = p.parse_args(argv)
+    if a.metarec_pretrain:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        metarec_pretrain(tuple(float(x) for x in a.metarec_pretrain.split(",")), seed=a.seed,
+                         max_minutes=a.max_minutes, device=a.device)
+        return 0
     if a.batch:
         from .timing import print_batch_times
         try:

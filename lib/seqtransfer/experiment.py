@@ -554,6 +554,10 @@ def _feed(h, value) -> None:
         h.update(np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value.tolist()).encode())
     elif isinstance(value, (pd.DataFrame, pd.Series)):
         h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+    elif isinstance(value, Experiment):
+        # what runs see of an experiment (a setting that holds one, e.g. ECAT's): its data, not
+        # where it is run from (executor, cache folder, progress bars)
+        _feed(h, (value.data, value.split, value.groups, value.budget, value.seed, value.cold_users))
     elif is_dataclass(value) and not isinstance(value, type):
         h.update(type(value).__qualname__.encode())
         for f in fields(value):
