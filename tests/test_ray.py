@@ -281,63 +281,38 @@ def test_notebook_01_on_a_local_ray_records_the_local_metrics(smoke_notebook, mo
     assert "runs done" in ray_nb.read_text()                          # the progress line
 
 
+# the transfer notebooks, each cut to a few runs: its upstream models (pre-trainings, teachers)
+# and the arms built on them; (name, parameters, how many upstream runs, how to spot one)
+TRANSFER_ON_RAY = [
+    ("04_ant", dict(target_genres=["Film-Noir"], sanity_target="", ablation=False), None, "pre-train"),
+    ("05_metarec", dict(targets=["ml-100k"], arms=["target only", "pre-train + fine-tune, no VQ", "MetaRec"]),
+     2, "MetaRec pre-train"),                                   # with and without VQ
+    ("06_ecat", dict(bridge_target="", ablations=False), 3, "| teacher "),   # a chain of three periods
+]
+
+
 @pytest.mark.notebook
-def test_notebook_04_on_a_local_ray_records_the_local_metrics(smoke_notebook, monkeypatch, amazon_scientific):
-    """04 through the engine: its pre-trainings and variants as Ray tasks give the metrics the
-    local executor gives (one genre target and Scientific, no sanity check, no ablation)."""
+@pytest.mark.parametrize("name,small,n_upstream,upstream", TRANSFER_ON_RAY, ids=[t[0] for t in TRANSFER_ON_RAY])
+def test_transfer_notebook_on_a_local_ray_records_the_local_metrics(smoke_notebook, monkeypatch, amazon_scientific,
+                                                                     name, small, n_upstream, upstream):
+    """04-06 through the engine: their upstream models and the arms built on them as Ray tasks
+    give the metrics the local executor gives, and every run, upstream ones too, ran on Ray."""
     if ray.is_initialized():
         ray.shutdown()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    small = dict(target_genres=["Film-Noir"], sanity_target="", ablation=False)
-    local_nb, local = smoke_notebook("04_ant", executor="local", cache_runs=False, **small)
+    local_nb, local = smoke_notebook(name, executor="local", cache_runs=False, **small)
     (lp,) = report.read_payloads(local_nb)
-    ray_nb, remote = smoke_notebook("04_ant", executor="ray", cache_runs=False, **small)
+    ray_nb, remote = smoke_notebook(name, executor="ray", cache_runs=False, **small)
     (rp,) = report.read_payloads(ray_nb)
     assert len(local) and set(local["method"]) == set(remote["method"])
+    if "arms" in small:
+        assert set(local["method"]) == {f"metarec:ml-100k | {a}" for a in small["arms"]}
     pd.testing.assert_frame_equal(_metrics(remote), _metrics(local))
     assert {n for v in _runs(lp).values() for n in v["ran_on"].values()} == {"local"}
     assert "local" not in {n for v in _runs(rp).values() for n in v["ran_on"].values()}
-    assert any("pre-train" in name for name in _runs(rp))         # the pre-trainings ran on Ray too
+    ran = sum(upstream in run for run in _runs(rp))
+    assert ran == n_upstream if n_upstream else ran > 0
 
-
-
-@pytest.mark.notebook
-def test_notebook_05_on_a_local_ray_records_the_local_metrics(smoke_notebook, monkeypatch):
-    """05 through the engine: its pre-trainings (with and without VQ) and arms built on them as
-    Ray tasks give the metrics the local executor gives (the ML-100K target, three arms)."""
-    if ray.is_initialized():
-        ray.shutdown()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    small = dict(targets=["ml-100k"], arms=["target only", "pre-train + fine-tune, no VQ", "MetaRec"])
-    local_nb, local = smoke_notebook("05_metarec", executor="local", cache_runs=False, **small)
-    (lp,) = report.read_payloads(local_nb)
-    ray_nb, remote = smoke_notebook("05_metarec", executor="ray", cache_runs=False, **small)
-    (rp,) = report.read_payloads(ray_nb)
-    assert len(local) and set(local["method"]) == set(remote["method"]) == {
-        f"metarec:ml-100k | {a}" for a in small["arms"]}
-    pd.testing.assert_frame_equal(_metrics(remote), _metrics(local))
-    assert {n for v in _runs(lp).values() for n in v["ran_on"].values()} == {"local"}
-    assert "local" not in {n for v in _runs(rp).values() for n in v["ran_on"].values()}
-    assert sum("MetaRec pre-train" in name for name in _runs(rp)) == 2   # both pre-trainings ran on Ray
-
-
-@pytest.mark.notebook
-def test_notebook_06_on_a_local_ray_records_the_local_metrics(smoke_notebook, monkeypatch):
-    """06 through the engine: its chain of teachers and the variants built on them as Ray tasks
-    give the metrics the local executor gives (the Film-Noir setting, ECAT and target-only)."""
-    if ray.is_initialized():
-        ray.shutdown()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    small = dict(bridge_target="", ablations=False)
-    local_nb, local = smoke_notebook("06_ecat", executor="local", cache_runs=False, **small)
-    (lp,) = report.read_payloads(local_nb)
-    ray_nb, remote = smoke_notebook("06_ecat", executor="ray", cache_runs=False, **small)
-    (rp,) = report.read_payloads(ray_nb)
-    assert len(local) and set(local["method"]) == set(remote["method"])
-    pd.testing.assert_frame_equal(_metrics(remote), _metrics(local))
-    assert {n for v in _runs(lp).values() for n in v["ran_on"].values()} == {"local"}
-    assert "local" not in {n for v in _runs(rp).values() for n in v["ran_on"].values()}
-    assert sum("| teacher " in name for name in _runs(rp)) == 3           # the chain of three periods ran on Ray
 
 def _free_port() -> int:
     with socket.socket() as s:
