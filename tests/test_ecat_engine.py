@@ -139,3 +139,19 @@ def test_the_runs_of_a_setting_on_the_engine(tmp_path):
     assert [r.train.seconds for r in again] == [r.train.seconds for r in out]      # loaded, not re-trained
     with pytest.raises(ValueError, match="needs the setting"):
         ecat.fit(s.target.data, s.target.groups, cfg, 0)
+
+
+def test_a_settings_preparation_time_never_reaches_a_cache_key():
+    """The setting is every variant's constant: its digest (the cache key's part) reads what the
+    runs train on, not the seconds its preparation took, so a notebook re-run after a killed
+    kernel finds the finished runs (it did not when ``seconds`` was digested)."""
+    from seqtransfer.experiment import digest
+    s = _setting()
+    a, b = replace(s, seconds={"data": 1.0}), replace(s, seconds={"data": 2.5})
+    assert digest(a) == digest(b)
+    moved = replace(s, seconds={"data": 1.0}, target_items=~s.target_items)
+    assert digest(moved) != digest(a)
+    cfg = _cfg(n_periods=1, fine="none", distill="none")
+    keys = [s.target._cache_key(ecat.runs(x, cfg, {"target-only": ecat.VARIANTS["target-only"]})["target-only"],
+                                cfg, "target-only", 0, []) for x in (a, b)]
+    assert keys[0] == keys[1]

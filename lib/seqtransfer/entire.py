@@ -22,7 +22,7 @@ import pandas as pd
 from . import data as D
 from .budget import Budget, get_budget
 from .data.split import Split
-from .experiment import Experiment, prepare as prepare_experiment
+from .experiment import UNDIGESTED, Experiment, prepare as prepare_experiment
 
 
 @dataclass
@@ -39,7 +39,7 @@ class EcatSetting:
     target_items: np.ndarray       # (N+1,) bool, items of the target domain
     bridges: np.ndarray            # (k, 2) item-item bridge edges (empty when none)
     note: str = ""
-    seconds: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict, metadata=UNDIGESTED)   # stage -> seconds (not digested)
 
     def describe(self) -> pd.DataFrame:
         t = self.target.split

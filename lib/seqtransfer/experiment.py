@@ -34,6 +34,11 @@ from .runspec import Run, as_run, check_grid, input_unit  # noqa: F401  (the eng
 from .train import TrainConfig, resolve_device
 
 
+# metadata of a dataclass field that describes a run's circumstances, not what it trains on
+# (seconds spent preparing): digest() leaves it out, so a cache key never changes with it
+UNDIGESTED = {"digest": False}
+
+
 @dataclass
 class Experiment:
     """One prepared dataset under one budget: what every method in a notebook shares."""
@@ -322,7 +327,7 @@ class Transfer:
     source_features: D.ItemFeatures
     target: Experiment               # the target's split, groups, tensors, budget and runs
     target_features: D.ItemFeatures
-    seconds: dict[str, float]        # stage -> seconds spent preparing
+    seconds: dict[str, float] = field(default_factory=dict, metadata=UNDIGESTED)   # stage -> seconds spent preparing
 
 
 def prepare_transfer(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0,
@@ -364,7 +369,7 @@ class Domains:
     sources: dict[str, D.SeqData]          # domain -> its sequences and item ids
     source_items: dict[str, pd.DataFrame]  # domain -> items (index = that domain's ids; title ...)
     target: Experiment
-    seconds: dict[str, float]              # stage -> seconds spent preparing
+    seconds: dict[str, float] = field(default_factory=dict, metadata=UNDIGESTED)   # stage -> seconds spent preparing
 
 
 def prepare_domains(setting: D.CrossDomain, budget: str | Budget = "quick", seed: int = 0,
@@ -561,8 +566,9 @@ def _feed(h, value) -> None:
     elif is_dataclass(value) and not isinstance(value, type):
         h.update(type(value).__qualname__.encode())
         for f in fields(value):
-            h.update(f.name.encode())
-            _feed(h, getattr(value, f.name))
+            if f.metadata.get("digest", True):      # a wall-clock field never reaches a cache key
+                h.update(f.name.encode())
+                _feed(h, getattr(value, f.name))
     elif isinstance(value, dict):
         for k in sorted(value, key=repr):
             h.update(repr(k).encode())
