@@ -149,6 +149,10 @@ def test_a_settings_preparation_time_never_reaches_a_cache_key():
     s = _setting()
     a, b = replace(s, seconds={"data": 1.0}), replace(s, seconds={"data": 2.5})
     assert digest(a) == digest(b)
+    # nor where its target experiment runs from: progress bars, executor, cache folder
+    elsewhere = replace(s, target=replace(s.target, progress=not s.target.progress, executor="ray",
+                                          cache_dir="/tmp/elsewhere"), seconds={"data": 1.0})
+    assert digest(elsewhere) == digest(a)
     moved = replace(s, seconds={"data": 1.0}, target_items=~s.target_items)
     assert digest(moved) != digest(a)
     cfg = _cfg(n_periods=1, fine="none", distill="none")

@@ -114,7 +114,7 @@ def test_the_pretraining_sees_only_the_sources_and_stops_on_their_validation(toy
     flat = replace(cfg, pretrain=replace(cfg.pretrain, lr=0.0, warmup_steps=0, patience=1, epochs=50))
     stopped = metarec.pretrain(prep.sources["s1"], None, flat, 0, sources=prep.sources)
     assert stopped.train.stopped.startswith("early stop") and len(stopped.history) == 2 and not stopped_by_cap(stopped)
-    per_epoch = metarec._steps_per_epoch(prep.sources, cfg.pretrain.batch_size, cfg.n_sampled)
+    per_epoch = metarec._steps_per_epoch(prep.sources, cfg.pretrain.batch_size, cfg.n_sampled)   # 2 of 3 sampled
     windows = sum(len(s.train_inputs) for s in prep.sources.values())     # about one pass over every window:
     assert stopped.train.steps == 2 * per_epoch == 2 * -(-windows // (8 * 2))   # batch 8, 2 sources a step
     capped = metarec.pretrain(prep.sources["s1"], None, replace(flat, pretrain=replace(flat.pretrain, epochs=1)), 0,

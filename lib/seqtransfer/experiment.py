@@ -48,14 +48,15 @@ class Experiment:
     groups: D.UserGroups          # all / head / tail / cold masks over users
     data: D.SeqData               # padded tensors on the CPU (the loop moves them)
     budget: Budget
-    device: torch.device
+    device: torch.device = field(metadata=UNDIGESTED)   # where, not what: left out of cache keys (so are
+                                  # the fields below: progress bars, cache folder, executor, Ray)
     seed: int                     # data seed; model seeds are ``seeds``
     cold_users: np.ndarray        # (U,) users whose histories were truncated
-    progress: bool = True
-    cache_dir: Path | None = None # finished runs are kept here and reused (None: no cache)
-    executor: str = "local"       # where run() trains: "local" (this process) | "ray"
-    ray: X.RayOptions = field(default_factory=X.RayOptions)   # address, CPUs a run, retries
-    _data_digest: str | None = field(default=None, repr=False)   # of ``data``, for cache keys
+    progress: bool = field(default=True, metadata=UNDIGESTED)
+    cache_dir: Path | None = field(default=None, metadata=UNDIGESTED)   # finished runs are kept here (None: no cache)
+    executor: str = field(default="local", metadata=UNDIGESTED)   # where run() trains: "local" | "ray"
+    ray: X.RayOptions = field(default_factory=X.RayOptions, metadata=UNDIGESTED)   # address, CPUs a run, retries
+    _data_digest: str | None = field(default=None, repr=False, metadata=UNDIGESTED)   # of ``data``, for cache keys
 
     @property
     def seeds(self) -> list[int]:
@@ -559,10 +560,6 @@ def _feed(h, value) -> None:
         h.update(np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value.tolist()).encode())
     elif isinstance(value, (pd.DataFrame, pd.Series)):
         h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
-    elif isinstance(value, Experiment):
-        # what runs see of an experiment (a setting that holds one, e.g. ECAT's): its data, not
-        # where it is run from (executor, cache folder, progress bars)
-        _feed(h, (value.data, value.split, value.groups, value.budget, value.seed, value.cold_users))
     elif is_dataclass(value) and not isinstance(value, type):
         h.update(type(value).__qualname__.encode())
         for f in fields(value):

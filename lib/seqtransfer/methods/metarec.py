@@ -343,11 +343,10 @@ def source_metrics(model: MultiDomainSASRec, sources: dict[str, SeqData], split:
     return evaluate(model, None, split, groups, ks, ranks=pooled), pooled
 
 
-def _steps_per_epoch(sources: dict[str, SeqData], batch_size: int, n_sampled: int | None) -> int:
+def _steps_per_epoch(sources: dict[str, SeqData], batch_size: int, k: int) -> int:
     """Joint steps in one pre-training epoch: each step takes one batch of each of ``k`` sampled
     sources, so an epoch of ceil(windows / (batch x k)) steps draws about as many windows as
     the sources hold."""
-    k = len(sources) if not n_sampled else min(n_sampled, len(sources))
     windows = sum(len(s.train_inputs) for s in sources.values())
     return max(1, -(-windows // (batch_size * k)))
 
@@ -368,14 +367,13 @@ def pretrain(data: SeqData, groups, cfg: MetaRecConfig, seed: int = 0, variant: 
     if TARGET in sources:
         raise ValueError(f"a source may not be named {TARGET!r} (the target's table)")
     first = next(iter(sources.values()))
-    model = build({d: s.n_items for d, s in sources.items()}, cfg, seed, first.max_len)
-    model.set_domain(next(iter(sources)))
+    model = build({d: s.n_items for d, s in sources.items()}, cfg, seed, first.max_len)   # scores the first
     tcfg = replace(cfg.pretrain, seed=seed)
     device = resolve_device(tcfg.device)
     on = {d: s.to(device) for d, s in sources.items()}
     names = list(on)
     k = len(names) if not cfg.n_sampled else min(cfg.n_sampled, len(names))
-    per_epoch = _steps_per_epoch(on, tcfg.batch_size, cfg.n_sampled)
+    per_epoch = _steps_per_epoch(on, tcfg.batch_size, k)
 
     def batches(_, c: TrainConfig, gen: torch.Generator):
         for _ in range(per_epoch):               # the loop's per-epoch generator: a resumed run draws alike
