@@ -256,12 +256,14 @@ def test_teacher_continues_between_periods():
     teachers, hist = ecat.train_teachers(s, cfg, 0)
     assert len(teachers) == 2 and set(hist["period"]) == {0, 1}
     data = ecat.teacher_data(s, 2, cfg.max_teacher_users, 0)
-    first = ecat.teacher(data[0], None, cfg, 0, period=0)
+    first = ecat.teacher(data[0], None, cfg, 0, period=0, periods=2)
     before = {k: v.clone() for k, v in first.model.state_dict().items()}
     still = ecat.teacher(data[1], None, replace(cfg, train=replace(cfg.train, lr=0.0, warmup_steps=0)), 0,
-                         previous=first, period=1)
+                         previous=first, period=1, periods=2)
     assert all(torch.equal(still.model.state_dict()[k], v) for k, v in before.items())    # continued from it
-    moved = ecat.teacher(data[1], None, cfg, 0, previous=first, period=1)
+    moved = ecat.teacher(data[1], None, cfg, 0, previous=first, period=1, periods=2)
+    with pytest.raises(ValueError, match="period must be in"):
+        ecat.teacher(data[1], None, cfg, 0, previous=first, period=1)
     assert any(not torch.equal(moved.model.state_dict()[k], v) for k, v in before.items())
     assert all(torch.equal(first.model.state_dict()[k], v) for k, v in before.items())    # the input untouched
     # each period's teacher sees the entire space up to its cut only
@@ -504,8 +506,9 @@ def test_one_period_variants_borrow_the_chains_last_teacher():
     assert spec["toy | target-only"].inputs == {}
     assert spec[chain[0]].data is ecat.teacher_data(s, 2, cfg.max_teacher_users, s.target.seed)[0]
     out = s.target.run(spec, seeds=[0], lr_grid=(1e-3,))
-    stops = ecat.teacher_stops([r for r in out if r.variant in chain])
+    stops = ecat.teacher_stops({"toy": [r for r in out if r.variant in chain]})
     assert stops["period"].tolist() == [0, 1] and (stops["steps"] > 0).all()
+    assert stops["teachers"].tolist() == ["2 periods"] * 2 and stops["setting"].tolist() == ["toy"] * 2
     assert "2 of 2 teacher trainings ended at a cap" in ecat.teacher_sentence(stops)
     st = out[2].diagnostics["stages"]
     assert st["period"].tolist() == [0, 1] and st["stopped"].str.len().gt(0).all()
@@ -548,3 +551,10 @@ def test_ecat_against_reads_each_row_from_ecats_side():
                    "95% CI [-0.0120, +0.0100] -- no detectable difference."]
     flipped = rows.assign(diff=-rows["diff"], lo=-rows["hi"], hi=-rows["lo"])
     assert ecat.ecat_against(flipped, "s")[0].endswith("95% CI [+0.0100, +0.0300] -- ECAT is better.")
+    # with seeds, the seeds' interval must exclude zero too: users alone say better, seeds do not
+    # (the rows are variant minus ECAT: seeds [-0.08, +0.05] read as ECAT's [-0.05, +0.08])
+    seeded = flipped.assign(seed_lo=[-0.08, 0.0, 0.0, 0.0], seed_hi=[0.05, 0.0, 0.0, 0.0])
+    assert ecat.ecat_against(seeded, "s")[0].endswith(
+        "95% CI [+0.0100, +0.0300], over seeds [-0.0500, +0.0800] -- no detectable difference.")
+    both = flipped.assign(seed_lo=[-0.04, 0.0, 0.0, 0.0], seed_hi=[-0.005, 0.0, 0.0, 0.0])
+    assert ecat.ecat_against(both, "s")[0].endswith("over seeds [+0.0050, +0.0400] -- ECAT is better.")

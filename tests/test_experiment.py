@@ -237,3 +237,55 @@ def test_run_entries_with_their_own_data_constants_and_fewer_seeds(exp):
     assert len(CALLS) == 3 and again[1].metrics["value"].iloc[0] == 2 * (feats + 1).sum()
     with pytest.raises(ValueError, match="n_seeds must be >= 1"):
         Run(given_fit, {}, n_seeds=0)
+
+
+def test_the_fitted_warm_up_is_two_of_this_datas_epochs(exp):
+    from dataclasses import replace
+    windows = len(exp.data.train_inputs)
+    assert exp.steps_per_epoch == -(-windows // exp.budget.batch_size)
+    big = replace(exp, budget=replace(exp.budget, warmup_steps=10 * windows + 7, batch_size=1))
+    assert big.steps_per_epoch == windows                                # one window a step
+    cfg = big.fitted_train_config(patience=3)
+    # the budget's warm-up is longer than two epochs: cut to two, early stopping counted from there
+    assert (cfg.warmup_steps, cfg.min_steps, cfg.patience) == (2 * windows, 2 * windows, 3)
+
+
+def test_successive_halving_keeps_the_best_rung_and_continues_it_to_the_full_grids_run(toy_csv, tmp_path):
+    """A grid of three under ``rung=1``: every rate trains one validation past its warm-up, the
+    best on validation continues from its checkpoint, and that run equals, bit for bit, the
+    full grid's run at the same rate; the other rates stopped at their rung; seed 1 trains the
+    kept rate whole; a second call trains nothing."""
+    from dataclasses import replace
+    budget = get_budget("smoke", max_users=None, max_len=6, dim=8, n_seeds=2, epochs=6, max_steps=None,
+                        patience=100, warmup_steps=4, batch_size=8)
+    grid = (1e-3, 1e-2, 5e-2)
+    made = {}
+    for name, rung in (("grid", None), ("halving", 1)):
+        exp = experiment.prepare(str(toy_csv), replace(budget, rung=rung), seed=0, device="cpu", head_frac=0.25,
+                                 min_user=1, min_item=1, progress=False, cache=str(tmp_path / name))
+        cfg = exp.config(baseline.BaselineConfig, backbone="sasrec", backbone_kwargs={"n_heads": 1, "n_layers": 1})
+        made[name] = (exp, cfg, exp.run({"joint": (baseline.fit, cfg)}, lr_grid=grid))
+    exp, cfg, (first, second) = made["halving"]
+    assert exp.steps_per_epoch == 3                     # the peak rate from epoch 1 (step 6 >= 4) on
+    t = first.tuning
+    assert t["search"].tolist() == ["rung of 1"] * 3 and t["chosen"].sum() == 1
+    # the choice is the best rung validation; the rungs trained two epochs (warm-up + one)
+    assert first.lr == t.loc[t["valid_ndcg10"].idxmax(), "lr"]
+    rungs = sorted((tmp_path / "halving").glob("joint_(rung_1)-0-*.pt"))
+    assert len(rungs) == 3
+    assert all(len(torch.load(p, weights_only=False).history) == 2 for p in rungs)
+    # the kept rate continued from its rung checkpoint: its history's clock restarts there
+    assert len(first.history) == 6 and (first.history["seconds"].diff() < 0).sum() == 1
+    grid_runs = {r.lr: r for r in made["grid"][2] if r.seed == 0}
+    full = made["grid"][0].run({"joint": (baseline.fit, cfg)}, lr_grid=(first.lr,))[0]
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, first.model.state_dict()[k]), k
+    pd.testing.assert_frame_equal(full.metrics, first.metrics)
+    assert second.lr == first.lr and second.tuning is first.tuning and len(second.history) == 6
+    assert grid_runs[first.lr].lr == first.lr
+    # no checkpoint is left; a second call loads every run
+    assert not any((tmp_path / "halving" / "checkpoints").glob("*"))
+    stamp = {p: p.stat().st_mtime for p in (tmp_path / "halving").glob("*.pt")}
+    again = exp.run({"joint": (baseline.fit, cfg)}, lr_grid=grid)
+    assert {p: p.stat().st_mtime for p in (tmp_path / "halving").glob("*.pt")} == stamp
+    assert [r.lr for r in again] == [first.lr] * 2

@@ -175,3 +175,25 @@ def test_setting_summary_names_negative_transfer_only_outside_the_noise():
                     "no detectable difference for re-learn.")
     assert "best scratch" in setting_summary(table[table["variant"] != "T | adaptor"], "T", "T | scratch")
     assert setting_summary(table, "T", "T | other") == "T: no all NDCG@10 comparison with T | other."
+
+
+def _searched(variant, lrs, valids, seed=0):
+    import pandas as pd
+    from seqtransfer.methods.common import MethodResult
+    best = max(range(len(lrs)), key=lambda j: valids[j])
+    r = MethodResult("fake", variant, seed, pd.DataFrame(), pd.DataFrame(), None, lr=lrs[best])
+    r.tuning = pd.DataFrame({"variant": variant, "lr": lrs, "valid_ndcg10": valids,
+                             "chosen": [j == best for j in range(len(lrs))], "seconds": 1.0, "search": "grid"})
+    return r
+
+
+@pytest.mark.unit
+def test_tuning_note_names_the_arms_that_chose_an_end_of_their_grid():
+    from seqtransfer.methods.common import tuning_note
+    grid = [1.5e-3, 3e-3, 6e-3]
+    inside = _searched("a", grid, [0.1, 0.3, 0.2])
+    top = _searched("b", grid, [0.1, 0.2, 0.3])
+    bottom = _searched("c", grid, [0.3, 0.2, 0.1])
+    assert tuning_note([inside]) == "Every one of the 1 searched arms chose a rate inside its grid."
+    note = tuning_note([inside, top, bottom, _searched("b", grid, [0.3, 0.2, 0.1], seed=1)])
+    assert note.startswith("Of 3 searched arms, 1 its largest: b (0.006); 1 its smallest: c (0.0015).")

@@ -8,7 +8,7 @@ import queue
 import nbformat
 import pytest
 
-from seqtransfer import batch
+from seqtransfer import batch, progress
 from seqtransfer.progress import Progress, cell_position, cell_reporter
 
 v4 = nbformat.v4
@@ -84,3 +84,54 @@ def test_papermill_hook_reports_every_code_cell(tmp_path):
     # papermill injects a parameters cell after cell 1: five code cells in all, each reported once
     assert seen == [(1, 5, "setup"), (2, 5, "setup"), (3, 5, "1. Train"), (4, 5, "1. Train"),
                     (5, 5, "1.1 Detail")]
+
+
+@pytest.mark.unit
+def test_time_left_plays_the_rest_of_the_batch_forward_on_the_slots():
+    expected = {"a": 100.0, "b": 60.0, "c": 50.0, "d": 30.0}
+    # nothing started, two slots: a | b+c... b (60) then c on the free slot at 60 -> 110, d on a's at 100 -> 130
+    assert progress.time_left({}, ["a", "b", "c", "d"], expected, jobs=2) == 130.0
+    # one slot: the sum
+    assert progress.time_left({}, ["a", "b", "c", "d"], expected, jobs=1) == 240.0
+    # a has run 70 s (30 left), b 20 s (40 left): c starts at 30 -> 80, d at 40 -> 70
+    assert progress.time_left({"a": 70.0, "b": 20.0}, ["c", "d"], expected, jobs=2) == 80.0
+    # a running notebook past its expected time counts as finishing now
+    assert progress.time_left({"a": 500.0}, ["d"], expected, jobs=2) == 30.0
+    # the pace scales every expectation (the machine is twice as slow)
+    assert progress.time_left({}, ["a", "b"], expected, jobs=2, pace=2.0) == 200.0
+    # an unknown notebook costs the mean of the known ones (60)
+    assert progress.time_left({}, ["x"], expected, jobs=2) == 60.0
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        progress.time_left({}, ["a"], expected, jobs=0)
+
+
+@pytest.mark.unit
+def test_the_batch_starts_the_longest_notebook_first_on_two_jobs():
+    expected = {"00_data": 21, "01_backbones": 731, "02_gradient_alignment": 2753}
+    names = ["00_data", "01_backbones", "02_gradient_alignment", "new"]
+    # on two jobs: an unknown notebook first (it might be the longest), then by expected seconds
+    assert batch.schedule(names, 2, expected) == ["new", "02_gradient_alignment", "01_backbones", "00_data"]
+    # one job, or no expectations: the given order
+    assert batch.schedule(names, 1, expected) == names
+    assert batch.schedule(names, 2, None) == names
+    # the reference figures cover every notebook of the batch at quick
+    assert set(batch.EXPECTED_SECONDS["quick"]) == set(batch.NOTEBOOKS)
+
+
+@pytest.mark.unit
+def test_progress_prints_the_batch_time_left_as_notebooks_finish(caplog):
+    caplog.set_level("INFO", logger="seqtransfer.batch")
+    events = queue.Queue()
+    expected = {"a": 100.0, "b": 100.0, "c": 100.0}
+    for e in [("a", "start", None, 0.0), ("b", "start", None, 0.0),
+              # a took 200 s against 100 expected: the pace doubles, c's 100 s become 200
+              ("a", "end", {"status": "ok", "seconds": 200.0, "error": ""}, 200.0)]:
+        events.put(e)
+    with Progress(3, events, bar=False, tick=0.01, order=["a", "b", "c"], expected=expected, jobs=2):
+        pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "[0/3] batch: 3 notebooks on 2 jobs, about 3 min expected"
+    # at 200 s: b is past its doubled 200 s (finishing now), c starts on a's slot: 200 s left
+    assert lines[-1] == "[1/3] batch: elapsed 3 min, about 3 min left"
+    assert progress._clock(200) == "3 min" and progress._clock(40) == "40 s"
+    assert progress._clock(3900) == "1 h 05 min"

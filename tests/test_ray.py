@@ -59,8 +59,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _exp(toy_csv, tmp_path, executor_name, cache=True, n_seeds=2):
-    budget = get_budget("smoke", max_users=None, max_len=6, dim=8, n_seeds=n_seeds)
+def _exp(toy_csv, tmp_path, executor_name, cache=True, n_seeds=2, **budget_settings):
+    budget = get_budget("smoke", max_users=None, max_len=6, dim=8, n_seeds=n_seeds, **budget_settings)
     exp = experiment.prepare(str(toy_csv), budget, seed=0, device="cpu", head_frac=0.25, min_user=1,
                              min_item=1, progress=False,
                              cache=str(tmp_path / f"runs-{executor_name}") if cache else False)
@@ -103,13 +103,17 @@ class _Cfg:
     base: object = None
 
 
-def test_real_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thread):
+@pytest.mark.parametrize("rung", [None, 1], ids=["grid", "halving"])
+def test_real_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thread, rung):
     """SASRec and plugins on its trained model (a run on an earlier run), 2 seeds: every
-    metric, the chosen rate and the ranks are the same under both executors."""
+    metric, the chosen rate and the ranks are the same under both executors, with the whole
+    grid and with successive halving (every rate one validation past its warm-up, the best
+    continued from its checkpoint)."""
     kw = dict(backbone="sasrec", backbone_kwargs={"n_heads": 1, "n_layers": 1})
+    schedule = {} if rung is None else {"rung": rung, "epochs": 4, "max_steps": None}
     out = {}
     for name in ("local", "ray"):
-        exp = _exp(toy_csv, tmp_path, name)
+        exp = _exp(toy_csv, tmp_path, name, **schedule)
         runs = {"joint": (baseline.fit, exp.config(baseline.BaselineConfig, **kw)),
                 "plugins": (intervened.fit, exp.config(intervened.IntervenedConfig, use_aggregation=False, **kw),
                             {"stage1": "joint"})}
@@ -122,6 +126,9 @@ def test_real_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thr
         pd.testing.assert_frame_equal(a.tuning.drop(columns="seconds"), b.tuning.drop(columns="seconds"))
     assert {r.ran_on["executor"] for r in out["ray"]} == {"ray"}
     assert {r.ran_on["node"] for r in out["local"]} == {"local"}
+    if rung is not None:
+        assert set(out["ray"][0].tuning["search"]) == {"rung of 1"}
+        assert len(out["ray"][0].history) == 4 and not any((tmp_path / "runs-ray" / "checkpoints").glob("*"))
 
 
 def test_rate_choice_order_and_parallel_runs(local_ray, toy_csv, tmp_path):

@@ -1,6 +1,7 @@
 """The learning-rate schedule of the training loop: warm-up and plateau decay."""
 import numpy as np
 import pytest
+import torch
 
 from seqtransfer import data
 from seqtransfer.methods import baseline
@@ -62,3 +63,32 @@ def test_fit_warmup_shortens_the_warmup_of_a_small_target_only():
     assert (big.warmup_steps, big.min_steps) == (100, 100)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         fit_warmup(cfg, steps_per_epoch=0)
+
+
+def test_a_rung_stops_after_its_validations_past_the_warm_up_and_the_run_continues_from_it(tmp_path, toy_csv):
+    """Successive halving's short run: ``rung=2`` with a 3-step warm-up stops after the second
+    validation at or past step 3, and the same run without the rung resumes from its checkpoint
+    to exactly the model an uninterrupted run gives."""
+    from seqtransfer import data
+    from seqtransfer.models import make_backbone
+    from seqtransfer.train import fit
+    sd = data.build_sequences(data.leave_one_out(data.load(toy_csv, min_user=1, min_item=1)), max_len=5)
+    base = dict(batch_size=4, progress=False, patience=100, lr=1e-2, warmup_steps=3, epochs=8)
+
+    def run(ckpt, **kw):
+        torch.manual_seed(0)
+        m = make_backbone("sasrec", sd.n_items, dim=8, n_heads=1, max_len=5)
+        return fit(m, sd, TrainConfig(checkpoint_dir=str(ckpt), **{**base, **kw}))
+
+    whole = run(tmp_path / "whole")
+    steps = whole.history["step"].tolist()
+    past = [i for i, s in enumerate(steps) if s >= 3]               # validations past the warm-up
+    short = run(tmp_path / "h", rung=2)
+    assert short.stopped == "rung=2" and len(short.history) == past[1] + 1
+    assert run(tmp_path / "h", rung=2).stopped == "rung=2 (resumed)"   # a re-run stops at once
+    resumed = run(tmp_path / "h")
+    assert resumed.history["step"].tolist() == steps and resumed.stopped == whole.stopped
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="rung must be at least one validation"):
+        run(tmp_path / "bad", rung=0)

@@ -30,7 +30,7 @@ from .budget import BUDGETS as _BUDGET_SETTINGS
 from .index import write_index
 from .pages import notebook_to_html, share_plotlyjs, write_plotlyjs
 from .browser import capture_batch
-from .progress import ENGINE, Progress, cell_reporter, register_engine
+from .progress import ENGINE, Progress, cell_reporter, longest_first, register_engine
 from .record import RESULT_COLUMNS, read_payloads
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,16 @@ DEVICES = ("auto", "cpu", "cuda")
 # Per-cell execution timeout in seconds when none is given. papermill has none by default and
 # a hung cell would stall the batch forever (DESIGN.md, toolchain facts).
 DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 3 * 3600.0, "full": 12 * 3600.0}
+
+# What each notebook took at each budget on the reference machine (2 cores, ``--jobs 2``: one
+# kernel thread each; fresh run cache), from ``status.csv`` of the runs the README reports. The
+# batch starts the longest first when it runs notebooks in parallel, and its progress prints the
+# time left from these, scaled by how the finished notebooks compare with theirs. A budget with
+# no entry (``full``: a GPU's figures are not ours) gets no estimate.
+EXPECTED_SECONDS: dict[str, dict[str, float]] = {
+    "quick": {"00_data": 21, "01_backbones": 731, "02_gradient_alignment": 2753,
+              "03_intervened_network": 829, "04_ant": 5225, "05_metarec": 1622, "06_ecat": 6228},
+}
 
 STATUS_COLUMNS = ("notebook", "status", "seconds", "attempts", "error", "html")
 # Batch kernels show plotly figures both as JSON (JupyterLab) and as HTML with plotly.js
@@ -280,7 +290,7 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     todo = [_Job(name, src, out, _own_parameters(parameters, declared[name]), timeout)
             for name, src in selected.items()]
     with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER, **kernel_threads(jobs)):
-        done = _run_jobs(todo, jobs, bar)
+        done = _run_jobs(todo, jobs, bar, EXPECTED_SECONDS.get(budget))
     status = pd.DataFrame([done[job.name] for job in todo], columns=list(STATUS_COLUMNS))
     status.to_csv(out / "status.csv", index=False)
 
@@ -340,13 +350,25 @@ def _own_parameters(parameters: dict, declared: set[str]) -> dict:
             if k in ("budget", "device", "interactive") or k in declared}
 
 
-def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None) -> dict[str, dict]:
-    """Run the jobs in-process (``jobs == 1``) or in a pool, drawing their progress; return
-    name -> status row."""
+def schedule(names: list[str], jobs: int, expected: dict[str, float] | None) -> list[str]:
+    """The order the notebooks start in: as given on one job (a reader's order, and one job
+    takes the same time in any order), the longest expected first on more."""
+    return longest_first(list(names), expected) if jobs > 1 and expected else list(names)
+
+
+def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None,
+              expected: dict[str, float] | None = None) -> dict[str, dict]:
+    """Run the jobs in-process (``jobs == 1``, in their order) or in a pool (the longest
+    ``expected`` first), drawing their progress and, with ``expected``, the batch's time left;
+    return name -> status row."""
     done = {}
+    names = schedule([job.name for job in todo], jobs, expected)
+    todo = sorted(todo, key=lambda job: names.index(job.name))
+    order = names if expected else None
+    track = {"order": order, "expected": expected, "jobs": min(jobs, len(todo))}
     if jobs == 1:
         events = queue.Queue()
-        with Progress(len(todo), events, bar=bar):
+        with Progress(len(todo), events, bar=bar, **track):
             for job in todo:
                 row = _run_one(replace(job, events=events))
                 done[row["notebook"]] = row
@@ -355,7 +377,7 @@ def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None) -> dict[str,
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         events = manager.Queue()   # a proxy that pool workers can put on
-        with Progress(len(todo), events, bar=bar), \
+        with Progress(len(todo), events, bar=bar, **track), \
                 ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context) as pool:
             futures = [pool.submit(_run_one, replace(job, events=events)) for job in todo]
             for future in as_completed(futures):

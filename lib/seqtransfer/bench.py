@@ -12,7 +12,9 @@ invocation, and prints every figure for both with their ratio. ``--levers`` time
 optimisation steps (CPU time of this process, so a busy machine disturbs it little) for each
 speed lever: window length, batch size, output layer, threads, fused optimiser, bf16,
 ``torch.compile``. ``--batch DIR`` prints where an executed batch spent its time, per notebook
-and per section (:mod:`seqtransfer.timing`).
+and per section (:mod:`seqtransfer.timing`). ``--halving DIR`` reads a run cache and prints, per
+arm, the learning rate successive halving would keep against the full grid's, and the seconds
+of each search (:mod:`seqtransfer.halving`).
 
 Wall-clock figures assume an otherwise idle machine; the process CPU seconds printed beside the
 time-to-accuracy figures are steadier when other work shares the cores (divide by the threads
@@ -257,7 +259,18 @@ def main(argv: list[str] | None = None) -> int:
                    "its time, per notebook and per section, and train nothing")
     p.add_argument("--metarec-pretrain", metavar="LRS", help="time 05's joint pre-training (ML-1M genre sources, "
                    "quick schedule) at these comma-separated learning rates, side by side, and train nothing else")
+    p.add_argument("--halving", metavar="DIR", nargs="+", help="from the run cache(s) DIR (every grid point of a "
+                   "batch), what successive halving would choose against the full grid, and its cost; trains nothing")
+    p.add_argument("--rungs", default="1,2,3,5", help="with --halving: rung lengths in validations after the warm-up")
     a = p.parse_args(argv)
+    if a.halving:
+        from .halving import print_halving
+        try:
+            print_halving(a.halving, tuple(int(x) for x in a.rungs.split(",")))
+        except (FileNotFoundError, ValueError) as err:
+            print(f"seqtransfer bench: {err}", file=sys.stderr)
+            return 2
+        return 0
     if a.metarec_pretrain:
         if a.threads:
             torch.set_num_threads(a.threads)

@@ -42,6 +42,8 @@ class Budget:
     loss_type: str = "ce"     # "ce" full softmax | "sampled" shared negatives | "bce"
     n_negatives: int = 512    # shared negatives per batch when loss_type == "sampled"
     max_minutes: float | None = None   # wall-clock cap per model (a safety net)
+    rung: int | None = None   # successive halving: each grid point trains this many validations
+                              # past its warm-up, only the best continues (None: the whole grid)
     dataset: str = "ml-1m"    # what notebooks use when their ``dataset`` parameter is empty
 
 

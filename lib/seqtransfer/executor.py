@@ -162,6 +162,8 @@ class _Trial:
     ref: object = None        # a Ray ObjectRef while the task runs (None when cached)
     result: object = None     # the MethodResult once here
     ckpt: Path | None = None  # where it checkpoints while it trains
+    file: str = ""            # the name its cache file goes under (the variant; a rung's own)
+    rung: bool = False        # a rung of successive halving (its checkpoint is kept for the winner)
 
 
 class RunsProgress:
@@ -229,7 +231,8 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
     """:meth:`Experiment.run` on Ray; see the module docstring. ``pick(variant, cfg, lrs,
     trials, first)`` chooses among a unit's finished trials and labels the result, exactly as
     the local path does; it returns the chosen trial's index."""
-    from .experiment import _drop_checkpoint, input_unit, store, trial_lrs, with_checkpoint, with_lr
+    from .experiment import (_drop_checkpoint, halves, input_unit, label_winner, restarts, rung_file, store,
+                             trial_lrs, with_checkpoint, with_lr, with_rung)
 
     ray, task, threads, capacity = _remote(exp, _fit_task)
     stored: dict[int, object] = {}
@@ -252,8 +255,10 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
     chosen: dict[tuple[str, int], tuple[object, str, object]] = {}   # unit -> (result, key, ref)
     chosen_lr: dict[str, float | None] = {}
     pending: dict[object, tuple[tuple[str, int], int]] = {}           # ref -> (unit, trial index)
+    k = exp.budget.rung
+    halving = {(v, seeds[0]): None for v, r in runs.items() if halves(r, r.grid(grid), k)}   # unit -> winner
     n_trials = sum(len(runs[v].grid(grid)) if (s == seeds[0] and len(runs[v].grid(grid)) > 1) else 1
-                   for v, s in order)
+                   for v, s in order) + len(halving)
     bar = RunsProgress(n_trials, capacity)    # shown in batch runs too: one line, updated in place
     n_done = n_cached = 0
 
@@ -264,31 +269,41 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
         return seed == seeds[0] or len(runs[variant].grid(grid)) == 1 or variant in chosen_lr
 
     def submit(unit) -> None:
-        nonlocal n_done, n_cached
         variant, seed = unit
         r = runs[variant]
         lrs = trial_lrs(r.grid(grid), seed == seeds[0], chosen_lr.get(variant))
-        upstream = [chosen[input_unit(runs, src, seed, seeds)][1] for src in r.inputs.values()]
         trials[unit] = []
-        for j, lr in enumerate(lrs):
-            run_cfg = with_lr(r.config, lr, r.tune)
-            key = exp._cache_key(r, run_cfg, variant, seed, upstream)
-            trial = _Trial(lr, key)
-            path = exp.cache_file(variant, seed, key)
-            if path is not None and path.exists():
-                trial.result = torch.load(path, map_location="cpu", weights_only=False)
-                n_done += 1
-                n_cached += 1
-            else:
-                given = {arg: upstream_ref(input_unit(runs, src, seed, seeds)) for arg, src in r.inputs.items()}
-                given.update({arg: put(v) for arg, v in r.given.items()})
-                ckpt = exp.checkpoint_dir(variant, seed, key)
-                trial.ckpt = ckpt
-                trial.ref = task.remote(r.fit, shared_of(r), with_checkpoint(run_cfg, ckpt, r.tune), seed,
-                                        variant, threads, **given)
-                pending[trial.ref] = (unit, j)
-            trials[unit].append(trial)
+        for lr in lrs:
+            launch(unit, lr, rung=k if unit in halving else None)
         settle(unit)
+
+    def launch(unit, lr, rung=None) -> None:
+        """Start one trial of ``unit`` at ``lr`` (a rung of it with ``rung``), or load it from
+        the cache."""
+        nonlocal n_done, n_cached
+        variant, seed = unit
+        r = runs[variant]
+        upstream = [chosen[input_unit(runs, src, seed, seeds)][1] for src in r.inputs.values()]
+        run_cfg = with_lr(r.config, lr, r.tune)
+        key = exp._cache_key(r, run_cfg, variant, seed, upstream)
+        ckpt = exp.checkpoint_dir(variant, seed, key)
+        file = variant
+        if rung is not None:
+            run_cfg = with_rung(run_cfg, rung, r.tune)
+            file, key = rung_file(variant, key, rung)
+        trial = _Trial(lr, key, ckpt=ckpt, file=file, rung=rung is not None)
+        path = exp.cache_file(file, seed, key)
+        if path is not None and path.exists():
+            trial.result = torch.load(path, map_location="cpu", weights_only=False)
+            n_done += 1
+            n_cached += 1
+        else:
+            given = {arg: upstream_ref(input_unit(runs, src, seed, seeds)) for arg, src in r.inputs.items()}
+            given.update({arg: put(v) for arg, v in r.given.items()})
+            trial.ref = task.remote(r.fit, shared_of(r), with_checkpoint(run_cfg, ckpt, r.tune), seed,
+                                    variant, threads, **given)
+            pending[trial.ref] = (unit, len(trials[unit]))
+        trials[unit].append(trial)
 
     def upstream_ref(unit):
         """The reference a dependent task gets of ``unit``'s chosen run (put into the object
@@ -307,6 +322,24 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
         if len(ts) == 1 and ts[0].ref is not None and unit not in chosen:
             chosen[unit] = (None, ts[0].key, ts[0].ref)         # dependents may go ahead
         if any(t.result is None for t in ts):
+            return
+        if unit in halving:
+            if halving[unit] is None:        # the rungs are in: the best continues, alone
+                rung_results = [t.result for t in ts]
+                halving[unit] = pick(variant, runs[variant], [t.lr for t in ts], rung_results, True, rung=k)
+                winner = ts[halving[unit]]
+                if restarts(winner.result.history) and winner.ckpt is not None:
+                    _drop_checkpoint(winner.ckpt)        # not a prefix of one training: start over
+                launch(unit, winner.lr)
+                settle(unit)                             # the whole run may come from the cache
+                return
+            best, full = ts[halving[unit]], ts[-1]
+            label_winner(full.result, best.result)
+            for t in ts[:-1]:
+                if t is not best:
+                    _drop_checkpoint(t.ckpt)
+            chosen[unit] = (full.result, full.key, full.ref if full.ref is not None else full.result)
+            chosen_lr[variant] = best.lr
             return
         best = ts[pick(variant, runs[variant], [t.lr for t in ts], [t.result for t in ts], seed == seeds[0])]
         result = best.result
@@ -334,10 +367,11 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
                               exp.ray.retries)
                 trial = trials[unit][j]
                 trial.result = result
-                path = exp.cache_file(variant, seed, trial.key)
+                path = exp.cache_file(trial.file, seed, trial.key)
                 if path is not None:
                     store(path, result)       # kept here as it arrives, as the local path does
-                    _drop_checkpoint(trial.ckpt)
+                    if not trial.rung:        # a rung's checkpoint is where its winner continues
+                        _drop_checkpoint(trial.ckpt)
                 n_done += 1
                 settle(unit)
     finally:

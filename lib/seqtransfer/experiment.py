@@ -29,6 +29,7 @@ import torch
 from . import data as D
 from . import executor as X
 from .budget import Budget, get_budget
+from .halving import restarts
 from .results import MethodResult
 from .runspec import Run, as_run, check_grid, input_unit  # noqa: F401  (the engine's entry types)
 from .train import TrainConfig, resolve_device
@@ -72,6 +73,18 @@ class Experiment:
                           device=str(self.device), progress=self.progress)
         return replace(cfg, **overrides)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimisation steps in one pass over this experiment's training windows."""
+        return -(-len(self.data.train_inputs) // self.budget.batch_size)
+
+    def fitted_train_config(self, **overrides) -> TrainConfig:
+        """:meth:`train_config` with its warm-up fitted to this data (:func:`train.fit_warmup`:
+        at most two epochs, early stopping counted from its end). A small target, a few steps an
+        epoch, would otherwise reach its best validation inside the budget's 100-step warm-up."""
+        from .train import fit_warmup
+        return fit_warmup(self.train_config(**overrides), self.steps_per_epoch)
+
     def config(self, cls, **values):
         """A method config (any dataclass with ``backbone_kwargs`` and ``train`` fields) with
         the budget's hidden size, loss and training settings filled in; ``values`` override."""
@@ -104,6 +117,14 @@ class Experiment:
         ``lr_grid=(lr,)`` trains every arm with a ``train`` field at ``lr``. Each result carries its
         ``lr`` and the ``tuning`` table (lr, best validation NDCG@10, chosen). A run built on
         an earlier one gets the earlier variant's chosen run.
+
+        Successive halving (``budget.rung`` set): on the first seed every grid point trains only
+        ``rung`` validations past its warm-up, the best of them on validation continues from its
+        checkpoint to early stopping, and the others stop there (:mod:`seqtransfer.halving`
+        reads what that would choose off a full grid's cache). The winner's result is the run a
+        full grid would have trained at that rate, bit for bit (a run whose history restarts,
+        stages or periods, is trained again from its start instead). Its ``tuning`` table has the
+        rung's validation for every rate.
 
         With a ``cache_dir``, a finished run is saved there and loaded instead of re-trained when
         the same fit, config, variant, seed, data, constants, library code and inputs come again
@@ -143,8 +164,9 @@ class Experiment:
             for variant, r in runs.items():
                 if not r.inputs:
                     g = r.grid(grid)
+                    rung = self.budget.rung if halves(r, g, self.budget.rung) else None
                     for lr in (g if len(g) > 1 else (None,)):
-                        self._run_one(r, variant, seeds[0], {}, [], lr=lr, wait=False)
+                        self._run_one(r, variant, seeds[0], {}, [], lr=lr, wait=False, rung=rung)
         done: dict[tuple[str, int], tuple[MethodResult, str]] = {}   # (variant, seed) -> result, key
         out = []
         for variant, r in runs.items():
@@ -154,12 +176,16 @@ class Experiment:
                 given = {arg: done[input_unit(runs, source, s, seeds)][0] for arg, source in r.inputs.items()}
                 upstream = [done[input_unit(runs, source, s, seeds)][1] for source in r.inputs.values()]
                 lrs = trial_lrs(g, i == 0, chosen)
-                trials = [self._run_one(r, variant, s, given, upstream, lr=lr) for lr in lrs]
-                best = pick(variant, r, lrs, [t[0] for t in trials], i == 0)
+                if halves(r, lrs, self.budget.rung):
+                    best, unit = self._halve(r, variant, s, given, upstream, lrs, pick)
+                else:
+                    trials = [self._run_one(r, variant, s, given, upstream, lr=lr) for lr in lrs]
+                    best = pick(variant, r, lrs, [t[0] for t in trials], i == 0)
+                    unit = trials[best]
                 if i == 0:
                     chosen = lrs[best]
-                done[variant, s] = trials[best]
-                out.append(trials[best][0])
+                done[variant, s] = unit
+                out.append(unit[0])
         return out
 
     def map_calls(self, calls: list[tuple[Callable, tuple]]) -> list:
@@ -167,16 +193,40 @@ class Experiment:
         ``executor`` says (:func:`seqtransfer.executor.map_calls`; not cached)."""
         return X.map_calls(self, calls)
 
+    def _halve(self, r: Run, variant: str, seed: int, given: dict, upstream: list[str], lrs,
+                pick) -> tuple[int, tuple[MethodResult, str]]:
+        """Successive halving over ``lrs``: every rate's rung, then the best one's whole run
+        (continued from its rung's checkpoint); (the best's index, its (result, key))."""
+        k = self.budget.rung
+        rungs = [self._run_one(r, variant, seed, given, upstream, lr=lr, rung=k) for lr in lrs]
+        best = pick(variant, r, lrs, [t[0] for t in rungs], True, rung=k)
+        keys = [self._cache_key(r, with_lr(r.config, lr, r.tune), variant, seed, upstream) for lr in lrs]
+        if restarts(rungs[best][0].history):   # not a prefix of one training: start it over
+            _drop_checkpoint(self.checkpoint_dir(variant, seed, keys[best]))
+        unit = self._run_one(r, variant, seed, given, upstream, lr=lrs[best])
+        label_winner(unit[0], rungs[best][0])
+        for j, key in enumerate(keys):
+            if j != best:
+                _drop_checkpoint(self.checkpoint_dir(variant, seed, key))
+        return best, unit
+
     def _run_one(self, r: Run, variant: str, seed: int, given: dict, upstream: list[str],
-                 lr: float | None = None, wait: bool = True) -> tuple[MethodResult, str] | None:
+                 lr: float | None = None, wait: bool = True,
+                 rung: int | None = None) -> tuple[MethodResult, str] | None:
         """One (config at ``lr``, seed) run, through the cache when there is one. With
-        ``wait=False`` a run that is cached, or held by another process, is left alone (None)."""
+        ``wait=False`` a run that is cached, or held by another process, is left alone (None).
+        With a ``rung``, only that many validations past the warm-up: kept in the cache as a
+        run of its own, its checkpoint (the whole run's) left for the whole run to continue."""
         cfg = with_lr(r.config, lr, r.tune)
         key = self._cache_key(r, cfg, variant, seed, upstream)
         data, groups = self.run_data(r)
+        ckpt = self.checkpoint_dir(variant, seed, key)
+        if rung is not None:
+            cfg = with_rung(cfg, rung, r.tune)
+            variant_file, key = rung_file(variant, key, rung)
         if self.cache_dir is None:
             return _fit_here(r.fit, data, groups, cfg, seed, variant, {**r.given, **given}), key
-        path = self.cache_file(variant, seed, key)
+        path = self.cache_file(variant if rung is None else variant_file, seed, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not wait and path.exists():
             return None
@@ -185,11 +235,11 @@ class Experiment:
                 return None
             if path.exists():
                 return (torch.load(path, map_location="cpu", weights_only=False), key) if wait else None
-            ckpt = self.checkpoint_dir(variant, seed, key)
             result = _fit_here(r.fit, data, groups, with_checkpoint(cfg, ckpt, r.tune), seed, variant,
                                {**r.given, **given})
             store(path, result)
-            _drop_checkpoint(ckpt)
+            if rung is None:
+                _drop_checkpoint(ckpt)
         return result, key
 
     def run_data(self, r: Run) -> tuple[D.SeqData, D.UserGroups | dict]:
@@ -419,6 +469,27 @@ def with_lr(cfg, lr: float | None, tune: str = "train"):
     return replace(cfg, **{tune: replace(getattr(cfg, tune), lr=lr)})
 
 
+def halves(r: Run, lrs, rung: int | None) -> bool:
+    """Whether run ``r`` searches ``lrs`` by successive halving: a rung is set, there is more
+    than one rate, and its tuned settings can stop at a rung (a ``TrainConfig``)."""
+    return rung is not None and len(lrs) > 1 and hasattr(getattr(r.config, r.tune, None), "rung")
+
+
+def with_rung(cfg, rung: int, tune: str = "train"):
+    """``cfg`` whose ``tune`` training settings stop after ``rung`` validations past the warm-up."""
+    return replace(cfg, **{tune: replace(getattr(cfg, tune), rung=rung)})
+
+
+def rung_file(variant: str, key: str, rung: int) -> tuple[str, str]:
+    """The (name, key) a rung of the run ``(variant, key)`` is cached under."""
+    return f"{variant} (rung {rung})", hashlib.sha256(f"{key} rung {rung}".encode()).hexdigest()
+
+
+def label_winner(full: MethodResult, rung: MethodResult) -> None:
+    """The whole run halving kept gets its rate and the search's table from its rung."""
+    full.lr, full.tuning = rung.lr, rung.tuning
+
+
 def with_checkpoint(cfg, path: Path | None, tune: str = "train"):
     """``cfg`` whose ``tune`` training settings checkpoint to ``path`` (unchanged for None or a
     config without such settings)."""
@@ -463,14 +534,16 @@ class _Chooser:
     def __init__(self):
         self.tuning: dict[str, pd.DataFrame] = {}
 
-    def __call__(self, variant: str, r: Run, lrs, results: list[MethodResult], first: bool) -> int:
+    def __call__(self, variant: str, r: Run, lrs, results: list[MethodResult], first: bool,
+                 rung: int | None = None) -> int:
         best = 0 if len(results) == 1 else max(range(len(results)), key=lambda j: _valid_ndcg(results[j]))
         used = [_lr_of(r.config, r.tune) if lr is None else lr for lr in lrs]
         if first:
             self.tuning[variant] = pd.DataFrame({"variant": variant, "lr": used,
                                                  "valid_ndcg10": [_valid_ndcg(r) for r in results],
                                                  "chosen": [j == best for j in range(len(results))],
-                                                 "seconds": [_seconds(r) for r in results]})
+                                                 "seconds": [_seconds(r) for r in results],
+                                                 "search": "grid" if rung is None else f"rung of {rung}"})
         results[best].lr, results[best].tuning = used[best], self.tuning[variant]
         return best
 

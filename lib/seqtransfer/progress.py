@@ -7,6 +7,14 @@ a small event on a queue (a ``multiprocessing`` manager queue when notebooks run
 pool), and a ``Progress`` thread in the batch process draws them: a tqdm bar with one entry per
 running notebook on a terminal, else one log line per notebook section, so a log file gets a
 few lines per notebook rather than a bar redrawn every second.
+
+The batch's time left: every notebook has an expected duration (``batch.EXPECTED_SECONDS``,
+measured on the 2-core reference machine). ``time_left`` plays the rest of the batch forward on
+``jobs`` slots the way the process pool runs it (each running notebook finishes its expected
+time, each waiting one starts on the first free slot, in order), with every expectation scaled by
+how long the finished notebooks took against theirs (``pace``), so a faster or slower machine
+corrects the estimate as the batch goes. ``longest_first`` is the order that keeps both slots busy
+to the end: the long notebooks start first and the short ones fill the gaps.
 """
 from __future__ import annotations
 
@@ -20,6 +28,41 @@ from collections.abc import Callable
 log = logging.getLogger("seqtransfer.batch")
 
 ENGINE = "seqtransfer"   # papermill engine name registered by ``register_engine``
+
+
+def longest_first(names: list[str], expected: dict[str, float]) -> list[str]:
+    """``names`` ordered by expected seconds, longest first (ties and unknowns keep their order;
+    an unknown notebook counts as the longest, so it never ends the batch alone)."""
+    top = max(expected.values(), default=0.0)
+    return sorted(names, key=lambda n: -expected.get(n, top + 1))
+
+
+def time_left(running: dict[str, float], waiting: list[str], expected: dict[str, float],
+              jobs: int, pace: float = 1.0) -> float:
+    """Seconds until the batch ends: ``running`` maps each running notebook to its elapsed
+    seconds, ``waiting`` lists the notebooks not started, in the order they will start. Each
+    notebook takes ``pace`` times its ``expected`` seconds (a notebook without one: the mean of
+    the others); a running one that is past its time counts as just finishing."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    fallback = sum(expected.values()) / len(expected) if expected else 0.0
+    def cost(name):
+        return pace * expected.get(name, fallback)
+    slots = sorted(max(cost(n) - t, 0.0) for n, t in running.items())
+    slots += [0.0] * max(jobs - len(slots), 0)
+    for name in waiting:
+        slots.sort()
+        slots[0] += cost(name)
+    return max(slots, default=0.0)
+
+
+def _clock(seconds: float) -> str:
+    """``1 h 05 min``, ``12 min``, ``40 s``."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = (seconds + 30) // 60
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def register_engine() -> None:
@@ -81,8 +124,15 @@ class Progress:
         tick: seconds between redraws of the elapsed times.
     """
 
-    def __init__(self, total: int, events, bar: bool | None = None, file=None, tick: float = 1.0):
+    def __init__(self, total: int, events, bar: bool | None = None, file=None, tick: float = 1.0,
+                 order: list[str] | None = None, expected: dict[str, float] | None = None,
+                 jobs: int = 1):
         self.total, self.events, self.tick = total, events, tick
+        # the batch's time left (None: no line): the notebooks in the order they start, their
+        # expected seconds and the slots they run on
+        self.order, self.expected, self.jobs = list(order or []), dict(expected or {}), jobs
+        self.t0: float | None = None
+        self.took: dict[str, float] = {}       # finished notebook -> seconds
         self.file = file if file is not None else sys.stderr
         self.bar = bool(getattr(self.file, "isatty", lambda: False)()) if bar is None else bar
         self.running: dict[str, dict] = {}   # name -> {"t0", "number", "cells", "section"}
@@ -97,6 +147,10 @@ class Progress:
             self._tqdm = tqdm(total=self.total, desc="notebooks", unit="nb", file=self.file,
                               dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| "
                                                              "{elapsed}{postfix}")
+        if self.order:
+            left = time_left({}, self.order, self.expected, self.jobs)
+            self._line(f"[0/{self.total}] batch: {self.total} notebooks on {self.jobs} "
+                       f"job{'s' if self.jobs > 1 else ''}, about {_clock(left)} expected")
         self._thread.start()
         return self
 
@@ -126,6 +180,8 @@ class Progress:
 
     def _handle(self, event) -> None:
         name, kind, payload, when = event
+        if self.t0 is None:
+            self.t0 = when
         if kind == "start":
             self.running[name] = {"t0": when, "number": 0, "cells": 0, "section": "starting"}
             self._line(f"[{self.done}/{self.total}] {name}: started")
@@ -140,10 +196,31 @@ class Progress:
             self.running.pop(name, None)
             self.done += 1
             row = payload
+            self.took[name] = row["seconds"]
             self._line(f"[{self.done}/{self.total}] {name}: {row['status']} in {row['seconds']:.1f} s"
                        + (f" ({row['error']})" if row["error"] else ""))
+            if self.order and self.done < self.total:
+                self._line(f"[{self.done}/{self.total}] batch: {self.estimate(when)}")
             if self._tqdm is not None:
                 self._tqdm.update(1)
+
+    def pace(self) -> float:
+        """Finished notebooks' seconds over their expected seconds (1.0 before any finished,
+        or without expectations)."""
+        known = [n for n in self.took if self.expected.get(n)]
+        if not known:
+            return 1.0
+        return sum(self.took[n] for n in known) / sum(self.expected[n] for n in known)
+
+    def estimate(self, now: float | None = None) -> str:
+        """``elapsed 12 min, about 33 min left`` for the whole batch."""
+        now = time.time() if now is None else now
+        elapsed = now - self.t0 if self.t0 is not None else 0.0
+        started = set(self.running) | set(self.took)
+        waiting = [n for n in self.order if n not in started]
+        left = time_left({n: now - s["t0"] for n, s in self.running.items()}, waiting,
+                         self.expected, self.jobs, self.pace())
+        return f"elapsed {_clock(elapsed)}, about {_clock(left)} left"
 
     def describe(self, now: float | None = None) -> str:
         """One entry per running notebook: ``name cell 7/18 · section · 35 s``."""
@@ -154,7 +231,10 @@ class Progress:
 
     def _draw(self) -> None:
         if self._tqdm is not None:
-            self._tqdm.set_postfix_str(self.describe(), refresh=True)
+            text = self.describe()
+            if self.order:
+                text = f"{self.estimate()} | {text}"
+            self._tqdm.set_postfix_str(text, refresh=True)
 
     def _line(self, text: str) -> None:
         if self._tqdm is not None:

@@ -47,6 +47,9 @@ class TrainConfig:
     eval_every: int = 1               # epochs between validations
     max_steps: int | None = None      # hard cap on optimisation steps (smoke budget)
     max_minutes: float | None = None  # wall-clock cap on training
+    rung: int | None = None           # stop after this many validations past the warm-up: the short
+                                      # run of successive halving (a run-length cap like max_steps, so
+                                      # the same run continues from its checkpoint without it)
     device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: bool = True                  # bf16 autocast when on CUDA (ignored on CPU)
     seed: int = 0                     # seeds weights init (caller), shuffling and dropout
@@ -231,6 +234,8 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
                          f"{cfg.warmup_steps} and {cfg.plateau_factor}")
     if cfg.min_steps < 0:
         raise ValueError(f"min_steps must be >= 0, got {cfg.min_steps}")
+    if cfg.rung is not None and cfg.rung < 1:
+        raise ValueError(f"rung must be at least one validation (or None), got {cfg.rung}")
     hooks = hooks or Hooks()
     device = resolve_device(cfg.device)
     model.to(device)
@@ -263,6 +268,9 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
     stopped = f"epochs={cfg.epochs}"
     if bad >= cfg.patience:
         stopped = "early stop (resumed)"
+        start_epoch = cfg.epochs
+    elif _at_rung(history, cfg):
+        stopped = f"rung={cfg.rung} (resumed)"
         start_epoch = cfg.epochs
     # the bar counts steps; one epoch's batches are counted with a throwaway generator
     bar = TrainProgress(planned_steps(batches_fn(data, cfg, torch.Generator()) if cfg.progress else 0, cfg.epochs,
@@ -318,6 +326,9 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         if out_of_steps:
             stopped = f"max_steps={cfg.max_steps}"
             break
+        if _at_rung(history, cfg):
+            stopped = f"rung={cfg.rung}"
+            break
         if out_of_time:
             stopped = f"max_minutes={cfg.max_minutes}"
             break
@@ -327,10 +338,19 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
                        time.perf_counter() - t0, step)
 
 
+def peak_validations(history: list[dict], cfg: TrainConfig) -> int:
+    """Validations so far after the warm-up's last step (what a ``rung`` counts)."""
+    return sum(1 for row in history if "valid_ndcg10" in row and row["step"] >= cfg.warmup_steps)
+
+
+def _at_rung(history: list[dict], cfg: TrainConfig) -> bool:
+    return cfg.rung is not None and peak_validations(history, cfg) >= cfg.rung
+
+
 def _resumable(cfg: TrainConfig) -> dict:
     """Settings that must match for a checkpoint to be resumed (not the run-length caps)."""
     d = asdict(cfg)
-    for k in ("epochs", "max_steps", "max_minutes", "progress", "resume", "checkpoint_dir",
+    for k in ("epochs", "max_steps", "max_minutes", "rung", "progress", "resume", "checkpoint_dir",
               "device", "eval_batch_size", "patience"):
         d.pop(k)
     return d

@@ -343,8 +343,10 @@ def convergence_sentence(results: list[MethodResult]) -> str:
 
 def tuning_table(results: list[MethodResult]) -> pd.DataFrame:
     """Every arm's learning-rate search (``Experiment.run``): variant, lr, validation NDCG@10,
-    which value was chosen and the training seconds, one row per grid point; arms run without a
-    search show their lr."""
+    which value was chosen, the training seconds and how far each point trained (``search``:
+    ``"grid"``, to early stopping, or ``"rung of k"``, successive halving's k validations past
+    the warm-up, on which it was chosen), one row per grid point; arms run without a search
+    show their lr."""
     frames = []
     for r in results:
         if r.seed != min(x.seed for x in results if x.variant == r.variant):
@@ -353,10 +355,35 @@ def tuning_table(results: list[MethodResult]) -> pd.DataFrame:
         if t is None:
             t = pd.DataFrame({"variant": [r.variant], "lr": [getattr(r, "lr", None)],
                               "valid_ndcg10": [r.ndcg10("all", "valid")], "chosen": [True],
-                              "seconds": [r.train.seconds if r.train is not None else float("nan")]})
+                              "seconds": [r.train.seconds if r.train is not None else float("nan")],
+                              "search": "one rate"})
         frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["variant", "lr", "valid_ndcg10", "chosen", "seconds"])
+        columns=["variant", "lr", "valid_ndcg10", "chosen", "seconds", "search"])
+
+
+def tuning_note(results: list[MethodResult]) -> str:
+    """One sentence on the learning-rate searches of ``results``: how many arms chose an end of
+    their grid. An arm whose chosen rate is its grid's largest (or smallest) may do better
+    outside the grid, so its search only bounds it from one side; the sentence names them."""
+    t = tuning_table(results)
+    searched = t.groupby("variant").filter(lambda g: len(g) > 1)
+    if searched.empty:
+        return "No arm searched a grid of learning rates (each trained at one rate)."
+    ends = {"largest": [], "smallest": []}
+    arms = list(dict.fromkeys(searched["variant"]))
+    for variant in arms:
+        g = searched[searched["variant"] == variant]
+        lr = float(g.loc[g["chosen"], "lr"].iloc[0])
+        if lr == g["lr"].max():
+            ends["largest"].append(f"{variant} ({lr:g})")
+        elif lr == g["lr"].min():
+            ends["smallest"].append(f"{variant} ({lr:g})")
+    if not any(ends.values()):
+        return f"Every one of the {len(arms)} searched arms chose a rate inside its grid."
+    parts = [f"{len(v)} its {side}: {', '.join(v)}" for side, v in ends.items() if v]
+    return (f"Of {len(arms)} searched arms, " + "; ".join(parts) + ". The best rate of an arm at an end "
+            "of its grid may lie beyond it: its search bounds it from one side only.")
 
 
 def run_facts(results: list[MethodResult]) -> dict:

@@ -80,12 +80,15 @@ def teacher_config(cfg: EcatConfig) -> EcatConfig:
 
 
 def teacher(data: SeqData, groups, cfg: EcatConfig, seed: int = 0, variant: str = "ECAT teacher",
-            previous: MethodResult | None = None, period: int = 0) -> MethodResult:
-    """One period's entire-space teacher: a copy of the ``previous`` period's (none: a fresh
-    seeded backbone) trained on ``data``, the entire space up to this period's end
-    (:func:`teacher_data`), with ``cfg.teacher_train``'s schedule to early stopping on that
-    data's validation. ``previous`` is never changed. The engine's fit contract
-    (``Run(teacher, cfg, data=..., inputs={"previous": ...}, tune="teacher_train")``)."""
+            previous: MethodResult | None = None, period: int = 0, periods: int = 1) -> MethodResult:
+    """Period ``period`` (of a chain of ``periods``)'s entire-space teacher: a copy of the
+    ``previous`` period's (none: a fresh seeded backbone) trained on ``data``, the entire space
+    up to this period's end (:func:`teacher_data`), with ``cfg.teacher_train``'s schedule to
+    early stopping on that data's validation. ``previous`` is never changed. The engine's fit
+    contract (``Run(teacher, cfg, data=..., inputs={"previous": ...}, tune="teacher_train")``);
+    its ``"stages"`` diagnostics name the period and the chain."""
+    if not 0 <= period < periods:
+        raise ValueError(f"period must be in [0, periods), got period {period} of {periods}")
     tcfg = replace(cfg.teacher_train or cfg.train, seed=seed + 1000 * period)
     model = copy.deepcopy(previous.model).cpu() if previous is not None else _backbone(cfg, data.n_items, data.max_len, seed)
     for p in model.parameters():
@@ -95,7 +98,7 @@ def teacher(data: SeqData, groups, cfg: EcatConfig, seed: int = 0, variant: str 
     every = {"all": np.ones(data.n_users, dtype=bool)}
     metrics, ranks = evaluate_both(res.model, data, every, variant, seed)
     history = res.history.assign(variant=variant, period=period, stage="teacher", stopped=res.stopped)
-    stages = pd.DataFrame([{"period": period, "stage": f"teacher, period {period}", "steps": res.steps,
+    stages = pd.DataFrame([{"period": period, "periods": periods, "stage": f"teacher, period {period}", "steps": res.steps,
                             "seconds": res.seconds, "stopped": res.stopped}])
     return MethodResult("ecat", variant, seed, metrics, history, res.model, res, {"stages": stages}, ranks)
 
@@ -109,7 +112,7 @@ def train_teachers(setting, cfg: EcatConfig, seed: int = 0, n_periods: int | Non
     for t, data in enumerate(teacher_data(setting, n, cfg.max_teacher_users, seed)):
         if observe:
             observe(t, "teacher start", prev.model if prev is not None else None)
-        prev = teacher(data, None, cfg, seed, f"teacher {t + 1}/{n}", previous=prev, period=t)
+        prev = teacher(data, None, cfg, seed, f"teacher {t + 1}/{n}", previous=prev, period=t, periods=n)
         if observe:
             observe(t, "teacher end", prev.model)
         out.append(prev.model)
@@ -288,7 +291,7 @@ def runs(setting, cfg: EcatConfig, variants: dict[str, dict] | None = None, labe
         for t, (name, data) in enumerate(zip(names, teacher_data(setting, n, cfg.max_teacher_users,
                                                                   setting.target.seed))):
             if name not in out:
-                out[name] = Run(teacher, tcfg, data=data, given={"period": t},
+                out[name] = Run(teacher, tcfg, data=data, given={"period": t, "periods": n},
                                 inputs={"previous": names[t - 1]} if t else {}, tune="teacher_train",
                                 n_seeds=teacher_seeds, lr_grid=(tcfg.teacher_train.lr,))
         return names

@@ -34,32 +34,41 @@ def negative_transfer(table: pd.DataFrame, label: str, baseline: str = "target-o
 def ecat_against(table: pd.DataFrame, label: str, group: str = "all", method: str = "ECAT") -> list[str]:
     """One sentence per variant of setting ``label`` in ``table`` (a :func:`verdict_table` with
     ``baseline=method``, so each row is variant minus ``method``), read from ``method``'s side:
-    is it better than that baseline or ablation, worse, or within the noise (95% paired
-    bootstrap over users)? Target-only is left out: section 4's verdicts cover it."""
+    is it better than that baseline or ablation, worse, or within the noise? The rule of every
+    verdict (``stats.interval_verdict``): the 95% paired-bootstrap interval over users and, with
+    several seeds (columns ``seed_lo``/``seed_hi``), the t-interval over seeds must both exclude
+    zero. Target-only is left out: section 4's verdicts cover it."""
+    from ...stats import interval_verdict
     prefix = f"{label} | " if label else ""
     rows = table[(table["baseline"] == f"{prefix}{method}") & (table["group"] == group)
                  & (table["variant"] != f"{prefix}target-only")]
     out = []
     for r in rows.itertuples():
         d, lo, hi = -r.diff, -r.hi, -r.lo                                   # method minus variant
-        word = ("better" if lo > 0 else "worse" if hi < 0 else "no detectable difference")
+        s_lo, s_hi = (-getattr(r, "seed_hi", np.nan), -getattr(r, "seed_lo", np.nan))
+        seeds = bool(np.isfinite(s_lo) and np.isfinite(s_hi))
+        word = {"positive": "better", "negative": "worse"}.get(
+            interval_verdict(lo, hi, s_lo, s_hi) if seeds else interval_verdict(lo, hi), "no detectable difference")
         head = f"{method} vs {r.variant.split(' | ', 1)[-1]} for {group} users: {r.metric.upper()}@{r.k} {r.b:.4f} vs {r.a:.4f}"
-        out.append(f"{head}, difference {d:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] -- "
+        ci = f"95% CI [{lo:+.4f}, {hi:+.4f}]" + (f", over seeds [{s_lo:+.4f}, {s_hi:+.4f}]" if seeds else "")
+        out.append(f"{head}, difference {d:+.4f}, {ci} -- "
                    + (f"{method} is {word}." if word != "no detectable difference" else f"{word}."))
     return out
 
 
-def teacher_stops(teachers: list[MethodResult]) -> pd.DataFrame:
+def teacher_stops(teachers: dict[str, list[MethodResult]]) -> pd.DataFrame:
     """Per setting, chain (number of periods) and period: each teacher run's steps, best
-    validation NDCG@10 (on its user sample) and why it stopped (``teachers``: the teacher runs,
-    named ``"<setting> | teacher <t>/<n>"`` by :func:`~seqtransfer.methods.ecat.runs`)."""
+    validation NDCG@10 (on its user sample) and why it stopped. ``teachers`` maps each setting's
+    label to its teacher runs (:func:`~seqtransfer.methods.ecat.teacher`, whose ``"stages"``
+    diagnostics give the period and the chain's length)."""
     rows = []
-    for r in teachers:
-        label, _, name = r.variant.rpartition(" | ")
-        t, n = (int(x) for x in name.rsplit(" ", 1)[-1].split("/"))
-        rows.append({"setting": label, "teachers": f"{n} period{'s' if n > 1 else ''}", "period": t - 1,
-                     "seed": r.seed, "steps": r.train.steps, "best valid NDCG@10": float(r.history["valid_ndcg10"].max()),
-                     "stopped": r.train.stopped})
+    for label, results in teachers.items():
+        for r in results:
+            stage = r.diagnostics["stages"].iloc[0]
+            n = int(stage["periods"])
+            rows.append({"setting": label, "teachers": f"{n} period{'s' if n > 1 else ''}",
+                         "period": int(stage["period"]), "seed": r.seed, "steps": r.train.steps,
+                         "best valid NDCG@10": float(r.history["valid_ndcg10"].max()), "stopped": r.train.stopped})
     return pd.DataFrame(rows, columns=["setting", "teachers", "period", "seed", "steps", "best valid NDCG@10", "stopped"])
 
 
