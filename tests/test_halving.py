@@ -72,14 +72,18 @@ def test_the_grids_are_read_from_the_run_cache(tmp_path, capsys):
     store(runs, "lonely", "tail-only", 0, MID)                    # one rate: no search to simulate
     two = pd.concat([MID.assign(stage="backbone"), FAST.assign(stage="plugins")], ignore_index=True)
     store(runs, "plugins", "plugins", 0, two)                     # two trainings: left out, named
-    grids, skipped = halving.cached_grids([runs])
-    assert list(grids) == ["runs: sasrec joint"]
-    assert [t.lr for t in grids["runs: sasrec joint"]] == [1e-3, 3e-3, 1e-2]
+    other = tmp_path / "b" / "runs"                               # another cache, the same folder name
+    store(other, "a-mid", "sasrec joint", 0, MID)
+    store(other, "a-slow", "sasrec joint", 0, SLOW)
+    grids, skipped = halving.cached_grids([runs, other])
+    joint = f"{runs}: sasrec joint"
+    assert list(grids) == [joint, f"{other}: sasrec joint"]         # never merged into one grid
+    assert [t.lr for t in grids[joint]] == [1e-3, 3e-3, 1e-2]
     # without a TrainResult the run's seconds are its history's last
-    assert [t.seconds for t in grids["runs: sasrec joint"]] == [60.0, 70.0, 50.0]
-    assert skipped == ["runs: plugins (its history is more than one training)"]
+    assert [t.seconds for t in grids[joint]] == [60.0, 70.0, 50.0]
+    assert skipped == [f"{runs}: plugins (its history is more than one training)"]
     assert bench.main(["--halving", str(runs), "--rungs", "1,3"]) == 0
     out = capsys.readouterr().out
-    assert "runs: sasrec joint" in out and "left out: runs: plugins" in out
+    assert f"{runs}: sasrec joint" in out and f"left out: {runs}: plugins" in out
     assert bench.main(["--halving", str(tmp_path / "nowhere")]) == 2
     assert "no run cache at" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], lis
             h = getattr(result, "history", None)
             if getattr(result, "seed", None) != 0 or h is None or "valid_ndcg10" not in h or "lr" not in h:
                 continue
-            label = f"{folder.name}: {result.variant}"
+            label = f"{folder}: {result.variant}"
             if restarts(h) or h["valid_ndcg10"].notna().sum() == 0:
                 skipped.append(f"{label} (its history is more than one training)")
                 continue
@@ -113,7 +113,7 @@ def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], lis
                 found[key] = (mtime, trial)
     grids: dict[str, list[Trial]] = {}
     for (folder, variant, _), (_, trial) in found.items():
-        grids.setdefault(f"{Path(folder).name}: {variant}", []).append(trial)
+        grids.setdefault(f"{folder}: {variant}", []).append(trial)   # two folders never merge
     grids = {k: sorted(v, key=lambda t: t.lr) for k, v in grids.items() if len(v) > 1}
     return grids, sorted(set(skipped))
 
