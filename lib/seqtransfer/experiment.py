@@ -123,8 +123,9 @@ class Experiment:
         checkpoint to early stopping, and the others stop there (:mod:`seqtransfer.halving`
         reads what that would choose off a full grid's cache). The winner's result is the run a
         full grid would have trained at that rate, bit for bit (a run whose history restarts,
-        stages or periods, is trained again from its start instead). Its ``tuning`` table has the
-        rung's validation for every rate.
+        stages or periods, is trained again from its start instead, and so is every winner without
+        a ``cache_dir``, which keeps no checkpoint). Its ``tuning`` table has the rung's validation
+        for every rate.
 
         With a ``cache_dir``, a finished run is saved there and loaded instead of re-trained when
         the same fit, config, variant, seed, data, constants, library code and inputs come again
