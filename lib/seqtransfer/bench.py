@@ -95,7 +95,7 @@ def train_and_measure(split: data.Split, groups: data.UserGroups, recipe: Recipe
            "positions_per_s": seqs.n_train_positions / epoch_s, "eval_s": eval_s,
            "train_s": res.train.seconds, "peak_rss_mb": peak_rss_mb(),
            "valid_ndcg10": res.ndcg10("all", "valid"), "test_ndcg10": res.ndcg10("all", "test"),
-           "test_hr10": _metric(res, "hr")}
+           "test_hr10": _metric(res, "hr"), "history": h}
     for level in LEVELS:
         hit = h[h["valid_ndcg10"] >= level] if "valid_ndcg10" in h else h.iloc[:0]
         out[f"to_{level:.2f}"] = float(hit["seconds"].iloc[0]) if len(hit) else float("nan")
@@ -239,6 +239,100 @@ def metarec_pretrain(lrs: tuple[float, ...], n_sources: int = 4, target: str = "
     return out
 
 
+def entire_space(losses: tuple[str, ...], n_negatives: int = 512, seed: int = 0, target: str = "Film-Noir",
+                 entire_users: int | None = 2000, max_minutes: float | None = 30.0, device: str = "auto") -> list[dict]:
+    """Time to accuracy of 06's entire-space model (ECAT's teacher and the ``joint`` baseline: a
+    SASRec on the whole entire space of the quick budget, ``target`` plus a sample of
+    ``entire_users`` ML-1M users) under each output loss in ``losses`` ("ce" full softmax,
+    "sampled" with ``n_negatives`` shared negatives), one after another in this process, at the
+    quick budget's schedule (lr 3e-3, warm-up 100, patience 5). Validation and test always rank
+    every item (full ranking), whatever the training loss. Prints the seconds to 90% and 98% of
+    the lowest best validation NDCG@10 among the losses, the best, test NDCG@10, epochs and why
+    each stopped."""
+    from . import entire
+    setting = entire.genre_space(data.load("ml-1m"), target, "quick", seed, entire_users=entire_users,
+                                 device=device, progress=False)
+    groups = data.activeness_groups(setting.split.activeness)
+    b = get_budget("quick")
+    print(f"entire space {setting.name}: {setting.split.n_users} users, {setting.split.n_items} items", flush=True)
+    out = []
+    for loss in losses:
+        recipe = replace(new_recipe(max_minutes), name=loss, loss_type=loss, n_negatives=n_negatives)
+        r = train_and_measure(setting.split, groups, recipe, "sasrec", b.dim, resolve_device(device), seed)
+        out.append(r)
+        print(f"  {loss}: {r['epochs']} epochs, {r['train_s']:.0f} s, best valid NDCG@10 {r['valid_ndcg10']:.4f}, "
+              f"test {r['test_ndcg10']:.4f}, {r['stopped']}", flush=True)
+    floor = min(r["valid_ndcg10"] for r in out)
+    print(f"\n06's entire-space SASRec, time to validation NDCG@10 (levels: 90% and 98% of the lowest best, {floor:.4f})")
+    print(f"{'loss':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'epochs':>7} {'seconds':>8}  stopped")
+    for r in out:
+        h = r["history"]
+        reach = [h.loc[h["valid_ndcg10"] >= f * floor, "seconds"].min() for f in (0.9, 0.98)]
+        print(f"{r['recipe']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {r['valid_ndcg10']:>8.4f} {r['test_ndcg10']:>8.4f} "
+              f"{r['epochs']:>7} {r['train_s']:>8.0f}  {r['stopped']}")
+    return out
+
+
+def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None, seed: int = 0,
+         device: str = "auto") -> list[dict]:
+    """Time to accuracy of 04's target arms on ``target`` with training batches padded to the
+    window (``max_len`` 50, as before) and cut to the batch's longest window
+    (:func:`seqtransfer.data.trim_right`, the default now), side by side in this process: the
+    content model trained from scratch (ANT scratch) and the ID-only SASRec, each at its rate in
+    ``lrs`` (default: the rates 04's quick grid chose), the quick budget's schedule with the
+    warm-up fitted to the target. The cut changes no model output, only the dropout draws, so
+    both columns should reach the same accuracy and differ in seconds. Prints the seconds to 90%
+    and 98% of the lower best validation NDCG@10 of each pair, the best, test NDCG@10, steps."""
+    from . import experiment
+    from .methods import ant
+    from .models import ContentConfig, SASRec, SASRecConfig
+    from .train import Hooks, clip_and_step, fit as train_fit, seed_everything
+    lrs = lrs or {"ANT scratch": 1.5e-3, "SASRec ID": 3e-3}
+    setting = data.dataset_setting(data.load("ml-1m"), data.load(target), rule="rarest")
+    prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
+    exp, d = prep.target, prep.target.data
+    lengths = (d.train_inputs > 0).sum(1).float()
+    print(f"target {exp.dataset.name}: {d.n_users} users, {len(lengths)} windows, window length median "
+          f"{lengths.median():.0f}, max {lengths.max():.0f} (padded to {d.max_len})", flush=True)
+
+    def padded(ctx):                       # the step before the cut: (B, max_len) batches
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss = ctx.model.loss(d.train_inputs[ctx.batch], d.train_targets[ctx.batch], d.train_users[ctx.batch])
+        loss.backward()
+        clip_and_step(ctx)
+        return loss.item()
+
+    def model_of(arm: str):
+        if arm == "ANT scratch":
+            cfg = ant.AntConfig(model=ContentConfig(dim=exp.budget.dim, max_len=d.max_len), variant="scratch")
+            return ant.adapted_model(None, prep.target_features, cfg, seed)
+        seed_everything(seed)
+        return SASRec(d.n_items, SASRecConfig(dim=exp.budget.dim, max_len=d.max_len))
+
+    out = []
+    for arm, lr in lrs.items():
+        for batches, hooks in (("padded", Hooks(step=padded)), ("cut", Hooks())):
+            model = model_of(arm)
+            seed_everything(seed)
+            cfg = exp.fitted_train_config(lr=lr, seed=seed, progress=False)
+            res = train_fit(model, d, cfg, hooks, groups={"all": exp.groups["all"]})
+            test = float(evaluate(res.model, d, "test", {"all": exp.groups["all"]}, ks=(10,))
+                         .query("metric == 'ndcg'")["value"].iloc[0])
+            out.append({"arm": arm, "batches": batches, "history": res.history, "best": res.best_valid,
+                        "test": test, "steps": res.steps, "seconds": res.seconds, "stopped": res.stopped})
+            print(f"  {arm}, {batches}: {res.steps} steps, {res.seconds:.0f} s, best valid NDCG@10 "
+                  f"{res.best_valid:.4f}, test {test:.4f}, {res.stopped}", flush=True)
+    print(f"\n04's target arms on {exp.dataset.name}, padded vs cut batches (levels: 90% and 98% of the pair's lower best)")
+    print(f"{'arm':>12} {'batches':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'seconds':>8}  stopped")
+    for i, o in enumerate(out):
+        floor = min(o["best"], out[i ^ 1]["best"])
+        h = o["history"]
+        reach = [h.loc[h["valid_ndcg10"] >= f * floor, "seconds"].min() for f in (0.9, 0.98)]
+        print(f"{o['arm']:>12} {o['batches']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
+              f"{o['steps']:>6} {o['seconds']:>8.0f}  {o['stopped']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seqtransfer bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,7 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--halving", metavar="DIR", nargs="+", help="from the run cache(s) DIR (every grid point of a "
                    "batch), what successive halving would choose against the full grid, and its cost; trains nothing")
     p.add_argument("--rungs", default="1,2,3,5", help="with --halving: rung lengths in validations after the warm-up")
+    p.add_argument("--entire-space", metavar="LOSSES", help="time 06's entire-space SASRec (ECAT's teacher, the "
+                   "joint baseline) with these comma-separated training losses (ce, sampled), side by side")
+    p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
+                   "SASRec) with batches padded to the window and cut to their longest window, side by side")
     a = p.parse_args(argv)
+    if a.trim:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        trim(seed=a.seed, device=a.device)
+        return 0
+    if a.entire_space:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        entire_space(tuple(a.entire_space.split(",")), seed=a.seed, max_minutes=a.max_minutes, device=a.device)
+        return 0
     if a.halving:
         from .halving import print_halving
         try:

@@ -42,7 +42,7 @@ def batch_gradient(model: torch.nn.Module, data: SeqData, windows: torch.Tensor,
     was_training = model.training
     model.eval()
     loss_fn = loss_fn or (lambda m, x, y, u: m.loss(x, y, u))
-    loss = loss_fn(model, data.train_inputs[windows], data.train_targets[windows], data.train_users[windows])
+    loss = loss_fn(model, *data.window_batch(windows))
     grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
     model.train(was_training)
     out: dict[str, list[torch.Tensor]] = {}

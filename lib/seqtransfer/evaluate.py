@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data.batches import SeqData
+from .data.batches import SeqData, trim_right
 
 KS = (5, 10, 20)
 METRICS = ("hr", "ndcg", "mrr")
@@ -89,7 +89,7 @@ def rank_targets(model: torch.nn.Module, data: SeqData, split: str = "valid",
     ranks = []
     for start in range(0, data.n_users, batch_size):
         stop = min(start + batch_size, data.n_users)
-        seq = inputs[start:stop].to(device)
+        seq, = trim_right(inputs[start:stop].to(device))                    # (B, T') to the longest
         tgt = targets[start:stop].to(device)
         users = torch.arange(start, stop, device=device)                     # rows are users 0..U-1
         h = model.represent(seq, lengths[start:stop].to(device), users)      # (B, D)

@@ -124,8 +124,7 @@ def default_step(ctx: StepContext) -> float:
     """Plain step: mean next-item loss over the batch's real positions."""
     ctx.optimizer.zero_grad(set_to_none=True)
     with ctx.autocast():
-        loss = ctx.model.loss(ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch],
-                              ctx.data.train_users[ctx.batch])
+        loss = ctx.model.loss(*ctx.data.window_batch(ctx.batch))
     loss.backward()
     clip_and_step(ctx)
     return loss.item()

@@ -3,7 +3,7 @@
 Knows nothing of models.
 """
 from .atomic import ATOMIC_DATASETS, load_atomic
-from .batches import SeqData, build_sequences, eval_sample
+from .batches import SeqData, build_sequences, eval_sample, trim_right
 from .crossdomain import CrossDomain, dataset_setting, domain_sequences, genre_setting
 from .domains import combine, domain_table, genre_domains, genre_subset
 from .features import ItemFeatures, item_features

@@ -54,9 +54,28 @@ class SeqData:
         m = torch.as_tensor(users_mask, dtype=torch.bool, device=self.train_users.device)
         return torch.nonzero(m[self.train_users], as_tuple=False).squeeze(1)
 
+    def window_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, targets, users) of the training windows ``idx``: (B, T'), (B, T'), (B,), cut to
+        the batch's longest window (:func:`trim_right`)."""
+        inputs, targets = trim_right(self.train_inputs[idx], self.train_targets[idx])
+        return inputs, targets, self.train_users[idx]
+
     @property
     def n_train_positions(self) -> int:
         return int((self.train_targets > 0).sum())
+
+
+def trim_right(seqs: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``seqs`` (B, T) right-padded and every ``aligned`` (B, T, ...) tensor cut to the batch's
+    longest sequence T' (at least 1). Exact for every model here: positions count from the left
+    (or from each sequence's own length), attention and recurrence are causal, and losses skip
+    padded targets, so the columns cut off change no real position's output. A target domain
+    of short histories (Amazon Scientific: median 4 items against windows of 50) then costs a
+    few positions a row instead of ``max_len``."""
+    width = max(int((seqs > 0).sum(1).max()), 1) if seqs.numel() else seqs.shape[1]
+    if width >= seqs.shape[1]:
+        return (seqs, *aligned)
+    return (seqs[:, :width], *(a[:, :width] for a in aligned))
 
 
 def _pad_right(seqs: list[np.ndarray], width: int) -> np.ndarray:

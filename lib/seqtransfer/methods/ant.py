@@ -132,7 +132,7 @@ def contrastive_step(cfg: AntConfig):
     of the batch, plus the cross-modal term on their target items."""
     def step(ctx: StepContext) -> float:
         model = ctx.model
-        seqs, tgt = ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch]
+        seqs, tgt, _ = ctx.data.window_batch(ctx.batch)
         ctx.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
             # the adaptors run once per item of this batch (inputs and targets), not per position

@@ -239,8 +239,7 @@ class AlignmentStep:
                 group["lr"] = lr_at(ctx.cfg, self.batches, ctx.lr_scale)
         self.batches += 1
         opt.zero_grad(set_to_none=True)
-        x, y = ctx.data.train_inputs[idx], ctx.data.train_targets[idx]       # (b, L), (b, L)
-        users = ctx.data.train_users[idx]                                    # (b,)
+        x, y, users = ctx.data.window_batch(idx)                             # (b, L'), (b, L'), (b,)
         out = {}
         with ctx.autocast():
             loss = ctx.model.loss(x, y, users)

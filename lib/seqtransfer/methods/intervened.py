@@ -205,8 +205,7 @@ def strata_table(activeness: np.ndarray, stratum: np.ndarray, positions: np.ndar
 def _step_fn(window_strata: torch.Tensor | None, prior: torch.Tensor | None):
     """A ``Hooks.step``: adjusted loss when ``window_strata`` is given, else the plain mean."""
     def step(ctx: StepContext) -> float:
-        x, y = ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch]   # (B, T)
-        users = ctx.data.train_users[ctx.batch]                                      # (B,)
+        x, y, users = ctx.data.window_batch(ctx.batch)                               # (B, T'), (B, T'), (B,)
         ctx.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
             if window_strata is None:

@@ -60,7 +60,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import data as D
-from ..data.batches import SeqData
+from ..data.batches import SeqData, trim_right
 from ..evaluate import evaluate, rank_targets
 from ..models import MultiDomainConfig, MultiDomainSASRec
 from ..results import MethodResult
@@ -179,7 +179,7 @@ class DomainBatches:
     def __call__(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.sources[domain]
         idx = torch.randint(0, len(d.train_inputs), (self.batch_size,), generator=self.gen).to(d.device)
-        return d.train_inputs[idx], d.train_targets[idx]
+        return trim_right(d.train_inputs[idx], d.train_targets[idx])
 
     def sample_domains(self, n: int | None) -> list[str]:
         names = list(self.sources)
@@ -384,7 +384,7 @@ def pretrain(data: SeqData, groups, cfg: MetaRecConfig, seed: int = 0, variant: 
     def step(ctx: StepContext) -> float:
         ctx.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            loss = sum(ctx.model.loss(on[d].train_inputs[i.to(device)], on[d].train_targets[i.to(device)], domain=d)
+            loss = sum(ctx.model.loss(*on[d].window_batch(i.to(device))[:2], domain=d)
                        for d, i in ctx.batch) / len(ctx.batch)
         loss.backward()
         clip_and_step(ctx)
@@ -466,7 +466,7 @@ def fit(data: SeqData, groups, cfg: MetaRecConfig, seed: int = 0, variant: str |
     snaps, weights = [], []
 
     def meta_step(ctx: StepContext) -> float:
-        batch = (ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch])
+        batch = ctx.data.window_batch(ctx.batch)[:2]
         rows = meta_iteration(ctx.model, ctx.optimizer, batch, domain_batches, cfg, grad_clip=ctx.cfg.grad_clip)
         weights.extend({"step": ctx.step + 1, **r} for r in rows)
         return rows[0]["target_loss"]
@@ -474,7 +474,7 @@ def fit(data: SeqData, groups, cfg: MetaRecConfig, seed: int = 0, variant: str |
     def joint_step(ctx: StepContext) -> float:
         ctx.optimizer.zero_grad(set_to_none=True)
         doms = domain_batches.sample_domains(cfg.n_sampled)
-        lt = ctx.model.loss(ctx.data.train_inputs[ctx.batch], ctx.data.train_targets[ctx.batch], domain=TARGET)
+        lt = ctx.model.loss(*ctx.data.window_batch(ctx.batch)[:2], domain=TARGET)
         loss = (lt + sum(ctx.model.loss(*domain_batches(d), domain=d) for d in doms)) / (1 + len(doms))
         loss.backward()
         clip_and_step(ctx)

@@ -34,7 +34,10 @@ class WhiteningExpert(nn.Module):
             nn.init.xavier_normal_(self.W.weight, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.W(self.drop(x) - self.b)                                   # (..., d_out)
+        # W (drop(x) - b) written as W drop(x) - W b: the same value, but the backward pass no
+        # longer forms the (..., d_in) gradient of the centred input (x is a fixed feature), which
+        # was a third of a content model's step on a 1,586-item table
+        return self.W(self.drop(x)) - self.W(self.b)                           # (..., d_out)
 
 
 class LinearExpert(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...data.batches import SeqData
+from ...data.batches import SeqData, trim_right
 from ...models.adversarial import grad_reverse
 from ...train import Hooks, StepContext, clip_and_step
 from .config import EcatConfig
@@ -122,7 +122,8 @@ def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     def step(ctx: StepContext) -> float:
         model = ctx.model
         x, y, w, dom = on(ctx.data.device)
-        seqs, tgt, ww = x[ctx.batch], y[ctx.batch], w[ctx.batch]
+        seqs, tgt, ww, *dd = trim_right(x[ctx.batch], y[ctx.batch], w[ctx.batch],
+                                        *(() if dom is None else (dom[ctx.batch],)))   # (B, T') each
         ctx.optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
             h = model.backbone.encode(seqs)                                   # (B, T, D)
@@ -150,7 +151,7 @@ def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Te
             loss = ecat_loss(ce, wv, model.proj(hs.float()) if ht is not None else None, ht, alpha, cfg.lam)
             loss = loss + extra
             if cfg.fine == "grl" and dom is not None and model.domain_head is not None:
-                d = dom[ctx.batch][mask]
+                d = dd[0][mask]
                 logit = model.domain_head(grad_reverse(hs.float())).squeeze(-1)
                 loss = loss + cfg.grl_weight * F.binary_cross_entropy_with_logits(logit, d)
         loss.backward()
