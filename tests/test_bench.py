@@ -30,3 +30,11 @@ def test_recipes_differ_where_the_issue_says():
     new = bench.new_recipe()
     assert (bench.OLD_RECIPE.max_len, bench.OLD_RECIPE.lr, bench.OLD_RECIPE.epochs) == (200, 1e-3, 4)
     assert new.max_len == 50 and new.loss_type == "ce" and new.epochs > 4 and new.warmup_steps > 0
+
+
+def test_time_to_levels_reads_the_first_validation_at_each_fraction_of_the_floor():
+    import pandas as pd
+    h = pd.DataFrame({"valid_ndcg10": [0.10, 0.45, 0.49, 0.50, 0.40], "seconds": [10.0, 20.0, 30.0, 40.0, 50.0]})
+    # floor 0.5: 90% is 0.45 (first at 20 s), 98% is 0.49 (first at 30 s); 120% is never reached
+    to = bench.time_to_levels(h, 0.5, (0.9, 0.98, 1.2))
+    assert to[:2] == [20.0, 30.0] and pd.isna(to[2])

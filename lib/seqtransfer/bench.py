@@ -68,6 +68,12 @@ OLD_RECIPE = Recipe("old", max_len=200, batch_size=128, lr=1e-3, warmup_steps=0,
                     n_negatives=1, epochs=4, patience=2)
 
 
+def time_to_levels(history, floor: float, fractions: tuple[float, ...] = (0.9, 0.98)) -> list[float]:
+    """Seconds of training until validation NDCG@10 first reached each fraction of ``floor``
+    (NaN where never): recipes compared at levels every one of them reaches."""
+    return [history.loc[history["valid_ndcg10"] >= f * floor, "seconds"].min() for f in fractions]
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -231,9 +237,7 @@ def metarec_pretrain(lrs: tuple[float, ...], n_sources: int = 4, target: str = "
           f"(levels: 90% and 98% of the lowest best, {floor:.4f})")
     print(f"{'lr':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'epochs':>7} {'seconds':>8}  stopped")
     for o in out:
-        h = o["history"]
-        reach = [h.loc[h["valid_ndcg10"] >= f * floor, "seconds"].min() for f in (0.9, 0.98)]
-        o["to_90"], o["to_98"] = reach
+        reach = o["to_90"], o["to_98"] = time_to_levels(o["history"], floor)
         print(f"{o['lr']:>8g} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best_valid']:>8.4f} {o['test']:>8.4f} "
               f"{o['epochs']:>7} {o['seconds']:>8.0f}  {o['stopped']}")
     return out
@@ -266,8 +270,7 @@ def entire_space(losses: tuple[str, ...], n_negatives: int = 512, seed: int = 0,
     print(f"\n06's entire-space SASRec, time to validation NDCG@10 (levels: 90% and 98% of the lowest best, {floor:.4f})")
     print(f"{'loss':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'epochs':>7} {'seconds':>8}  stopped")
     for r in out:
-        h = r["history"]
-        reach = [h.loc[h["valid_ndcg10"] >= f * floor, "seconds"].min() for f in (0.9, 0.98)]
+        reach = time_to_levels(r["history"], floor)
         print(f"{r['recipe']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {r['valid_ndcg10']:>8.4f} {r['test_ndcg10']:>8.4f} "
               f"{r['epochs']:>7} {r['train_s']:>8.0f}  {r['stopped']}")
     return out
@@ -325,9 +328,7 @@ def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None,
     print(f"\n04's target arms on {exp.dataset.name}, padded vs cut batches (levels: 90% and 98% of the pair's lower best)")
     print(f"{'arm':>12} {'batches':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'seconds':>8}  stopped")
     for i, o in enumerate(out):
-        floor = min(o["best"], out[i ^ 1]["best"])
-        h = o["history"]
-        reach = [h.loc[h["valid_ndcg10"] >= f * floor, "seconds"].min() for f in (0.9, 0.98)]
+        reach = time_to_levels(o["history"], min(o["best"], out[i ^ 1]["best"]))
         print(f"{o['arm']:>12} {o['batches']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
               f"{o['steps']:>6} {o['seconds']:>8.0f}  {o['stopped']}")
     return out
