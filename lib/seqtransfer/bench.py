@@ -245,9 +245,10 @@ def metarec_pretrain(lrs: tuple[float, ...], n_sources: int = 4, target: str = "
 
 def entire_space(losses: tuple[str, ...], n_negatives: int = 512, seed: int = 0, target: str = "Film-Noir",
                  entire_users: int | None = 2000, max_minutes: float | None = 30.0, device: str = "auto") -> list[dict]:
-    """Time to accuracy of 06's entire-space model (ECAT's teacher and the ``joint`` baseline: a
-    SASRec on the whole entire space of the quick budget, ``target`` plus a sample of
-    ``entire_users`` ML-1M users) under each output loss in ``losses`` ("ce" full softmax,
+    """Time to accuracy of 06's entire-space model (ECAT's last teacher period: a SASRec on the
+    whole entire space of the quick budget, ``target`` plus a sample of ``entire_users`` ML-1M
+    users; the students and the ``joint`` baseline score every item in their own step, so the
+    training loss reaches the teachers only) under each output loss in ``losses`` ("ce" full softmax,
     "sampled" with ``n_negatives`` shared negatives), one after another in this process, at the
     quick budget's schedule (lr 3e-3, warm-up 100, patience 5). Validation and test always rank
     every item (full ranking), whatever the training loss. Prints the seconds to 90% and 98% of
@@ -357,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--halving", metavar="DIR", nargs="+", help="from the run cache(s) DIR (every grid point of a "
                    "batch), what successive halving would choose against the full grid, and its cost; trains nothing")
     p.add_argument("--rungs", default="1,2,3,5", help="with --halving: rung lengths in validations after the warm-up")
-    p.add_argument("--entire-space", metavar="LOSSES", help="time 06's entire-space SASRec (ECAT's teacher, the "
-                   "joint baseline) with these comma-separated training losses (ce, sampled), side by side")
+    p.add_argument("--entire-space", metavar="LOSSES", help="time 06's entire-space SASRec (ECAT's "
+                   "teacher) with these comma-separated training losses (ce, sampled), side by side")
     p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
                    "SASRec) with batches padded to the window and cut to their longest window, side by side")
     a = p.parse_args(argv)
