@@ -289,3 +289,76 @@ def test_successive_halving_keeps_the_best_rung_and_continues_it_to_the_full_gri
     again = exp.run({"joint": (baseline.fit, cfg)}, lr_grid=grid)
     assert {p: p.stat().st_mtime for p in (tmp_path / "halving").glob("*.pt")} == stamp
     assert [r.lr for r in again] == [first.lr] * 2
+
+
+def test_halving_with_keep_two_continues_the_two_best_rungs_and_chooses_on_their_whole_runs(toy_csv, tmp_path):
+    """``keep=2``: every rate trains its rung, the two best rungs continue to early stopping,
+    the better whole run is chosen (the others' rows are their rungs), each continued run is
+    the full grid's run at that rate bit for bit, and seed 1 trains only the chosen rate."""
+    from dataclasses import replace
+    budget = get_budget("smoke", max_users=None, max_len=6, dim=8, n_seeds=2, epochs=6, max_steps=None,
+                        patience=100, warmup_steps=4, batch_size=8)
+    grid = (1e-3, 1e-2, 5e-2)
+    made = {}
+    for name, rung, keep in (("grid", None, 1), ("one", 1, 1), ("two", 1, 2)):
+        exp = experiment.prepare(str(toy_csv), replace(budget, rung=rung, keep=keep), seed=0, device="cpu",
+                                 head_frac=0.25, min_user=1, min_item=1, progress=False, cache=str(tmp_path / name))
+        cfg = exp.config(baseline.BaselineConfig, backbone="sasrec", backbone_kwargs={"n_heads": 1, "n_layers": 1})
+        made[name] = exp.run({"joint": (baseline.fit, cfg)}, lr_grid=grid)
+    rungs = [torch.load(p, weights_only=False) for p in sorted((tmp_path / "two").glob("joint_(rung_1)-0-*.pt"))]
+    for r in rungs:                                   # a rung's rate: the grid value its schedule peaks at
+        r.lr = min(grid, key=lambda lr: abs(lr - float(r.history["lr"].max())))
+    assert sorted(r.lr for r in rungs) == list(grid)
+    order = sorted(rungs, key=lambda r: -r.ndcg10("all", "valid"))
+    kept = sorted(r.lr for r in order[:2])
+    first, second = made["two"]
+    t = first.tuning
+    assert t["search"].tolist() == ["rung of 1, best 2 continued"] * 3
+    assert sorted(t.loc[t["continued"], "lr"]) == kept and t["chosen"].sum() == 1
+    # two whole runs of seed 0 (the kept rates), the chosen one the better on validation
+    whole = [torch.load(p, weights_only=False) for p in (tmp_path / "two").glob("joint-0-*.pt")]
+    assert len(whole) == 2
+    full = {lr: experiment.prepare(str(toy_csv), budget, seed=0, device="cpu", head_frac=0.25, min_user=1,
+                                   min_item=1, progress=False, cache=str(tmp_path / "grid")).run(
+        {"joint": (baseline.fit, cfg)}, lr_grid=(lr,))[0] for lr in kept}
+    best = max(kept, key=lambda lr: full[lr].ndcg10("all", "valid"))
+    assert first.lr == best and second.lr == best and len(made["two"]) == 2
+    for k, v in full[best].model.state_dict().items():
+        assert torch.equal(v, first.model.state_dict()[k]), k
+    # the dropped rate's row is its rung's validation; the kept rows are the whole runs'
+    for lr in kept:
+        assert t.loc[t["lr"] == lr, "valid_ndcg10"].item() == pytest.approx(full[lr].ndcg10("all", "valid"))
+    dropped = [r for r in rungs if r.lr not in kept]
+    assert t.loc[~t["continued"], "valid_ndcg10"].item() == pytest.approx(dropped[0].ndcg10("all", "valid"))
+    # keep=1 continues only the best rung: one whole run of seed 0
+    assert len(list((tmp_path / "one").glob("joint-0-*.pt"))) == 1
+    assert made["one"][0].lr == order[0].lr
+    assert not any((tmp_path / "two" / "checkpoints").glob("*"))
+
+
+def test_halving_leaves_runs_that_restart_to_the_whole_grid():
+    from seqtransfer.methods import intervened
+    from seqtransfer.methods.ecat.config import EcatConfig
+    from seqtransfer.runspec import Run
+    grid = (1e-3, 3e-3)
+    assert experiment.halves(Run(baseline.fit, baseline.BaselineConfig()), grid, 1)
+    assert not experiment.halves(Run(baseline.fit, baseline.BaselineConfig()), grid, None)
+    assert not experiment.halves(Run(baseline.fit, baseline.BaselineConfig(), halving=False), grid, 1)
+    assert not experiment.halves(Run(intervened.fit, intervened.IntervenedConfig()), grid, 1)
+    assert experiment.halves(Run(intervened.fit, intervened.IntervenedConfig(use_plugins=False)), grid, 1)
+    assert not experiment.halves(Run(baseline.fit, EcatConfig(n_periods=3)), grid, 1)
+    assert experiment.halves(Run(baseline.fit, EcatConfig(n_periods=1)), grid, 1)
+
+
+def test_continuing_ranks_rungs_by_validation():
+    class R:
+        def __init__(self, v):
+            self.v = v
+
+        def ndcg10(self, group, split):
+            return self.v
+    rs = [R(0.2), R(0.5), R(float("nan")), R(0.4)]
+    assert experiment.continuing(rs, 2) == [1, 3]
+    assert experiment.continuing(rs, 1) == [1]
+    assert experiment.continuing(rs, 4) == [0, 1, 2, 3]
+    assert experiment.continuing([R(0.3), R(0.3)], 1) == [0]

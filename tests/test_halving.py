@@ -57,6 +57,21 @@ def test_a_short_rung_keeps_the_early_leader_and_a_longer_one_the_grid_choice():
     assert s["seconds_share"].tolist() == pytest.approx([0.5, 150 / 180])
 
 
+@pytest.mark.unit
+def test_keeping_two_rungs_recovers_the_grid_choice_the_short_rung_misses():
+    two = halving.halve(trials(), 1, keep=2)
+    # after 1 validation: fast 0.07, mid 0.04, slow 0.02 -> fast and mid continue; their finals
+    # 0.076 and 0.10 -> mid, the grid's choice; cost: fast 50 + mid 70 whole, slow to row 1 (20)
+    assert (two["halving_lr"], two["same"], two["valid_loss"]) == (3e-3, True, 0.0)
+    assert two["halving_seconds"] == pytest.approx(140.0)
+    assert halving.halve(trials(), 1, keep=3)["halving_seconds"] == pytest.approx(180.0)
+    table = halving.halving_table({"arm": trials()}, (1,), (1, 2))
+    s = halving.summary(table)
+    assert s["keep"].tolist() == [1, 2] and s["same_choice"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="keep"):
+        halving.halve(trials(), 1, keep=0)
+
+
 def store(folder, name, variant, seed, history, seconds=None):
     r = MethodResult("baseline", variant, seed, pd.DataFrame(), history, torch.nn.Linear(1, 1))
     folder.mkdir(parents=True, exist_ok=True)

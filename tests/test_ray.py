@@ -103,21 +103,21 @@ class _Cfg:
     base: object = None
 
 
-@pytest.mark.parametrize("rung", [None, 1], ids=["grid", "halving"])
-def test_real_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thread, rung):
+@pytest.mark.parametrize("rung,keep", [(None, 1), (1, 1), (1, 2)], ids=["grid", "halving", "halving-keep-2"])
+def test_real_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thread, rung, keep):
     """SASRec and plugins on its trained model (a run on an earlier run), 2 seeds: every
     metric, the chosen rate and the ranks are the same under both executors, with the whole
-    grid and with successive halving (every rate one validation past its warm-up, the best
-    continued from its checkpoint)."""
+    grid and with successive halving (every rate one validation past its warm-up, the best one
+    or two continued from their checkpoints)."""
     kw = dict(backbone="sasrec", backbone_kwargs={"n_heads": 1, "n_layers": 1})
-    schedule = {} if rung is None else {"rung": rung, "epochs": 4, "max_steps": None}
+    schedule = {} if rung is None else {"rung": rung, "keep": keep, "epochs": 4, "max_steps": None}
     out = {}
     for name in ("local", "ray"):
         exp = _exp(toy_csv, tmp_path, name, **schedule)
         runs = {"joint": (baseline.fit, exp.config(baseline.BaselineConfig, **kw)),
                 "plugins": (intervened.fit, exp.config(intervened.IntervenedConfig, use_aggregation=False, **kw),
                             {"stage1": "joint"})}
-        out[name] = exp.run(runs, lr_grid=(1e-3, 3e-3))
+        out[name] = exp.run(runs, lr_grid=(1e-3, 3e-3, 6e-3))
     assert [(r.variant, r.seed, r.lr) for r in out["ray"]] == [(r.variant, r.seed, r.lr) for r in out["local"]]
     for a, b in zip(out["local"], out["ray"]):
         pd.testing.assert_frame_equal(a.metrics, b.metrics)
@@ -127,7 +127,8 @@ def test_real_runs_on_ray_equal_local_runs(local_ray, toy_csv, tmp_path, one_thr
     assert {r.ran_on["executor"] for r in out["ray"]} == {"ray"}
     assert {r.ran_on["node"] for r in out["local"]} == {"local"}
     if rung is not None:
-        assert set(out["ray"][0].tuning["search"]) == {"rung of 1"}
+        assert set(out["ray"][0].tuning["search"]) == {"rung of 1" + (", best 2 continued" if keep == 2 else "")}
+        assert out["ray"][0].tuning["continued"].sum() == keep
         assert len(out["ray"][0].history) == 4 and not any((tmp_path / "runs-ray" / "checkpoints").glob("*"))
 
 

@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--halving", metavar="DIR", nargs="+", help="from the run cache(s) DIR (every grid point of a "
                    "batch), what successive halving would choose against the full grid, and its cost; trains nothing")
     p.add_argument("--rungs", default="1,2,3,5", help="with --halving: rung lengths in validations after the warm-up")
+    p.add_argument("--keep", default="1,2", help="with --halving: how many rates continue past the rung")
     p.add_argument("--entire-space", metavar="LOSSES", help="time 06's entire-space SASRec (ECAT's "
                    "teacher) with these comma-separated training losses (ce, sampled), side by side")
     p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
@@ -376,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.halving:
         from .halving import print_halving
         try:
-            print_halving(a.halving, tuple(int(x) for x in a.rungs.split(",")))
+            print_halving(a.halving, tuple(int(x) for x in a.rungs.split(",")),
+                          tuple(int(x) for x in a.keep.split(",")))
         except (FileNotFoundError, ValueError) as err:
             print(f"seqtransfer bench: {err}", file=sys.stderr)
             return 2

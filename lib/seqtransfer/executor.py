@@ -231,7 +231,7 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
     """:meth:`Experiment.run` on Ray; see the module docstring. ``pick(variant, cfg, lrs,
     trials, first)`` chooses among a unit's finished trials and labels the result, exactly as
     the local path does; it returns the chosen trial's index."""
-    from .experiment import (_drop_checkpoint, halves, input_unit, label_winner, restarts, rung_file, store,
+    from .experiment import (_drop_checkpoint, continuing, halves, input_unit, restarts, rung_file, store,
                              trial_lrs, with_checkpoint, with_lr, with_rung)
 
     ray, task, threads, capacity = _remote(exp, _fit_task)
@@ -256,9 +256,10 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
     chosen_lr: dict[str, float | None] = {}
     pending: dict[object, tuple[tuple[str, int], int]] = {}           # ref -> (unit, trial index)
     k = exp.budget.rung
-    halving = {(v, seeds[0]): None for v, r in runs.items() if halves(r, r.grid(grid), k)}   # unit -> winner
+    keep = exp.budget.keep
+    halving = {(v, seeds[0]): None for v, r in runs.items() if halves(r, r.grid(grid), k)}   # unit -> continued
     n_trials = sum(len(runs[v].grid(grid)) if (s == seeds[0] and len(runs[v].grid(grid)) > 1) else 1
-                   for v, s in order) + len(halving)
+                   for v, s in order) + sum(min(keep, len(runs[v].grid(grid))) for v, _ in halving)
     bar = RunsProgress(n_trials, capacity)    # shown in batch runs too: one line, updated in place
     n_done = n_cached = 0
 
@@ -324,22 +325,26 @@ def run_ray(exp, runs: dict[str, tuple], seeds: list[int], grid: tuple[float, ..
         if any(t.result is None for t in ts):
             return
         if unit in halving:
-            if halving[unit] is None:        # the rungs are in: the best continues, alone
-                rung_results = [t.result for t in ts]
-                halving[unit] = pick(variant, runs[variant], [t.lr for t in ts], rung_results, True, rung=k)
-                winner = ts[halving[unit]]
-                if restarts(winner.result.history) and winner.ckpt is not None:
-                    _drop_checkpoint(winner.ckpt)        # not a prefix of one training: start over
-                launch(unit, winner.lr)
-                settle(unit)                             # the whole run may come from the cache
+            if halving[unit] is None:        # the rungs are in: the best ``keep`` continue
+                kept = halving[unit] = continuing([t.result for t in ts], keep)
+                for j in kept:
+                    if restarts(ts[j].result.history) and ts[j].ckpt is not None:
+                        _drop_checkpoint(ts[j].ckpt)     # not a prefix of one training: start over
+                    launch(unit, ts[j].lr)
+                settle(unit)                             # the whole runs may come from the cache
                 return
-            best, full = ts[halving[unit]], ts[-1]
-            label_winner(full.result, best.result)
-            for t in ts[:-1]:
-                if t is not best:
-                    _drop_checkpoint(t.ckpt)
+            kept = halving[unit]
+            n = len(ts) - len(kept)                      # the rungs, then the continued whole runs
+            whole = dict(zip(kept, ts[n:]))
+            best = pick(variant, runs[variant], [t.lr for t in ts[:n]],
+                        [whole[j].result if j in whole else ts[j].result for j in range(n)], True,
+                        rung=k, among=kept)
+            for j in range(n):
+                if j not in whole:
+                    _drop_checkpoint(ts[j].ckpt)
+            full = whole[best]
             chosen[unit] = (full.result, full.key, full.ref if full.ref is not None else full.result)
-            chosen_lr[variant] = best.lr
+            chosen_lr[variant] = ts[best].lr
             return
         best = ts[pick(variant, runs[variant], [t.lr for t in ts], [t.result for t in ts], seed == seeds[0])]
         result = best.result

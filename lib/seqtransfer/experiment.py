@@ -119,13 +119,15 @@ class Experiment:
         an earlier one gets the earlier variant's chosen run.
 
         Successive halving (``budget.rung`` set): on the first seed every grid point trains only
-        ``rung`` validations past its warm-up, the best of them on validation continues from its
-        checkpoint to early stopping, and the others stop there (:mod:`seqtransfer.halving`
-        reads what that would choose off a full grid's cache). The winner's result is the run a
-        full grid would have trained at that rate, bit for bit (a run whose history restarts,
-        stages or periods, is trained again from its start instead, and so is every winner without
-        a ``cache_dir``, which keeps no checkpoint). Its ``tuning`` table has the rung's validation
-        for every rate.
+        ``rung`` validations past its warm-up, the best ``budget.keep`` of them on validation
+        continue from their checkpoints to early stopping, the best of those on validation is
+        chosen, and the others stop at their rung (:mod:`seqtransfer.halving` reads what that
+        would choose off a full grid's cache). A continued run is the run a full grid would have
+        trained at that rate, bit for bit (a run whose history restarts, stages or periods, is
+        trained again from its start instead, and so is every run without a ``cache_dir``, which
+        keeps no checkpoint; a :class:`Run` with ``halving=False`` searches its grid whole). Its
+        ``tuning`` table has every rate's validation: the whole run's for the rates that
+        continued (``continued``), the rung's for the others.
 
         With a ``cache_dir``, a finished run is saved there and loaded instead of re-trained when
         the same fit, config, variant, seed, data, constants, library code and inputs come again
@@ -196,20 +198,24 @@ class Experiment:
 
     def _halve(self, r: Run, variant: str, seed: int, given: dict, upstream: list[str], lrs,
                 pick) -> tuple[int, tuple[MethodResult, str]]:
-        """Successive halving over ``lrs``: every rate's rung, then the best one's whole run
-        (continued from its rung's checkpoint); (the best's index, its (result, key))."""
+        """Successive halving over ``lrs``: every rate's rung, then the whole runs of the best
+        ``budget.keep`` (continued from their rungs' checkpoints), the best of which is chosen;
+        (the chosen index, its (result, key))."""
         k = self.budget.rung
         rungs = [self._run_one(r, variant, seed, given, upstream, lr=lr, rung=k) for lr in lrs]
-        best = pick(variant, r, lrs, [t[0] for t in rungs], True, rung=k)
+        kept = continuing([t[0] for t in rungs], self.budget.keep)
         keys = [self._cache_key(r, with_lr(r.config, lr, r.tune), variant, seed, upstream) for lr in lrs]
-        if restarts(rungs[best][0].history):   # not a prefix of one training: start it over
-            _drop_checkpoint(self.checkpoint_dir(variant, seed, keys[best]))
-        unit = self._run_one(r, variant, seed, given, upstream, lr=lrs[best])
-        label_winner(unit[0], rungs[best][0])
+        whole = {}
+        for j in kept:
+            if restarts(rungs[j][0].history):   # not a prefix of one training: start it over
+                _drop_checkpoint(self.checkpoint_dir(variant, seed, keys[j]))
+            whole[j] = self._run_one(r, variant, seed, given, upstream, lr=lrs[j])
+        best = pick(variant, r, lrs, [whole[j][0] if j in whole else t[0] for j, t in enumerate(rungs)], True,
+                    rung=k, among=kept)
         for j, key in enumerate(keys):
-            if j != best:
+            if j not in whole:
                 _drop_checkpoint(self.checkpoint_dir(variant, seed, key))
-        return best, unit
+        return best, whole[best]
 
     def _run_one(self, r: Run, variant: str, seed: int, given: dict, upstream: list[str],
                  lr: float | None = None, wait: bool = True,
@@ -472,8 +478,20 @@ def with_lr(cfg, lr: float | None, tune: str = "train"):
 
 def halves(r: Run, lrs, rung: int | None) -> bool:
     """Whether run ``r`` searches ``lrs`` by successive halving: a rung is set, there is more
-    than one rate, and its tuned settings can stop at a rung (a ``TrainConfig``)."""
-    return rung is not None and len(lrs) > 1 and hasattr(getattr(r.config, r.tune, None), "rung")
+    than one rate, the run allows it (``Run.halving``; a config whose ``restarts`` is true, two
+    stages or several periods, is not a prefix of one training) and its tuned settings can stop
+    at a rung (a ``TrainConfig``)."""
+    return (rung is not None and len(lrs) > 1 and r.halving and not getattr(r.config, "restarts", False)
+            and hasattr(getattr(r.config, r.tune, None), "rung"))
+
+
+def continuing(rung_results: list[MethodResult], keep: int) -> list[int]:
+    """Indices (in grid order) of the rates whose rungs are the best ``keep`` on validation
+    NDCG@10: the ones successive halving continues to early stopping (ties: the earlier rate;
+    a rung without a validation ranks last)."""
+    score = [_valid_ndcg(t) for t in rung_results]
+    order = sorted(range(len(score)), key=lambda j: (np.isnan(score[j]), -np.nan_to_num(score[j]), j))
+    return sorted(order[:max(1, keep)])
 
 
 def with_rung(cfg, rung: int, tune: str = "train"):
@@ -484,11 +502,6 @@ def with_rung(cfg, rung: int, tune: str = "train"):
 def rung_file(variant: str, key: str, rung: int) -> tuple[str, str]:
     """The (name, key) a rung of the run ``(variant, key)`` is cached under."""
     return f"{variant} (rung {rung})", hashlib.sha256(f"{key} rung {rung}".encode()).hexdigest()
-
-
-def label_winner(full: MethodResult, rung: MethodResult) -> None:
-    """The whole run halving kept gets its rate and the search's table from its rung."""
-    full.lr, full.tuning = rung.lr, rung.tuning
 
 
 def with_checkpoint(cfg, path: Path | None, tune: str = "train"):
@@ -536,15 +549,22 @@ class _Chooser:
         self.tuning: dict[str, pd.DataFrame] = {}
 
     def __call__(self, variant: str, r: Run, lrs, results: list[MethodResult], first: bool,
-                 rung: int | None = None) -> int:
-        best = 0 if len(results) == 1 else max(range(len(results)), key=lambda j: _valid_ndcg(results[j]))
+                 rung: int | None = None, among: list[int] | None = None) -> int:
+        """The chosen index; ``among``: the indices that may be chosen (successive halving's
+        continued rates; the others' ``results`` are their rungs)."""
+        among = list(range(len(results))) if among is None else list(among)
+        best = among[0] if len(among) == 1 else max(among, key=lambda j: _valid_ndcg(results[j]))
         used = [_lr_of(r.config, r.tune) if lr is None else lr for lr in lrs]
         if first:
+            search = "grid" if rung is None else f"rung of {rung}" + (
+                f", best {len(among)} continued" if len(among) > 1 else "")
             self.tuning[variant] = pd.DataFrame({"variant": variant, "lr": used,
                                                  "valid_ndcg10": [_valid_ndcg(r) for r in results],
                                                  "chosen": [j == best for j in range(len(results))],
                                                  "seconds": [_seconds(r) for r in results],
-                                                 "search": "grid" if rung is None else f"rung of {rung}"})
+                                                 "search": search,
+                                                 "continued": [rung is None or j in among
+                                                               for j in range(len(results))]})
         results[best].lr, results[best].tuning = used[best], self.tuning[variant]
         return best
 

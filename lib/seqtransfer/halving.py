@@ -28,7 +28,10 @@ is not a prefix of one training. Read a cache filled by one code version (a fres
 ``cache_runs`` folder for one batch); where a folder holds several, the newest file per
 (arm, rate) is read.
 
-    seqtransfer bench --halving data/runs [--rungs 1,2,3,5]
+    seqtransfer bench --halving data/runs [--rungs 1,2,3,5] [--keep 1,2]
+
+With ``keep`` > 1 the best ``keep`` rungs continue to early stopping and the best of those on
+validation is chosen (``Budget.keep``; quick continues two of three).
 """
 from __future__ import annotations
 
@@ -64,16 +67,22 @@ def best_so_far(history: pd.DataFrame, row: int) -> float:
     return float(history["valid_ndcg10"].iloc[:row + 1].max())
 
 
-def halve(trials: list[Trial], k: int) -> dict:
-    """What a rung of ``k`` validations keeps among ``trials``, against the full grid."""
+def halve(trials: list[Trial], k: int, keep: int = 1) -> dict:
+    """What a rung of ``k`` validations chooses among ``trials`` when the best ``keep`` rungs
+    continue to early stopping (the best of those on validation is chosen), against the full
+    grid."""
     if len(trials) < 2:
         raise ValueError("successive halving needs a grid of at least two rates")
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
     finals = [best_so_far(t.history, len(t.history) - 1) for t in trials]
     rungs = [rung_index(t.history, k) for t in trials]
     at_rung = [best_so_far(t.history, r) for t, r in zip(trials, rungs)]
-    grid, kept = int(np.argmax(finals)), int(np.argmax(at_rung))
-    cost = trials[kept].seconds + sum(float(t.history["seconds"].iloc[r])
-                                      for j, (t, r) in enumerate(zip(trials, rungs)) if j != kept)
+    cont = sorted(sorted(range(len(trials)), key=lambda j: (-at_rung[j], j))[:keep])
+    grid = int(np.argmax(finals))
+    kept = max(cont, key=lambda j: (finals[j], -j))
+    cost = sum(trials[j].seconds for j in cont) + sum(float(t.history["seconds"].iloc[r])
+                                                      for j, (t, r) in enumerate(zip(trials, rungs)) if j not in cont)
     return {"grid_lr": trials[grid].lr, "halving_lr": trials[kept].lr, "same": grid == kept,
             "valid_loss": 1 - finals[kept] / finals[grid] if finals[grid] > 0 else 0.0,
             "halving_seconds": cost, "grid_seconds": sum(t.seconds for t in trials)}
@@ -118,32 +127,35 @@ def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], lis
     return grids, sorted(set(skipped))
 
 
-def halving_table(grids: dict[str, list[Trial]], rungs: tuple[int, ...] = (1, 2, 3, 5)) -> pd.DataFrame:
-    """One row per (arm, rung): the grid's and the rung's choice, the validation lost, the
-    seconds of each search."""
-    rows = [{"arm": arm, "rung": k, **halve(trials, k)} for arm, trials in grids.items() for k in rungs]
-    return pd.DataFrame(rows, columns=["arm", "rung", "grid_lr", "halving_lr", "same", "valid_loss",
+def halving_table(grids: dict[str, list[Trial]], rungs: tuple[int, ...] = (1, 2, 3, 5),
+                  keeps: tuple[int, ...] = (1,)) -> pd.DataFrame:
+    """One row per (arm, keep, rung): the grid's and the search's choice, the validation lost,
+    the seconds of each search."""
+    rows = [{"arm": arm, "keep": c, "rung": k, **halve(trials, k, c)} for arm, trials in grids.items()
+            for c in keeps for k in rungs]
+    return pd.DataFrame(rows, columns=["arm", "keep", "rung", "grid_lr", "halving_lr", "same", "valid_loss",
                                        "halving_seconds", "grid_seconds"])
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per rung: arms, how many choose as the grid does, the worst and mean validation lost, and
-    the search's seconds as a share of the full grid's."""
-    g = table.groupby("rung")
+    """Per (keep, rung): arms, how many choose as the grid does, the worst and mean validation
+    lost, and the search's seconds as a share of the full grid's."""
+    g = table.groupby(["keep", "rung"] if "keep" in table else "rung")
     return pd.DataFrame({"arms": g.size(), "same_choice": g["same"].sum(),
                          "worst_valid_loss": g["valid_loss"].max(), "mean_valid_loss": g["valid_loss"].mean(),
                          "seconds_share": g["halving_seconds"].sum() / g["grid_seconds"].sum()}).reset_index()
 
 
-def print_halving(folders: list[str | Path], rungs: tuple[int, ...] = (1, 2, 3, 5)) -> pd.DataFrame:
+def print_halving(folders: list[str | Path], rungs: tuple[int, ...] = (1, 2, 3, 5),
+                  keeps: tuple[int, ...] = (1,)) -> pd.DataFrame:
     grids, skipped = cached_grids(folders)
     if not grids:
         raise ValueError(f"no arm in {', '.join(map(str, folders))} has two or more learning rates at "
                          "seed 0; run a notebook at quick (its grid) with cache_runs first")
-    table = halving_table(grids, rungs)
+    table = halving_table(grids, rungs, keeps)
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_colwidth", 70):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        print("\nper rung (validations after the warm-up):")
+        print("\nper rates continued (keep) and rung (validations after the warm-up):")
         print(summary(table).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if skipped:
         print("\nleft out: " + "; ".join(skipped))

@@ -103,6 +103,12 @@ class IntervenedConfig:
     def __post_init__(self):
         self.check()
 
+    @property
+    def restarts(self) -> bool:
+        """Whether a run trains in two stages (plugins on the backbone): its history is not one
+        training, so successive halving searches its grid whole (``experiment.halves``)."""
+        return self.use_plugins
+
     def check(self) -> None:
         """Raise ValueError naming the field and its choices on an invalid setting."""
         if self.boundaries is None and self.n_strata < 1:

@@ -62,6 +62,12 @@ class EcatConfig:
                                            # everything, period after period: the entire-space model
                                            # an app keeps anyway), or "own", one trained in one go
 
+    @property
+    def restarts(self) -> bool:
+        """Whether a run trains period after period: its history is not one training, so
+        successive halving searches its grid whole (``experiment.halves``)."""
+        return self.n_periods > 1
+
 
 VARIANTS = {                                   # name -> EcatConfig changes
     "ECAT": {},
