@@ -59,8 +59,8 @@ DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 3 * 3600.0, "full": 12 * 3600.0}
 # time left from these, scaled by how the finished notebooks compare with theirs. A budget with
 # no entry (``full``: a GPU's figures are not ours) gets no estimate.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "quick": {"00_data": 21, "01_backbones": 731, "02_gradient_alignment": 2753,
-              "03_intervened_network": 829, "04_ant": 5225, "05_metarec": 1622, "06_ecat": 6228},
+    "quick": {"00_data": 11, "01_backbones": 8, "02_gradient_alignment": 2059,
+              "03_intervened_network": 485, "04_ant": 2486, "05_metarec": 1787, "06_ecat": 3415},
 }
 
 STATUS_COLUMNS = ("notebook", "status", "seconds", "attempts", "error", "html")
