@@ -29,7 +29,7 @@ import torch
 from . import data as D
 from . import executor as X
 from .budget import Budget, get_budget
-from .halving import restarts
+from .halving import best_rungs, restarts
 from .results import MethodResult
 from .runspec import Run, as_run, check_grid, input_unit  # noqa: F401  (the engine's entry types)
 from .train import TrainConfig, resolve_device
@@ -125,7 +125,7 @@ class Experiment:
         would choose off a full grid's cache). A continued run is the run a full grid would have
         trained at that rate, bit for bit (a run whose history restarts, stages or periods, is
         trained again from its start instead, and so is every run without a ``cache_dir``, which
-        keeps no checkpoint; a :class:`Run` with ``halving=False`` searches its grid whole). Its
+        keeps no checkpoint; a run whose config says it ``restarts`` searches its grid whole). Its
         ``tuning`` table has every rate's validation: the whole run's for the rates that
         continued (``continued``), the rung's for the others.
 
@@ -478,20 +478,17 @@ def with_lr(cfg, lr: float | None, tune: str = "train"):
 
 def halves(r: Run, lrs, rung: int | None) -> bool:
     """Whether run ``r`` searches ``lrs`` by successive halving: a rung is set, there is more
-    than one rate, the run allows it (``Run.halving``; a config whose ``restarts`` is true, two
-    stages or several periods, is not a prefix of one training) and its tuned settings can stop
-    at a rung (a ``TrainConfig``)."""
-    return (rung is not None and len(lrs) > 1 and r.halving and not getattr(r.config, "restarts", False)
+    than one rate, its config does not restart (``restarts``: two stages or several periods are
+    not a prefix of one training, so a rung could not be continued) and its tuned settings can
+    stop at a rung (a ``TrainConfig``)."""
+    return (rung is not None and len(lrs) > 1 and not getattr(r.config, "restarts", False)
             and hasattr(getattr(r.config, r.tune, None), "rung"))
 
 
 def continuing(rung_results: list[MethodResult], keep: int) -> list[int]:
     """Indices (in grid order) of the rates whose rungs are the best ``keep`` on validation
-    NDCG@10: the ones successive halving continues to early stopping (ties: the earlier rate;
-    a rung without a validation ranks last)."""
-    score = [_valid_ndcg(t) for t in rung_results]
-    order = sorted(range(len(score)), key=lambda j: (np.isnan(score[j]), -np.nan_to_num(score[j]), j))
-    return sorted(order[:max(1, keep)])
+    NDCG@10: the ones successive halving continues to early stopping (``halving.best_rungs``)."""
+    return best_rungs([_valid_ndcg(t) for t in rung_results], keep)
 
 
 def with_rung(cfg, rung: int, tune: str = "train"):

@@ -67,18 +67,27 @@ def best_so_far(history: pd.DataFrame, row: int) -> float:
     return float(history["valid_ndcg10"].iloc[:row + 1].max())
 
 
+def best_rungs(scores: list[float], keep: int) -> list[int]:
+    """Indices, in grid order, of the ``keep`` best rung scores (validation NDCG@10): the rates
+    successive halving continues to early stopping. Ties go to the earlier rate; a NaN score (a
+    rung without a validation) ranks last. The engine (``experiment.continuing``) and this
+    module's replay (:func:`halve`) both choose with it."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (the rates that continue past a rung), got {keep}")
+    order = sorted(range(len(scores)), key=lambda j: (np.isnan(scores[j]), -np.nan_to_num(scores[j]), j))
+    return sorted(order[:keep])
+
+
 def halve(trials: list[Trial], k: int, keep: int = 1) -> dict:
     """What a rung of ``k`` validations chooses among ``trials`` when the best ``keep`` rungs
     continue to early stopping (the best of those on validation is chosen), against the full
     grid."""
     if len(trials) < 2:
         raise ValueError("successive halving needs a grid of at least two rates")
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
     finals = [best_so_far(t.history, len(t.history) - 1) for t in trials]
     rungs = [rung_index(t.history, k) for t in trials]
     at_rung = [best_so_far(t.history, r) for t, r in zip(trials, rungs)]
-    cont = sorted(sorted(range(len(trials)), key=lambda j: (-at_rung[j], j))[:keep])
+    cont = best_rungs(at_rung, keep)
     grid = int(np.argmax(finals))
     kept = max(cont, key=lambda j: (finals[j], -j))
     cost = sum(trials[j].seconds for j in cont) + sum(float(t.history["seconds"].iloc[r])

@@ -25,9 +25,6 @@ class Run:
     run's grid (None: the call's). ``tune``: the config field holding the ``TrainConfig`` whose
     ``lr`` the grid sets (and that checkpoints). ``n_seeds``: train only the first this many of
     the call's seeds (None: all): an upstream model trained once that every seed builds on.
-    ``halving``: False searches this run's grid whole even when the budget halves it: a run
-    whose training restarts (stages, ECAT's periods) is not a prefix of one training, so its
-    rung could not be continued and would only be paid for twice.
     """
 
     fit: Callable
@@ -39,7 +36,6 @@ class Run:
     lr_grid: tuple[float, ...] | None = None
     tune: str = "train"
     n_seeds: int | None = None
-    halving: bool = True
 
     def __post_init__(self):
         if self.lr_grid is not None:
