@@ -407,7 +407,7 @@ def copy_of(m):
     return copy.deepcopy(m)
 
 
-def _step_case(distill="adaptive", fine="classifier"):
+def _step_case(distill="adaptive", fine="classifier", teacher_outputs="period"):
     from seqtransfer.models import make_backbone
     from seqtransfer.train import StepContext
     from contextlib import nullcontext
@@ -418,7 +418,7 @@ def _step_case(distill="adaptive", fine="classifier"):
     x = torch.tensor([[1, 2, 3], [4, 5, 0]])
     y = torch.tensor([[2, 3, 4], [5, 6, 0]])
     w = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]])           # (0, 1) dropped; padding 0
-    cfg = _cfg(distill=distill, fine=fine, lam=0.3)
+    cfg = _cfg(distill=distill, fine=fine, lam=0.3, teacher_outputs=teacher_outputs)
     hooks = ecat.student_hooks(x, y, w, teacher, cfg, [], torch.tensor([[1.0] * 3, [0.0] * 3]))
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
     data = D.build_sequences(D.Split("x", 1, 6, np.array([0, 3]), np.array([1, 2, 3]), np.array([4]),
@@ -427,8 +427,9 @@ def _step_case(distill="adaptive", fine="classifier"):
     return hooks, ctx, teacher, student, x, y, w
 
 
-def test_step_loss_against_manual():
-    hooks, ctx, teacher, student, x, y, w = _step_case()
+@pytest.mark.parametrize("teacher_outputs", ["period", "step"])
+def test_step_loss_against_manual(teacher_outputs):
+    hooks, ctx, teacher, student, x, y, w = _step_case(teacher_outputs=teacher_outputs)
     with torch.no_grad():
         m = w > 0
         hs, ht = student.backbone.encode(x)[m], teacher.encode(x)[m]
@@ -440,6 +441,30 @@ def test_step_loss_against_manual():
         dist = ((hs - ht) ** 2).mean(-1)                             # P is the identity at start
         manual = (w[m] * ce + 0.3 * alpha * dist).sum() / 4          # 4 positions with w > 0
     assert hooks.step(ctx) == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_teacher_outputs_once_are_what_each_batch_computes():
+    """The teacher's states and true-item probabilities computed once over the pool are, at
+    every weighted position of any batch (rows in any order, cut to the batch's longest window),
+    what a teacher forward pass on that batch gives; an index in the wrong order, or one that
+    counts the unweighted cells, fails."""
+    from seqtransfer.data import trim_right
+    from seqtransfer.models import make_backbone
+    torch.manual_seed(0)
+    teacher = make_backbone("sasrec", 9, dim=4, n_heads=1, max_len=4, dropout=0.3).eval()
+    x = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0], [7, 0, 0, 0], [2, 4, 6, 8], [3, 0, 0, 0]])
+    y = torch.tensor([[2, 3, 4, 5], [6, 7, 0, 0], [8, 0, 0, 0], [4, 6, 8, 9], [1, 0, 0, 0]])
+    w = torch.tensor([[1.0, 0.0, 2.0, 1.0], [0.5, 1.0, 0, 0], [0.0, 0, 0, 0], [1, 1, 0.0, 3], [1.0, 0, 0, 0]])
+    index, h, p = ecat.student.teacher_outputs(teacher, x, y, w, chunk=2)
+    assert h.shape == (int((w > 0).sum()), 4) and (index >= 0).sum() == len(p)
+    for batch in (torch.tensor([1, 4]), torch.tensor([3, 0, 2]), torch.tensor([4, 2, 1, 0, 3])):
+        seqs, tgt, ww = trim_right(x[batch], y[batch], w[batch])
+        m = ww > 0
+        with torch.no_grad():
+            ht = teacher.encode(seqs)[m]
+            pt = ecat.true_prob(teacher.score(ht), tgt[m])
+        at = index[batch][:, :seqs.shape[1]][m]
+        assert torch.allclose(h[at], ht, atol=1e-6) and torch.allclose(p[at], pt, atol=1e-7)
 
 
 def test_gate_and_domain_head_get_gradients():

@@ -117,6 +117,22 @@ def test_a_killed_student_replays_its_finished_periods(tmp_path):
     assert db["history"].equals(da["history"])
 
 
+def test_teacher_outputs_once_per_period_train_the_same_student():
+    """A student whose teacher outputs come once per period (the default) trains as one whose
+    step runs the teacher: the same losses, distillation weights and weights up to float
+    rounding, through two periods of two teachers."""
+    s = _setting()
+    cfg = _cfg(n_periods=2, top_m=0.5, p_min=0.0, lam=0.5)
+    cfg = replace(cfg, train=replace(cfg.train, max_steps=6, epochs=2))
+    teachers, _ = ecat.train_teachers(s, cfg)
+    a, da = ecat.continual(s, cfg, 0, teachers, cache={})
+    b, db = ecat.continual(s, replace(cfg, teacher_outputs="step"), 0, teachers, cache={})
+    assert len(da["alpha"]) and np.allclose(da["alpha"]["alpha"], db["alpha"]["alpha"], atol=1e-5)
+    assert np.allclose(da["history"]["loss"], db["history"]["loss"], rtol=1e-4)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-4)
+
+
 def test_the_runs_of_a_setting_on_the_engine(tmp_path):
     """Through Experiment.run: the teachers train once (one seed, their own one-value grid),
     every variant every seed with the call's grid; the teacher runs early-stop on the entire
@@ -139,6 +155,60 @@ def test_the_runs_of_a_setting_on_the_engine(tmp_path):
     assert [r.train.seconds for r in again] == [r.train.seconds for r in out]      # loaded, not re-trained
     with pytest.raises(ValueError, match="needs the setting"):
         ecat.fit(s.target.data, s.target.groups, cfg, 0)
+
+
+def test_halving_takes_the_students_rung_in_its_first_period_and_continues_it(tmp_path, monkeypatch):
+    """Successive halving on ECAT's period-by-period student: each rate's rung is its first
+    period's first validation (no later period trains), the best rung continues from its
+    checkpoint (the steps it trained are not trained again) through every period, and the run it
+    ends with is the whole grid's run at that rate, bit for bit."""
+    steps = []
+    real = ecat.periods.student_hooks
+
+    def counting(*a, **k):
+        hooks = real(*a, **k)
+        inner = hooks.step
+
+        def step(ctx):
+            steps.append(ctx.step)
+            return inner(ctx)
+        hooks.step = step
+        return hooks
+
+    monkeypatch.setattr(ecat.periods, "student_hooks", counting)
+    cfg = _cfg(n_periods=2, top_m=0.5, p_min=0.0)
+    cfg = replace(cfg, train=replace(cfg.train, max_steps=None, epochs=4, patience=2, warmup_steps=0),
+                  teacher_train=replace(cfg.train, max_steps=None, epochs=2, patience=1, warmup_steps=0))
+    grid = (1e-3, 3e-2)
+    made = {}
+    for name, rung in (("grid", None), ("halving", 1)):
+        s = _setting()
+        s.target.cache_dir = tmp_path / name
+        s.target.budget = replace(s.target.budget, rung=rung, keep=1)
+        spec = ecat.runs(s, cfg, {"ECAT": {}}, label="toy")
+        steps.clear()
+        made[name] = s.target.run(spec, seeds=[0], lr_grid=grid), list(steps)
+    out, trained = made["halving"]
+    rungs = [torch.load(p, weights_only=False) for p in sorted((tmp_path / "halving").glob("toy_|_ECAT_(rung_1)-0-*.pt"))]
+    assert len(rungs) == 2
+    for r in rungs:                      # the first period only, stopped at its first validation
+        assert set(r.history["period"]) == {0} and r.train.stopped == "rung=1" and len(r.history) == 1
+    chosen = out[-1]
+    assert chosen.tuning["search"].tolist() == ["rung of 1"] * 2
+    best_rung = max(rungs, key=lambda r: r.ndcg10("all", "valid"))
+    assert chosen.lr == pytest.approx(float(best_rung.history["lr"].max()))
+    s = _setting()
+    s.target.cache_dir = tmp_path / "grid"
+    same = s.target.run(ecat.runs(s, cfg, {"ECAT": {}}, label="toy"), seeds=[0], lr_grid=(chosen.lr,))[-1]
+    for k, v in same.model.state_dict().items():
+        assert torch.equal(v, chosen.model.state_dict()[k]), k
+    assert set(chosen.history["period"]) == {0, 1} and chosen.history.equals(same.history.assign(
+        seconds=chosen.history["seconds"], cpu_seconds=chosen.history["cpu_seconds"],
+        eval_seconds=chosen.history["eval_seconds"]))
+    # steps: every rate's rung, then only the continued run's steps after its rung
+    rung_steps = {round(float(r.history["lr"].max()), 12): int(r.history["step"].iloc[-1]) for r in rungs}
+    whole_steps = int(same.diagnostics["stages"]["steps"].sum())
+    assert len(trained) == sum(rung_steps.values()) + whole_steps - rung_steps[round(chosen.lr, 12)]
 
 
 def test_a_settings_preparation_time_never_reaches_a_cache_key():

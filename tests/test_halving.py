@@ -102,3 +102,37 @@ def test_the_grids_are_read_from_the_run_cache(tmp_path, capsys):
     assert f"{runs}: sasrec joint" in out and f"left out: {runs}: plugins" in out
     assert bench.main(["--halving", str(tmp_path / "nowhere")]) == 2
     assert "no run cache at" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_a_period_by_period_student_is_read_by_its_first_period(tmp_path):
+    """ECAT's student (periods, one stage): the rung reads its first period; its whole run's
+    validation is its last period's best (not the best of every period) and its seconds are
+    every period's. Two rates: the first period's leader after one validation is not the rate
+    whose last period ends best."""
+    def student(lr, first, last):
+        h = pd.concat([curve(lr, first).assign(period=0, stage="student"),
+                       curve(lr, last, warm=0).assign(period=1, stage="student")], ignore_index=True)
+        stages = pd.DataFrame({"period": [0, 1], "seconds": [10.0 * len(first), 10.0 * len(last)]})
+        return h, stages
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # rate 1e-3: period 0 at its first peak validation 0.05 (row 1), ends 0.08; period 1 best 0.09
+    # rate 1e-2: period 0 leads at 0.07 after one validation and reaches 0.12 (above either last
+    # period); period 1 best 0.085
+    for name, lr, first, last in (("slow", 1e-3, [0.01, 0.05, 0.08], [0.07, 0.09]),
+                                  ("fast", 1e-2, [0.02, 0.07, 0.12], [0.08, 0.085, 0.08])):
+        h, stages = student(lr, first, last)
+        r = MethodResult("ecat", "ECAT", 0, pd.DataFrame(), h, torch.nn.Linear(1, 1), diagnostics={"stages": stages})
+        torch.save(r, runs / f"{name}.pt")
+    grids, skipped = halving.cached_grids([runs])
+    (trials,) = grids.values()
+    assert skipped == [] and [t.final for t in trials] == [0.09, 0.085]
+    assert [t.seconds for t in trials] == [50.0, 60.0] and [len(t.history) for t in trials] == [3, 3]
+    one = halving.halve(trials, 1)
+    # the rung keeps 1e-2 (0.07 > 0.05); the grid 1e-3 (0.09 > 0.085): 1 - 0.085 / 0.09 lost;
+    # cost: the fast run whole (60 s) + the slow one to its first peak validation (row 1, 20 s)
+    assert (one["grid_lr"], one["halving_lr"]) == (1e-3, 1e-2)
+    assert one["valid_loss"] == pytest.approx(1 - 0.085 / 0.09)
+    assert one["halving_seconds"] == pytest.approx(80.0) and one["grid_seconds"] == pytest.approx(110.0)

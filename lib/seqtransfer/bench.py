@@ -14,7 +14,10 @@ speed lever: window length, batch size, output layer, threads, fused optimiser, 
 ``torch.compile``. ``--batch DIR`` prints where an executed batch spent its time, per notebook
 and per section (:mod:`seqtransfer.timing`). ``--halving DIR`` reads a run cache and prints, per
 arm, the learning rate successive halving would keep against the full grid's, and the seconds
-of each search (:mod:`seqtransfer.halving`).
+of each search (:mod:`seqtransfer.halving`). ``--patience DIR`` reads a run cache and prints
+what a shorter early-stopping patience would save and lose (:mod:`seqtransfer.stopping`).
+``--ecat-student step,period`` times 06's ECAT student with the teacher run in every step and
+with its outputs computed once per period, side by side.
 
 Wall-clock figures assume an otherwise idle machine; the process CPU seconds printed beside the
 time-to-accuracy figures are steadier when other work shares the cores (divide by the threads
@@ -277,6 +280,92 @@ def entire_space(losses: tuple[str, ...], n_negatives: int = 512, seed: int = 0,
     return out
 
 
+def cached_teachers(folder, label: str, n_periods: int, n_items: int) -> list:
+    """The seed-0 teacher chain ``"<label> | teacher t/n"`` a notebook left in the run cache
+    ``folder`` (the newest file per period), checked against the setting's ``n_items``."""
+    from pathlib import Path
+
+    from .experiment import _safe
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no run cache at {folder}; pass the folder 06 wrote (default data/runs), "
+                                "or leave --teachers out to train the teachers here")
+    found = {}
+    for t in range(n_periods):
+        name = f"{label} | teacher {t + 1}/{n_periods}"
+        for path in sorted(folder.glob(f"{_safe(name)}-0-*.pt"), key=lambda q: q.stat().st_mtime):
+            r = torch.load(path, map_location="cpu", weights_only=False)
+            if r.variant == name and r.seed == 0:
+                found[t] = r.model
+    missing = [t + 1 for t in range(n_periods) if t not in found]
+    if missing:
+        raise ValueError(f"the run cache {folder} has no seed-0 teacher for period(s) {missing} of {n_periods} "
+                         f"({label}); run 06 at this budget with cache_runs first, or leave --teachers out")
+    for t, m in found.items():
+        if m.item_emb.num_embeddings != n_items + 1:
+            raise ValueError(f"teacher {t + 1}/{n_periods} in {folder} scores {m.item_emb.num_embeddings - 1} items, "
+                             f"the entire space here has {n_items}: another setting (entire_users, budget?)")
+    return [found[t] for t in range(n_periods)]
+
+
+def ecat_student(modes: tuple[str, ...] = ("step", "period"), lr: float = 1.5e-3, seed: int = 0,
+                 target: str = "Film-Noir", entire_users: int = 1500, n_periods: int = 2,
+                 teachers_dir: str | None = None, device: str = "auto") -> list[dict]:
+    """Time to accuracy of 06's ECAT student under each way of computing the teacher's outputs
+    (``EcatConfig.teacher_outputs``: "step", a teacher forward pass in every training step, the
+    recipe before; "period", computed once per period over the pool), one after another in this
+    process on the quick setting (``target`` in an entire space of ``entire_users`` ML-1M users,
+    ``n_periods`` periods, the notebook's student schedule at ``lr``, seed ``seed``). Both read
+    the same teachers (from ``teachers_dir``, the run cache 06 left, or trained here first) and
+    the same selection (computed by the first, kept for the second). The seconds are training
+    seconds summed over the periods; the levels are 90% and 98% of the lower final best validation
+    NDCG@10 (the last period's best: the student the arm reports)."""
+    from . import entire
+    from .methods import ecat
+    from .methods.common import evaluate_both
+    setting = entire.genre_space(data.load("ml-1m"), target, "quick", seed, min_len=5, entire_users=entire_users,
+                                 device=device, progress=False)
+    exp = setting.target
+    b = exp.budget
+    cfg = ecat.EcatConfig(backbone_kwargs={"dim": b.dim}, train=exp.fitted_train_config(lr=lr, progress=False),
+                          n_periods=n_periods, teacher_train=exp.train_config(max_minutes=30.0, progress=False))
+    print(f"entire space {setting.name}: {setting.split.n_users} users, {setting.split.n_items} items; target "
+          f"{exp.data.n_users} users; {n_periods} periods, lr {lr:g}, {torch.get_num_threads()} threads", flush=True)
+    if teachers_dir:
+        teachers = cached_teachers(teachers_dir, target, n_periods, setting.split.n_items)
+        print(f"teachers: {n_periods} from {teachers_dir}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        teachers, _ = ecat.train_teachers(setting, cfg, seed)
+        print(f"teachers: {n_periods} trained here in {time.perf_counter() - t0:.0f} s", flush=True)
+    shared: dict = {}
+    out = []
+    for mode in modes:
+        c = replace(cfg, teacher_outputs=mode)
+        student, diag = ecat.continual(setting, c, seed, teachers, cache=shared)
+        h, st = diag["history"].copy(), diag["stages"]
+        before = st["seconds"].cumsum().shift(fill_value=0.0).to_numpy()
+        h["seconds"] = h["seconds"] + before[h["period"].to_numpy()]
+        last = h[h["period"] == h["period"].max()]
+        metrics, _ = evaluate_both(student, exp.data, exp.groups, mode, seed)
+        test = float(metrics.query("metric == 'ndcg' and k == 10 and split == 'test' and group == 'all'")["value"].iloc[0])
+        o = {"mode": mode, "history": h, "best": float(last["valid_ndcg10"].max()), "test": test,
+             "steps": int(st["steps"].sum()), "seconds": float(st["seconds"].sum()),
+             "per_period": st["seconds"].round(0).astype(int).tolist(), "stopped": list(st["stopped"])}
+        out.append(o)
+        print(f"  {mode}: {o['steps']} steps, {o['seconds']:.0f} s (periods {o['per_period']}), best valid "
+              f"NDCG@10 {o['best']:.4f}, test {test:.4f}; {'; '.join(o['stopped'])}", flush=True)
+    floor = min(o["best"] for o in out)
+    print(f"\n06's ECAT student, teacher outputs per step vs once per period (levels: 90% and 98% of the lower "
+          f"final best, {floor:.4f}; seconds summed over the periods)")
+    print(f"{'teacher':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'s/step':>7} {'seconds':>8}")
+    for o in out:
+        reach = time_to_levels(o["history"], floor)
+        print(f"{o['mode']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
+              f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
+    return out
+
+
 def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None, seed: int = 0,
          device: str = "auto") -> list[dict]:
     """Time to accuracy of 04's target arms on ``target`` with training batches padded to the
@@ -363,7 +452,34 @@ def main(argv: list[str] | None = None) -> int:
                    "teacher) with these comma-separated training losses (ce, sampled), side by side")
     p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
                    "SASRec) with batches padded to the window and cut to their longest window, side by side")
+    p.add_argument("--patience", metavar="DIR", nargs="+", help="from the run cache(s) DIR, what a shorter "
+                   "early-stopping patience would save and lose, run by run; trains nothing")
+    p.add_argument("--patiences", default="2,3,4", help="with --patience: the patiences to replay")
+    p.add_argument("--budget-patience", type=int, default=5, help="with --patience: the patience the runs trained with")
+    p.add_argument("--ecat-student", metavar="MODES", help="time 06's ECAT student with these comma-separated "
+                   "ways of computing the teacher's outputs (step, period), side by side")
+    p.add_argument("--teachers", metavar="DIR", help="with --ecat-student: read the teachers from this run "
+                   "cache (06's data/runs) instead of training them first")
+    p.add_argument("--lr", type=float, default=1.5e-3, help="with --ecat-student: the student's rate")
     a = p.parse_args(argv)
+    if a.patience:
+        from .stopping import print_patience
+        try:
+            print_patience(a.patience, tuple(int(x) for x in a.patiences.split(",")), a.budget_patience)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"seqtransfer bench: {err}", file=sys.stderr)
+            return 2
+        return 0
+    if a.ecat_student:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        try:
+            ecat_student(tuple(a.ecat_student.split(",")), lr=a.lr, seed=a.seed, teachers_dir=a.teachers,
+                         device=a.device)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"seqtransfer bench: {err}", file=sys.stderr)
+            return 2
+        return 0
     if a.trim:
         if a.threads:
             torch.set_num_threads(a.threads)

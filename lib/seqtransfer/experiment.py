@@ -125,7 +125,8 @@ class Experiment:
         would choose off a full grid's cache). A continued run is the run a full grid would have
         trained at that rate, bit for bit (a run whose history restarts, stages or periods, is
         trained again from its start instead, and so is every run without a ``cache_dir``, which
-        keeps no checkpoint; a run whose config says it ``restarts`` searches its grid whole). Its
+        keeps no checkpoint; a run whose config says it ``restarts`` searches its grid whole; ECAT's
+        period-by-period student takes its rung in its first period and continues from there). Its
         ``tuning`` table has every rate's validation: the whole run's for the rates that
         continued (``continued``), the rung's for the others.
 
@@ -478,8 +479,9 @@ def with_lr(cfg, lr: float | None, tune: str = "train"):
 
 def halves(r: Run, lrs, rung: int | None) -> bool:
     """Whether run ``r`` searches ``lrs`` by successive halving: a rung is set, there is more
-    than one rate, its config does not restart (``restarts``: two stages or several periods are
-    not a prefix of one training, so a rung could not be continued) and its tuned settings can
+    than one rate, its config does not restart (``restarts``: the plugin stage of a two-stage run
+    is not a prefix of one training, so a rung could not be continued; ECAT's periods can, its
+    rung being the first period's first validations) and its tuned settings can
     stop at a rung (a ``TrainConfig``)."""
     return (rung is not None and len(lrs) > 1 and not getattr(r.config, "restarts", False)
             and hasattr(getattr(r.config, r.tune, None), "rung"))

@@ -23,8 +23,9 @@ stores every grid point) therefore answer exactly, per arm:
 
 The rung is counted from the end of the warm-up (the first epoch at the peak rate), since every
 grid point is still ramping up before it. A run that stopped before its rung counts whole. Runs
-whose history restarts (two-stage plugins, ECAT's periods) are left out and listed: their rung
-is not a prefix of one training. Read a cache filled by one code version (a fresh
+whose history restarts (two-stage plugins) are left out and listed: their rung is not a prefix
+of one training. ECAT's period-by-period student takes its rung in its first period (what the
+engine does), and its whole run's validation is its last period's best. Read a cache filled by one code version (a fresh
 ``cache_runs`` folder for one batch); where a folder holds several, the newest file per
 (arm, rate) is read.
 
@@ -50,6 +51,8 @@ class Trial:
     lr: float
     history: pd.DataFrame     # epoch, lr (per epoch), seconds (cumulative), valid_ndcg10
     seconds: float            # the whole run's training seconds
+    final: float | None = None   # the whole run's best validation NDCG@10 where ``history`` is
+                                 # only its first part (ECAT: the first period, the last's best)
 
 
 def rung_index(history: pd.DataFrame, k: int) -> int:
@@ -84,7 +87,7 @@ def halve(trials: list[Trial], k: int, keep: int = 1) -> dict:
     grid."""
     if len(trials) < 2:
         raise ValueError("successive halving needs a grid of at least two rates")
-    finals = [best_so_far(t.history, len(t.history) - 1) for t in trials]
+    finals = [t.final if t.final is not None else best_so_far(t.history, len(t.history) - 1) for t in trials]
     rungs = [rung_index(t.history, k) for t in trials]
     at_rung = [best_so_far(t.history, r) for t, r in zip(trials, rungs)]
     cont = best_rungs(at_rung, keep)
@@ -104,6 +107,13 @@ def restarts(history: pd.DataFrame) -> bool:
     return bool((np.diff(history["epoch"].to_numpy()) <= 0).any())
 
 
+def _periods(history: pd.DataFrame) -> bool:
+    """A period-by-period training (ECAT's student): periods, one stage, a validation in the first."""
+    return ("period" in history and history["period"].nunique() > 1
+            and ("stage" not in history or history["stage"].nunique() == 1)
+            and history.loc[history["period"] == history["period"].min(), "valid_ndcg10"].notna().any())
+
+
 def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], list[str]]:
     """Every arm's seed-0 grid in the run cache ``folders``: ``{label: trials}`` for arms with
     at least two rates, and the labels left out with why."""
@@ -120,11 +130,17 @@ def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], lis
             if getattr(result, "seed", None) != 0 or h is None or "valid_ndcg10" not in h or "lr" not in h:
                 continue
             label = f"{folder}: {result.variant}"
-            if restarts(h) or h["valid_ndcg10"].notna().sum() == 0:
+            final = None
+            if _periods(h):                 # ECAT's student: its rung is in its first period
+                stages = result.diagnostics["stages"]
+                final = float(h.loc[h["period"] == h["period"].max(), "valid_ndcg10"].max())
+                seconds, h = float(stages["seconds"].sum()), h[h["period"] == h["period"].min()]
+            elif restarts(h) or h["valid_ndcg10"].notna().sum() == 0:
                 skipped.append(f"{label} (its history is more than one training)")
                 continue
-            seconds = float(getattr(result.train, "seconds", h["seconds"].iloc[-1]))
-            trial = Trial(float(h["lr"].max()), h.reset_index(drop=True), seconds)
+            else:
+                seconds = float(getattr(result.train, "seconds", h["seconds"].iloc[-1]))
+            trial = Trial(float(h["lr"].max()), h.reset_index(drop=True), seconds, final)
             key = (str(folder), result.variant, round(trial.lr, 12))
             mtime = path.stat().st_mtime
             if key not in found or found[key][0] < mtime:

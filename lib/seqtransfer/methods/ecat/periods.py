@@ -155,7 +155,9 @@ def continual(setting, cfg: EcatConfig, seed: int = 0, teachers: list[nn.Module]
     use: an arm never changes the models another arm starts from. With a checkpoint folder
     (``cfg.train.checkpoint_dir``, the engine's) every period checkpoints in its own subfolder,
     so a killed run replays its finished periods from their checkpoints and resumes the one it
-    was in. Returns the student and the diagnostics (counts, p, w, alpha, per-period metrics,
+    was in. A rung (``cfg.train.rung``, successive halving's short run) trains the first period
+    only, to that many validations: the first part of the whole run, which continues from its
+    checkpoint. Returns the student and the diagnostics (counts, p, w, alpha, per-period metrics,
     history)."""
     check(cfg)
     exp = setting.target
@@ -238,6 +240,9 @@ def continual(setting, cfg: EcatConfig, seed: int = 0, teachers: list[nn.Module]
         if teacher is not None:
             teachers[t].cpu()
         last = res
+        if cfg.train.rung is not None:
+            break   # a rung (successive halving) is the first period's first validations: the
+                    # whole run resumes that period from its checkpoint and trains the rest
     diag = {"counts": pd.DataFrame(counts), "periods": pd.DataFrame(periods),
             "p": pd.concat(ps, ignore_index=True) if ps else pd.DataFrame(columns=["period", "p"]),
             "w": pd.concat(ws, ignore_index=True) if ws else pd.DataFrame(columns=["period", "w"]),

@@ -3,6 +3,8 @@ the true next item), the weighted loss, the model that ranks target items only
 (:class:`TargetScored`), and the hooks of its training step."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -102,10 +104,38 @@ def _pool(target: SeqData, source: SeqData | None, weights: torch.Tensor | None)
     return torch.cat(ins), torch.cat(tg), torch.cat(ws)
 
 
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                    chunk: int = 512, autocast=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen ``teacher``'s hidden state and true-item probability at every weighted position
+    of the pool, computed once: ``(index, h, p)`` with ``index`` (rows, T) the flat position of
+    each ``weights > 0`` cell (-1 elsewhere; row-major, the order ``tensor[mask]`` reads), ``h``
+    (P, D) and ``p`` (P,). The teacher is in eval mode and its output at a real position does not
+    depend on the other rows of a batch nor on the padding after it, so this is what the step
+    would compute batch by batch (equal up to float rounding), for one forward pass over the
+    pool instead of one per step and epoch."""
+    mask = weights > 0
+    index = torch.full(mask.shape, -1, dtype=torch.long, device=inputs.device)
+    index[mask] = torch.arange(int(mask.sum()), device=inputs.device)
+    hs, ps = [], []
+    for s in range(0, len(inputs), chunk):
+        seqs, tgt, m = trim_right(inputs[s:s + chunk], targets[s:s + chunk], mask[s:s + chunk])
+        with (autocast() if autocast is not None else nullcontext()):
+            h = teacher.encode(seqs)[m].float()
+            hs.append(h)
+            ps.append(true_prob(teacher.score(h), tgt[m]))
+    d = getattr(teacher, "dim", hs[0].shape[-1] if hs else 0)
+    return (index, torch.cat(hs) if hs else torch.zeros(0, d, device=inputs.device),
+            torch.cat(ps) if ps else torch.zeros(0, device=inputs.device))
+
+
 def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                   teacher: nn.Module | None, cfg: EcatConfig, alphas: list, domain: torch.Tensor | None = None) -> Hooks:
     """Batches over the student's pool and the ECAT step (weighted CE + distillation, plus the
-    reversed domain loss under ``fine="grl"``). ``alphas`` collects a sample of alpha values."""
+    reversed domain loss under ``fine="grl"``). ``alphas`` collects a sample of alpha values.
+    The teacher's outputs come from :func:`teacher_outputs`, once for the whole pool, under
+    ``cfg.teacher_outputs="period"`` (the default), or from a teacher forward pass in every step
+    (``"step"``)."""
     dev_cache: dict = {}
 
     def on(device):
@@ -134,9 +164,16 @@ def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Te
             ht = alpha = None
             extra = 0.0
             if teacher is not None and cfg.distill != "none" and cfg.lam:
-                with torch.no_grad():
-                    ht = teacher.encode(seqs)[mask].float()                   # (P, D)
-                    pt = true_prob(teacher.score(ht), ys)
+                if cfg.teacher_outputs == "period":
+                    if "t" not in dev_cache:
+                        dev_cache["t"] = teacher_outputs(teacher, x, y, w, autocast=ctx.autocast)
+                    index, h_all, p_all = dev_cache["t"]
+                    at = index[ctx.batch][:, :seqs.shape[1]][mask]
+                    ht, pt = h_all[at], p_all[at]                             # (P, D), (P,)
+                else:
+                    with torch.no_grad():
+                        ht = teacher.encode(seqs)[mask].float()               # (P, D)
+                        pt = true_prob(teacher.score(ht), ys)
                 ps = true_prob(logits.detach(), ys)
                 if cfg.distill == "adaptive":
                     alpha = adaptive_alpha(pt, ps)
