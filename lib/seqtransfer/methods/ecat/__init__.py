@@ -37,7 +37,10 @@ below is ours** [ours], each kept configurable in :class:`EcatConfig`:
   learned linear map, identity at start; the distance per dimension, so lambda does not depend
   on the hidden size D). Options: constant alpha, or a learned gate that
   predicts from (h_s, h_t) whether the teacher is the better one (trained by its own BCE term,
-  used under stop-gradient).
+  used under stop-gradient). The teacher is frozen while a student reads it, so ``h_t`` and
+  ``p_t(y)`` are computed once per period over the student's pool (:func:`student.teacher_outputs`,
+  ``teacher_outputs="period"``) instead of in every step (``"step"``): the same values up to float
+  rounding, a fifth less time a step (``seqtransfer bench --ecat-student``).
 * **Continual** (:func:`continual`): ``n_periods`` chronological periods (quantiles of the
   entire space's training timestamps); in period t the teacher and the student continue from
   where period t-1 ended, trained on everything up to the period's end, and the selection is

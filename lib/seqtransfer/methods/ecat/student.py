@@ -1,6 +1,7 @@
 """ECAT's student: adaptive distillation (alpha from the teacher's and the student's probability of
 the true next item), the weighted loss, the model that ranks target items only
-(:class:`TargetScored`), and the hooks of its training step."""
+(:class:`TargetScored`), the frozen teacher's outputs over a period's pool
+(:func:`teacher_outputs`), and the hooks of its training step."""
 from __future__ import annotations
 
 from contextlib import nullcontext
