@@ -283,18 +283,16 @@ def entire_space(losses: tuple[str, ...], n_negatives: int = 512, seed: int = 0,
 def cached_teachers(folder, label: str, n_periods: int, n_items: int) -> list:
     """The seed-0 teacher chain ``"<label> | teacher t/n"`` a notebook left in the run cache
     ``folder`` (the newest file per period), checked against the setting's ``n_items``."""
-    from pathlib import Path
-
     from .experiment import _safe
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no run cache at {folder}; pass the folder 06 wrote (default data/runs), "
-                                "or leave --teachers out to train the teachers here")
+    from .halving import cached_results
     found = {}
     for t in range(n_periods):
         name = f"{label} | teacher {t + 1}/{n_periods}"
-        for path in sorted(folder.glob(f"{_safe(name)}-0-*.pt"), key=lambda q: q.stat().st_mtime):
-            r = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            runs = sorted(cached_results([folder], f"{_safe(name)}-0-*.pt"), key=lambda run: run[1].stat().st_mtime)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}, or leave --teachers out to train the teachers here") from None
+        for _, _, r in runs:
             if r.variant == name and r.seed == 0:
                 found[t] = r.model
     missing = [t + 1 for t in range(n_periods) if t not in found]

@@ -114,37 +114,43 @@ def _periods(history: pd.DataFrame) -> bool:
             and history.loc[history["period"] == history["period"].min(), "valid_ndcg10"].notna().any())
 
 
-def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], list[str]]:
-    """Every arm's seed-0 grid in the run cache ``folders``: ``{label: trials}`` for arms with
-    at least two rates, and the labels left out with why."""
-    found: dict[tuple[str, str, float], tuple[float, Trial]] = {}
-    skipped: list[str] = []
+def cached_results(folders: list[str | Path], pattern: str = "*.pt"):
+    """Every run ``(folder, path, result)`` a batch's run cache ``folders`` holds (files matching
+    ``pattern``, in name order); a folder that is not there is a clear error."""
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"no run cache at {folder}; pass the folder a batch's "
                                     "cache_runs wrote (default data/runs)")
-        for path in sorted(folder.glob("*.pt")):
-            result = torch.load(path, map_location="cpu", weights_only=False)
-            h = getattr(result, "history", None)
-            if getattr(result, "seed", None) != 0 or h is None or "valid_ndcg10" not in h or "lr" not in h:
-                continue
-            label = f"{folder}: {result.variant}"
-            final = None
-            if _periods(h):                 # ECAT's student: its rung is in its first period
-                stages = result.diagnostics["stages"]
-                final = float(h.loc[h["period"] == h["period"].max(), "valid_ndcg10"].max())
-                seconds, h = float(stages["seconds"].sum()), h[h["period"] == h["period"].min()]
-            elif restarts(h) or h["valid_ndcg10"].notna().sum() == 0:
-                skipped.append(f"{label} (its history is more than one training)")
-                continue
-            else:
-                seconds = float(getattr(result.train, "seconds", h["seconds"].iloc[-1]))
-            trial = Trial(float(h["lr"].max()), h.reset_index(drop=True), seconds, final)
-            key = (str(folder), result.variant, round(trial.lr, 12))
-            mtime = path.stat().st_mtime
-            if key not in found or found[key][0] < mtime:
-                found[key] = (mtime, trial)
+        for path in sorted(folder.glob(pattern)):
+            yield folder, path, torch.load(path, map_location="cpu", weights_only=False)
+
+
+def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], list[str]]:
+    """Every arm's seed-0 grid in the run cache ``folders``: ``{label: trials}`` for arms with
+    at least two rates, and the labels left out with why."""
+    found: dict[tuple[str, str, float], tuple[float, Trial]] = {}
+    skipped: list[str] = []
+    for folder, path, result in cached_results(folders):
+        h = getattr(result, "history", None)
+        if getattr(result, "seed", None) != 0 or h is None or "valid_ndcg10" not in h or "lr" not in h:
+            continue
+        label = f"{folder}: {result.variant}"
+        final = None
+        if _periods(h):                 # ECAT's student: its rung is in its first period
+            stages = result.diagnostics["stages"]
+            final = float(h.loc[h["period"] == h["period"].max(), "valid_ndcg10"].max())
+            seconds, h = float(stages["seconds"].sum()), h[h["period"] == h["period"].min()]
+        elif restarts(h) or h["valid_ndcg10"].notna().sum() == 0:
+            skipped.append(f"{label} (its history is more than one training)")
+            continue
+        else:
+            seconds = float(getattr(result.train, "seconds", h["seconds"].iloc[-1]))
+        trial = Trial(float(h["lr"].max()), h.reset_index(drop=True), seconds, final)
+        key = (str(folder), result.variant, round(trial.lr, 12))
+        mtime = path.stat().st_mtime
+        if key not in found or found[key][0] < mtime:
+            found[key] = (mtime, trial)
     grids: dict[str, list[Trial]] = {}
     for (folder, variant, _), (_, trial) in found.items():
         grids.setdefault(f"{folder}: {variant}", []).append(trial)   # two folders never merge

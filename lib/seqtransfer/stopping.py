@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+
+from .halving import cached_results
 
 
 def stop_row(history: pd.DataFrame, patience: int) -> int:
@@ -97,21 +98,15 @@ def cached_runs(folders: list[str | Path]) -> list[tuple[str, pd.DataFrame, str]
     """(label, history, why it stopped) of every run in the run cache ``folders`` with a
     validation curve, rungs left out."""
     out = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no run cache at {folder}; pass the folder a batch's cache_runs wrote "
-                                    "(default data/runs)")
-        for path in sorted(folder.glob("*.pt")):
-            r = torch.load(path, map_location="cpu", weights_only=False)
-            h = getattr(r, "history", None)
-            variant = str(getattr(r, "variant", path.stem))
-            if h is None or "valid_ndcg10" not in h or "lr" not in h or "(rung " in variant:
-                continue
-            if h["valid_ndcg10"].notna().sum() == 0:
-                continue
-            stopped = str(getattr(getattr(r, "train", None), "stopped", ""))
-            out.append((f"{variant} (seed {getattr(r, 'seed', '?')})", h, stopped))
+    for _, path, r in cached_results(folders):
+        h = getattr(r, "history", None)
+        variant = str(getattr(r, "variant", path.stem))
+        if h is None or "valid_ndcg10" not in h or "lr" not in h or "(rung " in variant:
+            continue
+        if h["valid_ndcg10"].notna().sum() == 0:
+            continue
+        stopped = str(getattr(getattr(r, "train", None), "stopped", ""))
+        out.append((f"{variant} (seed {getattr(r, 'seed', '?')})", h, stopped))
     return out
 
 
