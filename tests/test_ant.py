@@ -247,8 +247,11 @@ def test_runs_tune_every_arm_seed_every_arm_and_pretrain_once(toy_csv, tmp_path)
     for r in out[3:]:
         for a, b in zip(_state(out[0].model.transformer_modules()), _state(r.model.transformer_modules())):
             assert torch.equal(a.cpu(), b.cpu())
-    # a second setting with the same sources (another label) finds the pre-training cached
-    again = prep.target.run(ant.runs(prep, cfg, variants=("re-learn",), label="b"))
+    # a second setting with the same sources (another label, its own target schedule) finds the
+    # pre-training cached: its key holds no target schedule
+    from dataclasses import replace
+    b_cfg = replace(cfg, train=replace(cfg.train, patience=3))
+    again = prep.target.run(ant.runs(prep, b_cfg, variants=("re-learn",), label="b"))
     assert again[0].train.seconds == out[0].train.seconds      # loaded, not re-trained
     # an ablation row pre-trains anew under its own name
     abl = prep.target.run(ant.ablation_runs(prep, cfg, label="a", specs={"no product": {"beta": 0.0}}), seeds=[0])

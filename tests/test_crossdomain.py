@@ -3,6 +3,7 @@ genre domains with per-domain sequences, dataset settings and their labels, and 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from seqtransfer import data
@@ -128,6 +129,25 @@ def test_dataset_setting_labels_sanity_by_title_overlap(tmp_path):
     small = s.sample(3, seed=0)
     assert small.target.n_users == 3
     assert small.sources.inter.groupby("domain")["user"].nunique().max() <= 3
+
+
+def test_a_dataset_target_given_a_genre_targets_sources_gets_the_same_sources(tmp_path):
+    """What 04 shares at quick: the cross target built with the genre target's source genres
+    holds the very same source sequences and names the same held-out genre, so ANT's
+    pre-training (named and keyed by its sources) is one run for both."""
+    from seqtransfer.methods import ant
+    ds = _genre_toy(tmp_path)
+    other = data.load(tmp_path / "inter.csv", items_path=tmp_path / "items.csv", min_user=1, min_item=1)
+    other.name = "other"
+    genre = data.genre_setting(ds, "C", min_users=2, min_len=2)
+    shared = sorted(genre.sources.inter["domain"].unique())
+    cross = data.dataset_setting(ds, other, sources=shared, min_len=2)
+    assert genre.meta["held_out"] == cross.meta["held_out"] == ["C"]
+    pd.testing.assert_frame_equal(genre.sources.inter, cross.sources.inter)
+    assert list(genre.sources.user_ids) == list(cross.sources.user_ids)
+    assert ant.pretrain_name(genre) == ant.pretrain_name(cross) == "ANT pre-train on inter, 2 genres (no C)"
+    whole = data.dataset_setting(ds, other, min_len=2)                   # every genre: nothing held out
+    assert whole.meta["held_out"] == [] and ant.pretrain_name(whole) == "ANT pre-train on inter, 3 genres"
 
 
 def test_named_atomic_dataset_missing_folder(monkeypatch):

@@ -125,7 +125,8 @@ def _title_overlap(sources: Interactions, target: Interactions) -> float:
 
 
 def _sources(ds: Interactions, rule: str, exclude: str | None, sources: list[str] | None,
-             min_len: int) -> Interactions:
+             min_len: int) -> tuple[Interactions, list[str]]:
+    """The source domains' sequences, and the genres of ``ds`` they leave out (sorted)."""
     dom = genre_domains(ds, rule) if "domain" not in ds.inter else ds
     have = sorted(dom.inter["domain"].unique())
     if sources is not None:
@@ -136,7 +137,7 @@ def _sources(ds: Interactions, rule: str, exclude: str | None, sources: list[str
     chosen = [d for d in (sources or have) if d != exclude]
     if not chosen:
         raise DataError("no source domain is left once the target is removed; name other sources.")
-    return domain_sequences(dom, chosen, min_len)
+    return domain_sequences(dom, chosen, min_len), [d for d in have if d not in chosen]
 
 
 def genre_setting(ds: Interactions, target: str, rule: str = "rarest", sources: list[str] | None = None,
@@ -165,11 +166,11 @@ def genre_setting(ds: Interactions, target: str, rule: str = "rarest", sources: 
                         f"least {min_len} films (rule {rule!r}), fewer than min_users={min_users}; "
                         f"choose a larger genre ({', '.join(big[-6:]) or 'none'}) or lower min_users.")
     tgt = domain_sequences(dom, [target], min_len)
-    src = _sources(dom, rule, target, sources, min_len)
+    src, held = _sources(dom, rule, target, sources, min_len)
     return CrossDomain(f"{ds.name} genres -> {target}", "genre", src, tgt, _title_overlap(src, tgt),
                        f"disjoint genre domains of {ds.name} (one genre per film, rule {rule!r}); "
                        f"the target {target} shares users but no films with the sources",
-                       {"rule": rule, "target_name": target})
+                       {"rule": rule, "target_name": target, "held_out": held})
 
 
 def dataset_setting(source: Interactions, target: Interactions, rule: str = "rarest",
@@ -180,8 +181,9 @@ def dataset_setting(source: Interactions, target: Interactions, rule: str = "rar
     ``"cross-platform"``."""
     if source.name == target.name:
         raise DataError("source and target must be different datasets")
+    held: list[str] = []
     if source.items["genres"].map(len).gt(0).any():
-        src = _sources(source, rule, None, sources, min_len)
+        src, held = _sources(source, rule, None, sources, min_len)
     else:
         src = domain_sequences(replace(source, inter=source.inter.assign(domain=source.name)), None, min_len)
     overlap = _title_overlap(src, target)
@@ -191,4 +193,4 @@ def dataset_setting(source: Interactions, target: Interactions, rule: str = "rar
             if kind == "sanity" else
             f"a different platform: disjoint users and items, {overlap:.0%} of titles shared")
     return CrossDomain(f"{source.name} -> {target.name}", kind, src, target, overlap, note,
-                       {"rule": rule, "target_name": target.name})
+                       {"rule": rule, "target_name": target.name, "held_out": held})
