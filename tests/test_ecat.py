@@ -516,6 +516,37 @@ def test_a_sampled_entire_space_keeps_the_target_and_its_cut():
     assert len(kept) == len(s.entire.inter)                              # same no-leak cut per user
 
 
+def test_recent_history_keeps_each_users_most_recent_rows():
+    """Hand-computed: user 0 has times 5, 1, 3, 3 (rows out of order, a tie at 3: the later row
+    is the more recent); user 1 has two rows; with n=2 user 0 keeps times 5 and the second 3."""
+    inter = pd.DataFrame({"user": [0, 1, 0, 0, 1, 0], "timestamp": [5, 7, 1, 3, 2, 3]})
+    assert entire.recent_history(inter, 2).tolist() == [True, True, False, False, True, True]
+    assert entire.recent_history(inter, 1).tolist() == [True, True, False, False, False, False]
+    assert entire.recent_history(inter, None).all() and entire.recent_history(inter, 9).all()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="entire_history must be a whole number"):
+            entire.recent_history(inter, bad)
+
+
+def test_a_short_entire_history_cuts_the_entire_space_not_the_target():
+    """``entire_history`` keeps each entire-space user's most recent interactions after the
+    no-leak cut; the target's subsequences, its users and its split stay as they were."""
+    b = get_budget("smoke", max_len=10, dim=8)
+    space = toy_space()
+    full = entire.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False)
+    short = entire.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False, entire_history=5)
+    assert short.target.dataset.inter.equals(full.target.dataset.inter)
+    assert torch.equal(short.target.data.train_inputs, full.target.data.train_inputs)
+    per_user = short.entire.inter.groupby("user").size()
+    assert per_user.max() == 5 and len(short.entire.inter) < len(full.entire.inter)
+    for raw in short.entire.user_ids:                                  # the most recent five of each user
+        f = full.entire.inter[full.entire.inter["user"] == int(np.flatnonzero(full.entire.user_ids == raw)[0])]
+        g = short.entire.inter[short.entire.inter["user"] == int(np.flatnonzero(short.entire.user_ids == raw)[0])]
+        assert sorted(g["timestamp"]) == sorted(f["timestamp"])[-5:]
+    with pytest.raises(ValueError, match="entire_history"):
+        entire.make_setting(space, "A", b, seed=0, device="cpu", min_len=4, progress=False, entire_history=0)
+
+
 def test_one_period_variants_borrow_the_chains_last_teacher():
     """The runs: one chain of teachers (each on its own entire-space cut, built on the one
     before); the one-period variants read its last teacher; target-only reads none."""

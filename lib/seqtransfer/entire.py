@@ -91,12 +91,28 @@ def entire_sample(users: np.ndarray, target_users: np.ndarray, n: int | None, se
     return np.sort(np.concatenate([target_users, pick]))
 
 
+def recent_history(inter: pd.DataFrame, n: int | None) -> np.ndarray:
+    """Boolean mask over the rows of ``inter`` (``user``, ``timestamp``): each user's ``n`` most
+    recent interactions (equal times: the later rows are the more recent); None keeps all."""
+    if n is None:
+        return np.ones(len(inter), dtype=bool)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"entire_history must be a whole number >= 1 (the most recent interactions kept per "
+                         f"user) or None (all), got {n!r}")
+    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), inter["user"].to_numpy()))
+    from_end = pd.Series(inter["user"].to_numpy()[order]).groupby(inter["user"].to_numpy()[order]).cumcount(
+        ascending=False).to_numpy()
+    mask = np.zeros(len(inter), dtype=bool)
+    mask[order] = from_end < n
+    return mask
+
+
 def make_setting(entire: D.Interactions, target_domain: str, budget: str | Budget = "quick",
                  seed: int = 0, device: str = "auto", min_len: int = 5, bridges: np.ndarray | None = None,
                  kind: str = "genre", note: str = "", head_frac: float = 0.2, cold_max: int = 5,
-                 progress: bool = True, entire_users: int | None = None, cache: bool | str = False,
-                 data_dir: str | None = None, executor: str = "local", ray_address: str = "",
-                 n_seeds: int = 0) -> EcatSetting:
+                 progress: bool = True, entire_users: int | None = None, entire_history: int | None = None,
+                 cache: bool | str = False, data_dir: str | None = None, executor: str = "local",
+                 ray_address: str = "", n_seeds: int = 0) -> EcatSetting:
     """Split an entire space (with a ``domain`` column) into the target domain's subsequences
     (users with at least ``min_len`` target interactions) and the entire space's training data.
 
@@ -104,7 +120,9 @@ def make_setting(entire: D.Interactions, target_domain: str, budget: str | Budge
     the time of their target validation item leaves the entire space (no leakage into the graph,
     the teacher or the candidates). ``entire`` is used as given (sample it first for smoke), except
     that ``entire_users`` (None: all) keeps every target user and a seeded sample of the others,
-    that many users in all: the CPU-sized entire space of the quick budget [ours]. ``cache``,
+    that many users in all, and ``entire_history`` (None: all) keeps each of those users' most
+    recent that many entire-space interactions (after the cut above; the target's own
+    subsequences are untouched): the CPU-sized entire space of the quick budget [ours]. ``cache``,
     ``data_dir``, ``executor``, ``ray_address``, ``n_seeds``: the target experiment's, which trains
     the runs (:func:`seqtransfer.experiment.prepare`)."""
     if "domain" not in entire.inter:
@@ -129,7 +147,8 @@ def make_setting(entire: D.Interactions, target_domain: str, budget: str | Budge
     limit = cut.reindex(entire.inter["user"].to_numpy()).to_numpy()
     keep = np.isnan(limit) | (entire.inter["timestamp"].to_numpy() < limit)
     keep &= entire.inter["user"].isin(entire_sample(entire.inter["user"].unique(), tusers, entire_users, seed)).to_numpy()
-    ent = _reindex_users(entire, entire.inter[keep])
+    kept = entire.inter[keep]
+    ent = _reindex_users(entire, kept[recent_history(kept, entire_history)])
     split = D.leave_one_out(ent)
     exp = prepare_experiment(target_ds, replace(b, max_users=None), seed, device, head_frac=head_frac,
                              cold_max=cold_max, progress=progress, cache=cache, data_dir=data_dir,
