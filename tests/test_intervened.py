@@ -151,6 +151,11 @@ def test_plugins_on_a_finished_stage1_equal_training_it_again(toy):
     for k, v in agg.model.state_dict().items():                     # the finished run is not changed
         assert torch.equal(v, before[k]), k
     assert all(p.requires_grad for p in agg.model.parameters())
+    # the reused backbone is stage1's training, not this run's: its seconds are not counted twice
+    assert reused.diagnostics["stages"]["trained"].tolist() == [False, True]
+    assert scratch.diagnostics["stages"]["trained"].tolist() == [True, True]
+    from seqtransfer.timing import run_seconds
+    assert run_seconds(reused) == pytest.approx(reused.diagnostics["stages"]["seconds"].iloc[1])
 
 
 @pytest.mark.parametrize("change, words", [

@@ -61,3 +61,48 @@ def test_bad_folders_and_files_are_named(tmp_path, capsys):
         timing.stage_times(tmp_path / "raw.ipynb")
     with pytest.raises(FileNotFoundError, match="no executed notebook"):
         timing.stage_times(tmp_path / "missing.ipynb")
+
+
+def _cached(folder, name, variant, seconds, stopped="early stop: no better valid NDCG@10 for 5 evaluations",
+            seed=0, stages=None, trained=None):
+    import torch
+    from seqtransfer.results import MethodResult
+    from seqtransfer.train import TrainResult
+    h = pd.DataFrame({"epoch": [0], "valid_ndcg10": [0.1]})
+    t = TrainResult(torch.nn.Linear(1, 1), h, 0, 0.1, stopped, "cpu", seconds, 10)
+    diag = {} if stages is None else {"stages": pd.DataFrame({"stage": list(range(len(stages))), "seconds": stages})}
+    if trained is not None:
+        diag["stages"]["trained"] = trained
+    torch.save(MethodResult("m", variant, seed, pd.DataFrame(), h, torch.nn.Linear(1, 1), t, diag),
+               folder / f"{name}.pt")
+
+
+def test_arm_times_add_every_run_rung_and_stage_once(tmp_path, capsys):
+    """Hand-made cache: arm A has three rungs (2 s each), two continued runs (30, 20 s: their own
+    seconds, the rung's not again) and a seed-1 run (25 s): 81 s, 6 of them in rungs; the
+    period-by-period arm B counts its stages (40 + 50 s), not its last loop's 50 s; arm C's
+    backbone stage is an input run's (trained False): only its own 7 s count."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(3):
+        _cached(runs, f"a-rung{i}", "A", 2.0, stopped="rung=1")
+    _cached(runs, "a0", "A", 30.0)
+    _cached(runs, "a0b", "A", 20.0)
+    _cached(runs, "a1", "A", 25.0, seed=1)
+    _cached(runs, "b0", "B", 50.0, stages=[40.0, 50.0])
+    _cached(runs, "c0", "C", 7.0, stages=[100.0, 7.0], trained=[False, True])
+    arms = timing.arm_times([runs]).set_index("variant")
+    assert list(arms.index) == ["B", "A", "C"]                          # the costliest first
+    assert arms.loc["C", "seconds"] == 7.0
+    assert arms.loc["A", "seconds"] == 81.0 and arms.loc["A", "rung_seconds"] == 6.0
+    assert (arms.loc["A", "runs"], arms.loc["A", "rungs"]) == (3, 3)
+    assert arms.loc["B", "seconds"] == 90.0 and arms.loc["B", "runs"] == 1
+    assert arms["share"].sum() == pytest.approx(1.0) and arms.loc["B", "share"] == pytest.approx(90 / 178)
+    (tmp_path / "out").mkdir()
+    pd.DataFrame({"notebook": ["01_a"], "status": ["ok"], "seconds": [9.0]}).to_csv(tmp_path / "out" / "status.csv",
+                                                                                    index=False)
+    assert bench.main(["--batch", str(tmp_path / "out"), "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "178 s in all" in out and "A (3 runs, 3 rungs 6 s)" in out and "B (1 runs)" in out
+    with pytest.raises(FileNotFoundError, match="no run cache"):
+        timing.arm_times([tmp_path / "nowhere"])

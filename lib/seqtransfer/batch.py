@@ -59,8 +59,8 @@ DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 3 * 3600.0, "full": 12 * 3600.0}
 # time left from these, scaled by how the finished notebooks compare with theirs. A budget with
 # no entry (``full``: a GPU's figures are not ours) gets no estimate.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "quick": {"00_data": 13, "01_backbones": 10, "02_gradient_alignment": 1536,
-              "03_intervened_network": 576, "04_ant": 2409, "05_metarec": 1413, "06_ecat": 2881},
+    "quick": {"00_data": 12, "01_backbones": 7, "02_gradient_alignment": 1341,
+              "03_intervened_network": 461, "04_ant": 2296, "05_metarec": 1140, "06_ecat": 1861},
 }
 
 STATUS_COLUMNS = ("notebook", "status", "seconds", "attempts", "error", "html")

@@ -12,8 +12,8 @@ invocation, and prints every figure for both with their ratio. ``--levers`` time
 optimisation steps (CPU time of this process, so a busy machine disturbs it little) for each
 speed lever: window length, batch size, output layer, threads, fused optimiser, bf16,
 ``torch.compile``. ``--batch DIR`` prints where an executed batch spent its time, per notebook
-and per section (:mod:`seqtransfer.timing`). ``--halving DIR`` reads a run cache and prints, per
-arm, the learning rate successive halving would keep against the full grid's, and the seconds
+and per section, and with ``--runs CACHE`` per arm (:mod:`seqtransfer.timing`). ``--halving
+DIR`` reads a run cache and prints, per arm, the learning rate successive halving would keep against the full grid's, and the seconds
 of each search (:mod:`seqtransfer.halving`). ``--patience DIR`` reads a run cache and prints
 what a shorter early-stopping patience would save and lose (:mod:`seqtransfer.stopping`).
 ``--ecat-student step,period`` times 06's ECAT student with the teacher run in every step and
@@ -440,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", metavar="DIR", help="print where the batch in DIR (a `seqtransfer run --out`) spent "
                    "its time, per notebook and per section, and train nothing")
+    p.add_argument("--runs", metavar="DIR", nargs="+", help="with --batch: also the training seconds of every "
+                   "arm, pre-training and teacher in the batch's run cache DIR (its data/runs)")
     p.add_argument("--metarec-pretrain", metavar="LRS", help="time 05's joint pre-training (ML-1M genre sources, "
                    "quick schedule) at these comma-separated learning rates, side by side, and train nothing else")
     p.add_argument("--halving", metavar="DIR", nargs="+", help="from the run cache(s) DIR (every grid point of a "
@@ -504,9 +506,11 @@ def main(argv: list[str] | None = None) -> int:
                          max_minutes=a.max_minutes, device=a.device)
         return 0
     if a.batch:
-        from .timing import print_batch_times
+        from .timing import print_arm_times, print_batch_times
         try:
             print_batch_times(a.batch)
+            if a.runs:
+                print_arm_times(a.runs)
         except (FileNotFoundError, ValueError) as err:
             print(f"seqtransfer bench: {err}", file=sys.stderr)
             return 2

@@ -11,6 +11,12 @@ which stage dominates each notebook and what the next recipe change has to beat:
 prints one table per notebook (section, seconds, share of the notebook) and the batch's own
 wall-clock time and status from ``status.csv``. Nothing is timed here: it reads what the batch
 measured, so the figures are those of that run's machine and load.
+
+    seqtransfer bench --batch reports/latest --runs data/runs
+
+adds the level below a section: the training seconds of every arm, pre-training and teacher in
+the batch's run cache (:func:`arm_times`: every grid point, rung and seed, each counted once: a
+run continued from its rung's checkpoint records only its own seconds).
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+
+from .halving import cached_results
 
 SETUP = "setup"
 _HEADING = re.compile(r"^#{1,3}\s+(\d+\.\s*.+?)\s*$", re.MULTILINE)
@@ -99,3 +107,55 @@ def print_batch_times(out: str | Path) -> None:
         print("\nlongest stage of each notebook:")
         for _, r in top.iterrows():
             print(f"  {r['notebook']}: {r['section']} ({r['seconds']:.0f} s, {100 * r['share']:.0f}%)")
+
+
+def run_seconds(result) -> float:
+    """Training seconds of one cached run: the sum of the stages it trained itself (ECAT's
+    periods, the intervened network's backbone and plugins; not a stage marked ``trained``
+    False, an input run's backbone) where it records them, else its training loop's."""
+    stages = (getattr(result, "diagnostics", None) or {}).get("stages")
+    if isinstance(stages, pd.DataFrame) and "seconds" in stages and len(stages):
+        if "trained" in stages:
+            stages = stages[stages["trained"].fillna(True).astype(bool)]
+        return float(stages["seconds"].sum())
+    train = getattr(result, "train", None)
+    return float(getattr(train, "seconds", 0.0) or 0.0)
+
+
+def run_times(folders: list[str | Path]) -> pd.DataFrame:
+    """One row per cached run of the run cache ``folders``: variant, seed, ``rung`` (True for a
+    successive-halving rung), seconds (:func:`run_seconds`), steps."""
+    rows = []
+    for _, path, r in cached_results(folders):
+        train = getattr(r, "train", None)
+        stopped = str(getattr(train, "stopped", "") or "")
+        rows.append({"variant": getattr(r, "variant", path.stem), "seed": getattr(r, "seed", None),
+                     "rung": stopped.startswith("rung="), "seconds": run_seconds(r),
+                     "steps": getattr(train, "steps", None)})
+    return pd.DataFrame(rows, columns=["variant", "seed", "rung", "seconds", "steps"])
+
+
+def arm_times(folders: list[str | Path]) -> pd.DataFrame:
+    """Per variant of the run cache ``folders`` (an arm, a pre-training, a teacher): its runs and
+    rungs, their training seconds in all and in the rungs, and its share of the cache's seconds;
+    the costliest first."""
+    runs = run_times(folders)
+    if runs.empty:
+        return pd.DataFrame(columns=["variant", "runs", "rungs", "seconds", "rung_seconds", "share"])
+    runs = runs.assign(rung_seconds=runs["seconds"].where(runs["rung"], 0.0))
+    out = runs.groupby("variant", sort=False).agg(runs=("rung", lambda x: int((~x).sum())),
+                                                  rungs=("rung", "sum"), seconds=("seconds", "sum"),
+                                                  rung_seconds=("rung_seconds", "sum")).reset_index()
+    out["rungs"] = out["rungs"].astype(int)
+    out["share"] = out["seconds"] / max(out["seconds"].sum(), 1e-9)
+    return out.sort_values("seconds", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def print_arm_times(folders: list[str | Path]) -> None:
+    """:func:`arm_times` as text, with the cache's total."""
+    arms = arm_times(folders)
+    print(f"\ntraining seconds per arm in the run cache {', '.join(map(str, folders))} "
+          f"({arms['seconds'].sum():.0f} s in all; every grid point, rung and seed):")
+    for _, a in arms.iterrows():
+        rungs = f", {a['rungs']} rungs {a['rung_seconds']:.0f} s" if a["rungs"] else ""
+        print(f"  {a['seconds']:8.0f} s  {100 * a['share']:5.1f}%  {a['variant']} ({a['runs']} runs{rungs})")

@@ -367,13 +367,14 @@ def fit(data: SeqData, groups: UserGroups, cfg: IntervenedConfig, seed: int = 0,
         history = [stage1.history.drop(columns=["variant", "stage"], errors="ignore").assign(stage="backbone")]
         if "conflict" in stage1.diagnostics:
             diagnostics["conflict"] = stage1.diagnostics["conflict"].drop(columns="variant", errors="ignore")
-    stages = [_stage_row("backbone", result)]
+    # trained: False where the backbone is stage1's (an input run's seconds, not this run's)
+    stages = [{**_stage_row("backbone", result), "trained": stage1 is None}]
 
     if cfg.use_plugins:
         result, plugins, backbone_valid, extra = _plugin_stage(result.model, data, groups, cfg, seed,
                                                                variant, stratum, prior)
         history.append(plugins.history.assign(stage="plugins"))
-        stages.append({**_stage_row("plugins", plugins), "kept": result is plugins,
+        stages.append({**_stage_row("plugins", plugins), "trained": True, "kept": result is plugins,
                        "backbone_valid_ndcg10": backbone_valid})
         diagnostics.update(extra)
 
