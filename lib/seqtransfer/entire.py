@@ -99,9 +99,9 @@ def recent_history(inter: pd.DataFrame, n: int | None) -> np.ndarray:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"entire_history must be a whole number >= 1 (the most recent interactions kept per "
                          f"user) or None (all), got {n!r}")
-    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), inter["user"].to_numpy()))
-    from_end = pd.Series(inter["user"].to_numpy()[order]).groupby(inter["user"].to_numpy()[order]).cumcount(
-        ascending=False).to_numpy()
+    users = inter["user"].to_numpy()
+    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), users))   # by user, then time
+    from_end = pd.Series(users[order]).groupby(users[order]).cumcount(ascending=False).to_numpy()
     mask = np.zeros(len(inter), dtype=bool)
     mask[order] = from_end < n
     return mask
