@@ -64,8 +64,11 @@ def test_the_table_checks_itself_against_the_real_stop(tmp_path, capsys):
         t = TrainResult(torch.nn.Linear(1, 1), h, 2, 0.1, why, "cpu", 50.0, 5)
         torch.save(MethodResult("baseline", f"arm {name}", 0, pd.DataFrame(), h, torch.nn.Linear(1, 1), t),
                    runs / f"{name}.pt")
-    torch.save(MethodResult("baseline", "arm a (rung 1)", 0, pd.DataFrame(), LATE, torch.nn.Linear(1, 1)),
-               runs / "rung.pt")                                 # a rung: left out
+    # a rung as the engine caches it: the arm's own variant, stopped at its rung; left out
+    rung = TrainResult(torch.nn.Linear(1, 1), LATE, 2, 0.1, "rung=1", "cpu", 5.0, 2)
+    torch.save(MethodResult("baseline", "arm a", 0, pd.DataFrame(), LATE, torch.nn.Linear(1, 1), rung),
+               runs / "rung.pt")
+    assert [label for label, _, _ in stopping.cached_runs([runs])] == ["arm a (seed 0)", "arm b (seed 0)"]
     table = stopping.patience_table(stopping.cached_runs([runs]), (1, 2), budget_patience=2)
     assert sorted(table["run"].unique()) == ["arm a (seed 0)", "arm b (seed 0)"]
     assert table.set_index(["run", "patience"]).loc[("arm a (seed 0)", 2), "replays"]

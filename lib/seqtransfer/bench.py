@@ -14,8 +14,9 @@ speed lever: window length, batch size, output layer, threads, fused optimiser, 
 ``torch.compile``. ``--batch DIR`` prints where an executed batch spent its time, per notebook
 and per section, and with ``--runs CACHE`` per arm (:mod:`seqtransfer.timing`). ``--halving
 DIR`` reads a run cache and prints, per arm, the learning rate successive halving would keep
-against the full grid's, and the seconds of each search (:mod:`seqtransfer.halving`). ``--patience DIR`` reads a run cache and prints
-what a shorter early-stopping patience would save and lose (:mod:`seqtransfer.stopping`).
+against the full grid's, and the seconds of each search (:mod:`seqtransfer.halving`).
+``--patience DIR`` reads a run cache and prints what a shorter early-stopping patience would
+save and lose (:mod:`seqtransfer.stopping`).
 ``--ecat-student step,period`` times 06's ECAT student with the teacher run in every step and
 with its outputs computed once per period, side by side.
 

@@ -126,6 +126,30 @@ def cached_results(folders: list[str | Path], pattern: str = "*.pt"):
             yield folder, path, torch.load(path, map_location="cpu", weights_only=False)
 
 
+def is_rung(result) -> bool:
+    """A successive-halving rung: a run the engine stopped at its rung (``TrainConfig.rung``; its
+    ``train.stopped`` reads ``rung=k``). Its variant is the arm's own; only its cache file is
+    named ``<variant> (rung k)``."""
+    return str(getattr(getattr(result, "train", None), "stopped", "") or "").startswith("rung=")
+
+
+def run_seconds(result) -> float:
+    """Training seconds of one cached run: the sum of the stages it trained itself (ECAT's
+    periods, the intervened network's backbone and plugins; not a stage marked ``trained``
+    False, an input run's backbone) where it records them, else its training loop's (else its
+    history's last ``seconds``)."""
+    stages = (getattr(result, "diagnostics", None) or {}).get("stages")
+    if isinstance(stages, pd.DataFrame) and "seconds" in stages and len(stages):
+        if "trained" in stages:
+            stages = stages[stages["trained"].fillna(True).astype(bool)]
+        return float(stages["seconds"].sum())
+    train = getattr(result, "train", None)
+    if train is not None:
+        return float(train.seconds or 0.0)
+    h = getattr(result, "history", None)
+    return float(h["seconds"].iloc[-1]) if h is not None and "seconds" in h and len(h) else 0.0
+
+
 def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], list[str]]:
     """Every arm's seed-0 grid in the run cache ``folders``: ``{label: trials}`` for arms with
     at least two rates, and the labels left out with why."""
@@ -138,15 +162,12 @@ def cached_grids(folders: list[str | Path]) -> tuple[dict[str, list[Trial]], lis
         label = f"{folder}: {result.variant}"
         final = None
         if _periods(h):                 # ECAT's student: its rung is in its first period
-            stages = result.diagnostics["stages"]
             final = float(h.loc[h["period"] == h["period"].max(), "valid_ndcg10"].max())
-            seconds, h = float(stages["seconds"].sum()), h[h["period"] == h["period"].min()]
+            h = h[h["period"] == h["period"].min()]
         elif restarts(h) or h["valid_ndcg10"].notna().sum() == 0:
             skipped.append(f"{label} (its history is more than one training)")
             continue
-        else:
-            seconds = float(getattr(result.train, "seconds", h["seconds"].iloc[-1]))
-        trial = Trial(float(h["lr"].max()), h.reset_index(drop=True), seconds, final)
+        trial = Trial(float(h["lr"].max()), h.reset_index(drop=True), run_seconds(result), final)
         key = (str(folder), result.variant, round(trial.lr, 12))
         mtime = path.stat().st_mtime
         if key not in found or found[key][0] < mtime:

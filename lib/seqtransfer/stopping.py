@@ -18,8 +18,9 @@ answer, per run and without training anything:
 A history of several trainings (ECAT's periods, the intervened network's two stages) is read
 one training at a time. Such a replay is exact while every earlier training keeps its best
 validation (the next one then starts from the same weights); a run where an earlier one does
-not is counted but marked ``exact=False``. Rungs of successive halving (variants ending in
-``(rung k)``) are left out: they stop at their rung, not by patience. The replay checks itself:
+not is counted but marked ``exact=False``. Rungs of successive halving (runs stopped at their
+rung, :func:`~seqtransfer.halving.is_rung`) are left out: they stop at their rung, not by
+patience. The replay checks itself:
 at the budget's own patience it must stop every run where it stopped (``replays``), except
 runs a cap ended.
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .halving import cached_results
+from .halving import cached_results, is_rung
 
 
 def stop_row(history: pd.DataFrame, patience: int) -> int:
@@ -101,7 +102,7 @@ def cached_runs(folders: list[str | Path]) -> list[tuple[str, pd.DataFrame, str]
     for _, path, r in cached_results(folders):
         h = getattr(r, "history", None)
         variant = str(getattr(r, "variant", path.stem))
-        if h is None or "valid_ndcg10" not in h or "lr" not in h or "(rung " in variant:
+        if h is None or "valid_ndcg10" not in h or "lr" not in h or is_rung(r):
             continue
         if h["valid_ndcg10"].notna().sum() == 0:
             continue

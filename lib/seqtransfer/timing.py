@@ -26,7 +26,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from .halving import cached_results
+from .halving import cached_results, is_rung, run_seconds
 
 SETUP = "setup"
 _HEADING = re.compile(r"^#{1,3}\s+(\d+\.\s*.+?)\s*$", re.MULTILINE)
@@ -109,29 +109,15 @@ def print_batch_times(out: str | Path) -> None:
             print(f"  {r['notebook']}: {r['section']} ({r['seconds']:.0f} s, {100 * r['share']:.0f}%)")
 
 
-def run_seconds(result) -> float:
-    """Training seconds of one cached run: the sum of the stages it trained itself (ECAT's
-    periods, the intervened network's backbone and plugins; not a stage marked ``trained``
-    False, an input run's backbone) where it records them, else its training loop's."""
-    stages = (getattr(result, "diagnostics", None) or {}).get("stages")
-    if isinstance(stages, pd.DataFrame) and "seconds" in stages and len(stages):
-        if "trained" in stages:
-            stages = stages[stages["trained"].fillna(True).astype(bool)]
-        return float(stages["seconds"].sum())
-    train = getattr(result, "train", None)
-    return float(getattr(train, "seconds", 0.0) or 0.0)
-
-
 def run_times(folders: list[str | Path]) -> pd.DataFrame:
     """One row per cached run of the run cache ``folders``: variant, seed, ``rung`` (True for a
-    successive-halving rung), seconds (:func:`run_seconds`), steps."""
+    successive-halving rung, :func:`~seqtransfer.halving.is_rung`), seconds
+    (:func:`~seqtransfer.halving.run_seconds`), steps."""
     rows = []
     for _, path, r in cached_results(folders):
-        train = getattr(r, "train", None)
-        stopped = str(getattr(train, "stopped", "") or "")
         rows.append({"variant": getattr(r, "variant", path.stem), "seed": getattr(r, "seed", None),
-                     "rung": stopped.startswith("rung="), "seconds": run_seconds(r),
-                     "steps": getattr(train, "steps", None)})
+                     "rung": is_rung(r), "seconds": run_seconds(r),
+                     "steps": getattr(getattr(r, "train", None), "steps", None)})
     return pd.DataFrame(rows, columns=["variant", "seed", "rung", "seconds", "steps"])
 
 
