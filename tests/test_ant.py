@@ -33,6 +33,63 @@ def test_uniform_gate_gives_mean_of_experts():
     assert a(x).item() == pytest.approx(5.0)
 
 
+def test_batched_experts_are_the_per_expert_layers():
+    # the batched whitening experts compute W_e (x - b_e) of every expert exactly as ANT's
+    # per-expert layers do: outputs and every gradient, with and without the noisy gate; a hand
+    # case first: experts [1, 2] and [3, 4], centres b_0 = [1, 0] and b_1 = [0, 1], x = [1, 1]
+    a = _adaptor().eval()
+    with torch.no_grad():
+        a.experts[0].b.copy_(torch.tensor([1.0, 0.0]))
+        a.experts[1].b.copy_(torch.tensor([0.0, 1.0]))
+    assert a.whiten_all(torch.tensor([[1.0, 1.0]])).tolist() == [[[2.0], [3.0]]]   # 1*0 + 2*1, 3*1 + 4*0
+    torch.manual_seed(0)
+    a = MoEAdaptor(6, 3, n_experts=4, expert="whiten", dropout=0.0)
+    with torch.no_grad():
+        for e in a.experts:
+            e.b.normal_()
+        a.G.normal_()
+        a.N.normal_()
+    x = torch.randn(2, 5, 6)
+    for training in (False, True):
+        a.train(training)
+        out = {}
+        for fused in (True, False):
+            a.fused = fused
+            a.zero_grad()
+            torch.manual_seed(1)                       # the gate's noise: the same draw both ways
+            y = a(x)
+            (y * torch.arange(y.numel()).reshape(y.shape)).sum().backward()
+            out[fused] = (y.detach(), [p.grad.clone() for p in a.parameters() if p.grad is not None])
+        torch.testing.assert_close(out[True][0], out[False][0])
+        assert len(out[True][1]) == len(out[False][1])
+        for g1, g2 in zip(out[True][1], out[False][1]):
+            torch.testing.assert_close(g1, g2)
+
+
+def test_batched_expert_dropout_masks_are_independent_and_unbiased():
+    # every expert draws its own inverted-dropout mask: with identical experts the outputs differ
+    # between experts, each keeps about 1 - p of the inputs, and the mean over draws is the
+    # eval output
+    torch.manual_seed(0)
+    p, d_in = 0.3, 400
+    a = MoEAdaptor(d_in, 1, n_experts=3, expert="whiten", dropout=p)
+    with torch.no_grad():
+        for e in a.experts:
+            e.W.weight.fill_(1.0)
+    x = torch.ones(1, d_in)
+    a.train()
+    z = a.whiten_all(x)[0, :, 0]                       # (E,): (number kept) / (1 - p) per expert
+    kept = z * (1 - p)
+    assert torch.allclose(kept, kept.round(), atol=1e-3)
+    assert len(set(kept.round().tolist())) == 3        # three different masks
+    assert ((kept / d_in - (1 - p)).abs() < 0.08).all()
+    draws = torch.stack([a.whiten_all(x)[0, :, 0] for _ in range(300)])
+    a.eval()
+    assert torch.allclose(draws.mean(0), a.whiten_all(x)[0, :, 0], rtol=0.01)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        MoEAdaptor(4, 2, dropout=1.0)
+
+
 def test_gate_reads_raw_feature():
     a = _adaptor().eval()
     with torch.no_grad():
@@ -352,3 +409,14 @@ def test_transductive_mode_adds_an_id_embedding_per_domain():
     assert torch.count_nonzero(m.item_emb.weight[0]) == 0
     m.set_items({"text": torch.randn(9, 3)})                  # a new domain: a new id table
     assert m.item_emb.num_embeddings == 9 and m.item_weights().shape == (9, 4)
+
+
+def test_check_variants_names_the_problem_and_quick_keeps_ants_own_arms():
+    assert ant.check_variants(["scratch", "re-learn"]) == ["scratch", "re-learn"]
+    assert set(ant.VARIANTS_QUICK) == set(ant.VARIANTS) - {"adaptor-tune"}
+    with pytest.raises(ValueError, match="unknown ANT variant"):
+        ant.check_variants(["scratch", "relearn"])
+    with pytest.raises(ValueError, match="leave out 'scratch'"):
+        ant.check_variants(["fine-tune"])
+    with pytest.raises(ValueError, match="repeat"):
+        ant.check_variants(["scratch", "scratch"])

@@ -100,6 +100,31 @@ def test_full_ranking_hand_computed_ranks(hand, split):
     assert rank_targets(model, sd, split, batch_size=2).tolist() == FULL_RANKS[split]   # batch edges
 
 
+def test_batches_grouped_by_length_rank_every_user_as_user_order_does(hand, monkeypatch):
+    # the hand users' input lengths run 3, 2, 1 (valid): grouped by length they are visited in
+    # reverse, so a rank written back to the wrong user, or a history mask of another user,
+    # changes the ranks; every batch size, with and without the grouping
+    import seqtransfer.evaluate as ev
+    sd, model = hand
+    for split in ("valid", "test"):
+        for size in (1, 2, 3):
+            monkeypatch.setattr(ev, "SORTED_BATCH", size)
+            assert rank_targets(model, sd, split).tolist() == FULL_RANKS[split]
+            assert rank_targets(model, sd, split, batch_size=size, by_length=False).tolist() == FULL_RANKS[split]
+    # a real model over unequal histories: the same ranks grouped by length (the default) and
+    # in user order in one batch
+    rng = np.random.default_rng(0)
+    train = [rng.integers(1, 31, size=n) for n in rng.integers(1, 14, size=60)]
+    split = _split(30, train, rng.integers(1, 31, 60), rng.integers(1, 31, 60))
+    sd = data.build_sequences(split, max_len=8)
+    torch.manual_seed(0)
+    sas = make_backbone("sasrec", 30, dim=16, max_len=8)
+    monkeypatch.setattr(ev, "SORTED_BATCH", 7)
+    for name in ("valid", "test"):
+        grouped = rank_targets(sas, sd, name)
+        np.testing.assert_array_equal(grouped, rank_targets(sas, sd, name, batch_size=60, by_length=False))
+
+
 def test_the_padding_column_never_counts_against_the_target(hand):
     sd, _ = hand
     loud = TableModel(SCORES)

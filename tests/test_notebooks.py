@@ -145,11 +145,11 @@ def _backbones(dataset: str) -> tuple[str, ...]:
     return ("sasrec", "gru4rec") if dataset == "ml-1m" else ("sasrec",)
 
 
-def _method_smoke(name: str, tmp_path: Path, dataset: str) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def _method_smoke(name: str, tmp_path: Path, dataset: str, **params) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """On ml-100k two seeds (so the several-seed verdicts run), on ml-1m the smoke budget's one."""
     backbones = _backbones(dataset)
     seeds = {"n_seeds": 2} if dataset == "ml-100k" else {}
-    rows = _smoke(name, tmp_path, dataset=dataset, backbones=list(backbones), **seeds)
+    rows = _smoke(name, tmp_path, dataset=dataset, backbones=list(backbones), **seeds, **params)
     assert rows["seed"].nunique() == seeds.get("n_seeds", 1)
     return rows, backbones
 
@@ -253,12 +253,23 @@ def test_method_notebook_shares_the_base_runs_of_notebook_01(name):
 @pytest.mark.notebook
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_gradient_alignment_notebook_smoke(tmp_path, dataset):
-    rows, backbones = _method_smoke("02_gradient_alignment", tmp_path, dataset)
+    # on ml-100k (two seeds) the null check trains once, as at quick: seed 0 at joint's rate
+    once = dataset == "ml-100k"
+    rows, backbones = _method_smoke("02_gradient_alignment", tmp_path, dataset, null_once=once)
     assert set(rows["dataset"]) == {dataset}
     assert set(rows["method"]) == _base_labels(backbones) | {f"gradient_alignment:{b} {v}" for b in backbones
                                                              for v in ("+align", "+adv", "GA", "null")}
     _check_method_rows(rows, backbones)
     _check_baselines_and_verdicts(rows, _payload(tmp_path, "02_gradient_alignment"))
+    null = rows[rows["method"].str.endswith(" null")]
+    joint = rows[rows["method"].str.endswith(" joint")]
+    assert set(null["seed"]) == ({0} if once else set(joint["seed"]))
+    if once:   # trained at joint's rate with joint's seed, the null check is joint's seed-0 run
+        pd.testing.assert_series_equal(*(r[r["seed"] == 0].set_index(["group", "metric", "k"])["value"].sort_index()
+                                         for r in (null, joint)))
+        runs = _payload(tmp_path, "02_gradient_alignment")["extra"]["runs"]
+        assert runs["sasrec null"]["lr"] == runs["sasrec joint"]["lr"]
+        assert list(runs["sasrec null"]["stopped"]) == ["0"]
 
 
 @pytest.mark.notebook

@@ -106,6 +106,23 @@ def test_time_left_plays_the_rest_of_the_batch_forward_on_the_slots():
 
 
 @pytest.mark.unit
+def test_the_start_order_is_the_one_that_ends_soonest():
+    # longest first ends at 7 on two slots (3 | 3, then 2, 2 | 2); starting a 2 second lets
+    # the first slot take both 3s: 6
+    expected = dict(a=3, b=3, c=2, d=2, e=2)
+    assert progress.time_left({}, progress.longest_first(list(expected), expected), expected, jobs=2) == 7
+    order = progress.best_order(list(expected), expected, jobs=2)
+    assert progress.time_left({}, order, expected, jobs=2) == 6
+    assert order == ["a", "c", "d", "b", "e"]            # the first such order from longest first
+    # where longest first is already best it is kept; one job, or too many to try: longest first
+    assert progress.best_order(["x", "y", "z"], dict(x=1, y=5, z=2), jobs=2) == ["y", "z", "x"]
+    assert progress.best_order(list(expected), expected, jobs=1) == ["a", "b", "c", "d", "e"]
+    assert progress.best_order(list(expected), expected, jobs=2, limit=4) == ["a", "b", "c", "d", "e"]
+    # an unknown notebook counts as the longest
+    assert progress.best_order(["x", "new"], dict(x=5), jobs=2)[0] == "new"
+
+
+@pytest.mark.unit
 def test_the_batch_starts_the_longest_notebook_first_on_two_jobs():
     expected = {"00_data": 21, "01_backbones": 731, "02_gradient_alignment": 2753}
     names = ["00_data", "01_backbones", "02_gradient_alignment", "new"]

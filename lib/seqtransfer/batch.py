@@ -30,7 +30,7 @@ from .budget import BUDGETS as _BUDGET_SETTINGS
 from .index import write_index
 from .pages import notebook_to_html, share_plotlyjs, write_plotlyjs
 from .browser import capture_batch
-from .progress import ENGINE, Progress, cell_reporter, longest_first, register_engine
+from .progress import ENGINE, Progress, cell_reporter, best_order, register_engine
 from .record import RESULT_COLUMNS, read_payloads
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,13 @@ DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 3 * 3600.0, "full": 12 * 3600.0}
 
 # What each notebook took at each budget on the reference machine (2 cores, ``--jobs 2``: one
 # kernel thread each; fresh run cache), from ``status.csv`` of the runs the README reports. The
-# batch starts the longest first when it runs notebooks in parallel, and its progress prints the
-# time left from these, scaled by how the finished notebooks compare with theirs. A budget with
+# batch starts them in the order that ends soonest on these (progress.best_order) when it runs
+# notebooks in parallel, and its progress prints the time left from these, scaled by how the
+# finished notebooks compare with theirs. A budget with
 # no entry (``full``: a GPU's figures are not ours) gets no estimate.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "quick": {"00_data": 12, "01_backbones": 7, "02_gradient_alignment": 1341,
-              "03_intervened_network": 461, "04_ant": 2296, "05_metarec": 1140, "06_ecat": 1861},
+    "quick": {"00_data": 12, "01_backbones": 7, "02_gradient_alignment": 1080,
+              "03_intervened_network": 461, "04_ant": 1470, "05_metarec": 1140, "06_ecat": 1790},
 }
 
 STATUS_COLUMNS = ("notebook", "status", "seconds", "attempts", "error", "html")
@@ -352,8 +353,9 @@ def _own_parameters(parameters: dict, declared: set[str]) -> dict:
 
 def schedule(names: list[str], jobs: int, expected: dict[str, float] | None) -> list[str]:
     """The order the notebooks start in: as given on one job (a reader's order, and one job
-    takes the same time in any order), the longest expected first on more."""
-    return longest_first(list(names), expected) if jobs > 1 and expected else list(names)
+    takes the same time in any order); on more, the order that ends soonest on the expected
+    seconds (``progress.best_order``: the longest first unless another order ends sooner)."""
+    return best_order(list(names), expected, jobs) if jobs > 1 and expected else list(names)
 
 
 def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None,

@@ -365,6 +365,47 @@ def ecat_student(modes: tuple[str, ...] = ("step", "period"), lr: float = 1.5e-3
     return out
 
 
+def experts(target: str = "amazon-scientific", lr: float = 1.5e-3, seed: int = 0, device: str = "auto") -> list[dict]:
+    """Time to accuracy of 04's content model (ANT scratch on ``target``, the rate 04's quick grid
+    chose, the quick schedule with the warm-up fitted to the target) with ANT's per-expert
+    whitening layers (one ``nn.Dropout`` and ``nn.Linear`` each, ``fused_experts=False``) and
+    with the batched experts (``True``, the default), side by side in this process. The two
+    compute the same function with the same dropout distribution and draw other masks, so they
+    should reach the same accuracy and differ in seconds. Prints the seconds to 90% and 98% of
+    the lower best validation NDCG@10, the best, test NDCG@10, steps and seconds a step."""
+    from . import experiment
+    from .methods import ant
+    from .models import ContentConfig
+    from .train import fit as train_fit, seed_everything
+    setting = data.dataset_setting(data.load("ml-1m"), data.load(target), rule="rarest")
+    prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
+    exp, d = prep.target, prep.target.data
+    out = []
+    for fused in (False, True):
+        cfg = ant.AntConfig(model=ContentConfig(dim=exp.budget.dim, max_len=d.max_len, fused_experts=fused),
+                            variant="scratch")
+        model = ant.adapted_model(None, prep.target_features, cfg, seed)
+        seed_everything(seed)
+        res = train_fit(model, d, exp.fitted_train_config(lr=lr, seed=seed, progress=False), None,
+                        groups={"all": exp.groups["all"]})
+        test = float(evaluate(res.model, d, "test", {"all": exp.groups["all"]}, ks=(10,))
+                     .query("metric == 'ndcg'")["value"].iloc[0])
+        name = "batched" if fused else "per expert"
+        out.append({"experts": name, "history": res.history, "best": res.best_valid, "test": test,
+                    "steps": res.steps, "seconds": res.seconds, "stopped": res.stopped})
+        print(f"  {name}: {res.steps} steps, {res.seconds:.0f} s, best valid NDCG@10 {res.best_valid:.4f}, "
+              f"test {test:.4f}, {res.stopped}", flush=True)
+    floor = min(o["best"] for o in out)
+    print(f"\nANT scratch on {exp.dataset.name} (lr {lr:g}, seed {seed}): whitening experts per expert vs batched "
+          "(levels: 90% and 98% of the lower best)")
+    print(f"{'experts':>10} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'s/step':>7} {'seconds':>8}")
+    for o in out:
+        reach = time_to_levels(o["history"], floor)
+        print(f"{o['experts']:>10} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
+              f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
+    return out
+
+
 def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None, seed: int = 0,
          device: str = "auto") -> list[dict]:
     """Time to accuracy of 04's target arms on ``target`` with training batches padded to the
@@ -451,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default="1,2", help="with --halving: how many rates continue past the rung")
     p.add_argument("--entire-space", metavar="LOSSES", help="time 06's entire-space SASRec (ECAT's "
                    "teacher) with these comma-separated training losses (ce, sampled), side by side")
+    p.add_argument("--experts", action="store_true", help="time 04's content model (ANT scratch on Amazon "
+                   "Scientific) with ANT's per-expert whitening layers against the batched experts, side by side")
     p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
                    "SASRec) with batches padded to the window and cut to their longest window, side by side")
     p.add_argument("--patience", metavar="DIR", nargs="+", help="from the run cache(s) DIR, what a shorter "
@@ -480,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"seqtransfer bench: {err}", file=sys.stderr)
             return 2
+        return 0
+    if a.experts:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        experts(seed=a.seed, device=a.device)
         return 0
     if a.trim:
         if a.threads:

@@ -55,6 +55,25 @@ if TYPE_CHECKING:
     from ..experiment import Transfer
 
 VARIANTS = ("scratch", "fine-tune", "adaptor-tune", "re-learn")
+# 04 at quick trains ANT's own three arms; UniSRec's adaptor-tune (not a variant of ANT's paper)
+# only at smoke and full, or when named in the notebook's ``variants``
+VARIANTS_QUICK = ("scratch", "fine-tune", "re-learn")
+
+
+def check_variants(variants) -> list[str]:
+    """``variants`` as a list of ANT arms: known names, no repeats, ``scratch`` among them (every
+    adapted arm is compared with it); a clear error otherwise."""
+    if isinstance(variants, str):
+        variants = [variants]
+    variants = list(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown ANT variant(s) {unknown or variants!r}; choose from {VARIANTS}")
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"ANT variants repeat: {variants}")
+    if "scratch" not in variants:
+        raise ValueError(f"variants {variants} leave out 'scratch', which every adapted arm is compared with; add it")
+    return variants
 
 
 @dataclass

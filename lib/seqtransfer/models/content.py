@@ -43,6 +43,9 @@ class ContentConfig:
     max_len: int = 50                   # longest input sequence (ANT: 50)
     n_experts: int = 8                  # experts per modality adaptor (ANT: 8)
     expert_dropout: float = 0.2         # dropout on x inside whitening experts (ANT: 0.2)
+    fused_experts: bool = True          # whitening experts as one batched product, their dropout masks
+                                        # drawn in one call (same function and mask distribution as
+                                        # ANT's per-expert layers, other draws; MoEAdaptor)
     linear_slots: tuple[str, ...] = ("numeric",)   # slots with plain linear experts (ANT: price)
     noisy_gate: bool = True             # noisy gate while training (ANT); False: softmax(x G) only
     beta: float = 0.1                   # weight of the fusion product (ANT: 0.1; 0 = plain sum)
@@ -80,7 +83,7 @@ class ContentSASRec(SequentialRecommender):
         self.slots = list(feats)
         self.adaptors = nn.ModuleDict({
             s: MoEAdaptor(f.shape[1], cfg.dim, cfg.n_experts, "linear" if s in cfg.linear_slots else "whiten",
-                          cfg.expert_dropout, cfg.noisy_gate) for s, f in feats.items()})
+                          cfg.expert_dropout, cfg.noisy_gate, cfg.fused_experts) for s, f in feats.items()})
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.input_ln = nn.LayerNorm(cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
