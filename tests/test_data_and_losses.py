@@ -226,3 +226,36 @@ def test_resume_from_a_checkpoint_mapped_to_another_device(toy_csv, tmp_path, mo
     resumed = run(3, tmp_path / "b")
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 128])
+def test_chunked_cross_entropy_is_the_full_softmax_and_its_gradients(chunk, monkeypatch):
+    # the chunked CPU cross-entropy against F.cross_entropy on the whole logits: the per-row
+    # losses and the gradients of h and of the table under per-row weights (how the intervened
+    # network and ECAT weight positions), chunks that do not divide the rows; row 0 of the table
+    # (padding) is never scored, however high it would score
+    from seqtransfer.models import base
+    monkeypatch.setattr(base, "CE_CHUNK", chunk)
+    torch.manual_seed(0)
+    h = torch.randn(23, 6, requires_grad=True)
+    table = torch.randn(10, 6)
+    table[0] = 50 * h.detach().mean(0)                    # padding: would win every row if scored
+    table.requires_grad_()
+    y = torch.randint(1, 10, (23,))
+    weights = torch.rand(23)
+    got = base.next_item_ce(h, table, y)
+    (got * weights).sum().backward()
+    gh, gt = h.grad.clone(), table.grad.clone()
+    h.grad = table.grad = None
+    want = torch.nn.functional.cross_entropy(h @ table[1:].t(), y - 1, reduction="none")
+    (want * weights).sum().backward()
+    torch.testing.assert_close(got, want.detach())
+    torch.testing.assert_close(gh, h.grad)
+    torch.testing.assert_close(gt, table.grad)
+    assert gt[0].abs().max() == 0                          # the padding row gets no gradient
+    # the plain path (CUDA, autocast, second order) gives the same
+    torch.testing.assert_close(base.next_item_ce(h, table, y, fused=False), want.detach())
+    # the chunked backward is first-order only: a gradient that builds a graph (a second-order
+    # meta-gradient) raises rather than silently losing the second-order term
+    with pytest.raises(RuntimeError, match="first-order only"):
+        torch.autograd.grad(base.next_item_ce(h, table, y).sum(), h, create_graph=True)

@@ -365,6 +365,46 @@ def ecat_student(modes: tuple[str, ...] = ("step", "period"), lr: float = 1.5e-3
     return out
 
 
+def cross_entropy(lr: float = 3e-3, seed: int = 0, device: str = "auto") -> list[dict]:
+    """Time to accuracy of SASRec trained on all of ML-100K (02's ``joint``: the quick budget's
+    schedule, windows of 50, full softmax over 1,682 items) with the loss through
+    ``F.cross_entropy`` on the whole (P, N) logits (``fused_ce=False``, the recipe before) and
+    through the chunked cross-entropy (``models.base.next_item_ce``, the default), side by side
+    in this process. The two compute the same loss and gradients up to float rounding, so they
+    should reach the same accuracy and differ in seconds; float rounding makes the two runs part
+    after a while, like another draw of the noise. Prints the seconds to 90% and 98% of the
+    lower best validation NDCG@10, the best, test NDCG@10, steps and seconds a step."""
+    from . import experiment
+    from .models import SASRec, SASRecConfig
+    from .train import fit as train_fit, seed_everything
+    exp = experiment.prepare("ml-100k", "quick", seed, device, progress=False, cache=False)
+    d = exp.data
+    out = []
+    for fused in (False, True):
+        seed_everything(seed)
+        model = SASRec(d.n_items, SASRecConfig(dim=exp.budget.dim, max_len=d.max_len))
+        model.fused_ce = fused
+        seed_everything(seed)
+        res = train_fit(model, d, exp.train_config(lr=lr, seed=seed, progress=False), None,
+                        groups={"all": exp.groups["all"]})
+        test = float(evaluate(res.model, d, "test", {"all": exp.groups["all"]}, ks=(10,))
+                     .query("metric == 'ndcg'")["value"].iloc[0])
+        name = "chunked" if fused else "whole"
+        out.append({"ce": name, "history": res.history, "best": res.best_valid, "test": test,
+                    "steps": res.steps, "seconds": res.seconds, "stopped": res.stopped})
+        print(f"  {name}: {res.steps} steps, {res.seconds:.0f} s, best valid NDCG@10 {res.best_valid:.4f}, "
+              f"test {test:.4f}, {res.stopped}", flush=True)
+    floor = min(o["best"] for o in out)
+    print(f"\nSASRec on {exp.dataset.name} (lr {lr:g}, seed {seed}): cross-entropy on the whole logits vs chunked "
+          "(levels: 90% and 98% of the lower best)")
+    print(f"{'ce':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'s/step':>7} {'seconds':>8}")
+    for o in out:
+        reach = time_to_levels(o["history"], floor)
+        print(f"{o['ce']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
+              f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
+    return out
+
+
 def experts(target: str = "amazon-scientific", lr: float = 1.5e-3, seed: int = 0, device: str = "auto") -> list[dict]:
     """Time to accuracy of 04's content model (ANT scratch on ``target``, the rate 04's quick grid
     chose, the quick schedule with the warm-up fitted to the target) with ANT's per-expert
@@ -492,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default="1,2", help="with --halving: how many rates continue past the rung")
     p.add_argument("--entire-space", metavar="LOSSES", help="time 06's entire-space SASRec (ECAT's "
                    "teacher) with these comma-separated training losses (ce, sampled), side by side")
+    p.add_argument("--cross-entropy", action="store_true", help="time SASRec on ML-100K with the full-softmax "
+                   "loss on the whole logits against the chunked cross-entropy, side by side")
     p.add_argument("--experts", action="store_true", help="time 04's content model (ANT scratch on Amazon "
                    "Scientific) with ANT's per-expert whitening layers against the batched experts, side by side")
     p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
@@ -523,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"seqtransfer bench: {err}", file=sys.stderr)
             return 2
+        return 0
+    if a.cross_entropy:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        cross_entropy(seed=a.seed, device=a.device)
         return 0
     if a.experts:
         if a.threads:

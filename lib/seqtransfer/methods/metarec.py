@@ -49,6 +49,7 @@ method, from the joint pre-training when given one). Switch VQ off with ``model.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -225,7 +226,7 @@ def meta_iteration(model: MultiDomainSASRec, optimizer: torch.optim.Optimizer, t
 
         # second order differentiates through attention twice: only the math kernel supports it
         kernels = sdpa_kernel([SDPBackend.MATH]) if cfg.order == 2 else _null()
-        with (vq.frozen() if vq is not None else _null()), kernels:
+        with (vq.frozen() if vq is not None else _null()), kernels, _plain_ce(model, cfg.order == 2):
             g, fast, lt = meta_gradient(source_loss, target_loss, params, cfg.inner_steps, cfg.inner_lr, cfg.order)
         with torch.no_grad():                       # the source's own table keeps its adaptation
             named[src_table].copy_(fast[src_table])
@@ -251,6 +252,18 @@ def meta_iteration(model: MultiDomainSASRec, optimizer: torch.optim.Optimizer, t
         others = [similarity(grads[i], grads[j], names) for j in range(len(grads)) if j != i]
         r["pair_cosine"] = float(np.mean(others)) if others else float("nan")
     return rows
+
+
+@contextmanager
+def _plain_ce(model: torch.nn.Module, on: bool):
+    """With ``on``, the model's loss through ``F.cross_entropy`` (a second-order meta-gradient
+    differentiates the backward pass, which the chunked CPU cross-entropy does not support)."""
+    saved = model.fused_ce
+    model.fused_ce = saved and not on
+    try:
+        yield
+    finally:
+        model.fused_ce = saved
 
 
 class _null:

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adaptor import MoEAdaptor
-from .base import SequentialRecommender
+from .base import SequentialRecommender, next_item_ce
 from .sasrec import Block, init_normal
 
 
@@ -185,6 +185,7 @@ class ContentSASRec(SequentialRecommender):
         h = self.encode(seqs, table=table)
         mask = targets > 0
         out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
-        logits = self.score(h[mask], table).float()                            # (P, N+1)
-        out[mask] = F.cross_entropy(logits, targets[mask], reduction="none")
+        # the scores of :meth:`score`, cos(h, v) / temperature, as one product of unit vectors
+        q = F.normalize(h[mask], dim=-1) / self.cfg.temperature                # (P, D)
+        out[mask] = next_item_ce(q, F.normalize(table, dim=-1), targets[mask], self.fused_ce)
         return out

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .base import SequentialRecommender
+from .base import SequentialRecommender, next_item_ce
 from .sasrec import Block, init_normal
 from .vq import VectorQuantizer, VQConfig
 
@@ -143,7 +142,7 @@ class MultiDomainSASRec(SequentialRecommender):
     def _ce(self, h: torch.Tensor, targets: torch.Tensor, domain: str | None) -> torch.Tensor:
         mask = targets > 0
         out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
-        out[mask] = F.cross_entropy(self.score(h[mask], domain).float(), targets[mask], reduction="none")
+        out[mask] = next_item_ce(h[mask], self.item_weights(domain), targets[mask], self.fused_ce)
         return out                                                             # (B, T)
 
     def position_losses(self, seqs: torch.Tensor, targets: torch.Tensor, users: torch.Tensor | None = None,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ...data.batches import SeqData, trim_right
 from ...models.adversarial import grad_reverse
+from ...models.base import next_item_ce
 from ...train import Hooks, StepContext, clip_and_step
 from .config import EcatConfig
 
@@ -160,8 +161,8 @@ def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Te
             h = model.backbone.encode(seqs)                                   # (B, T, D)
             mask = ww > 0
             hs, ys, wv = h[mask], tgt[mask], ww[mask]                           # (P, D), (P,), (P,)
-            logits = model.backbone.score(hs).float()                         # (P, N+1)
-            ce = F.cross_entropy(logits, ys, reduction="none")
+            # full softmax over every item (chunked on a CPU: models.base.next_item_ce)
+            ce = next_item_ce(hs, model.backbone.item_weights(), ys, model.backbone.fused_ce)   # (P,)
             ht = alpha = None
             extra = 0.0
             if teacher is not None and cfg.distill != "none" and cfg.lam:
@@ -175,7 +176,7 @@ def student_hooks(inputs: torch.Tensor, targets: torch.Tensor, weights: torch.Te
                     with torch.no_grad():
                         ht = teacher.encode(seqs)[mask].float()               # (P, D)
                         pt = true_prob(teacher.score(ht), ys)
-                ps = true_prob(logits.detach(), ys)
+                ps = torch.exp(-ce.detach())                                  # the true item's probability
                 if cfg.distill == "adaptive":
                     alpha = adaptive_alpha(pt, ps)
                 elif cfg.distill == "constant":
