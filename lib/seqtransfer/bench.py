@@ -307,6 +307,28 @@ def cached_teachers(folder, label: str, n_periods: int, n_items: int) -> list:
     return [found[t] for t in range(n_periods)]
 
 
+def _fit_and_test(model, d, cfg: TrainConfig, groups_all, hooks=None) -> dict:
+    """Train ``model`` on ``d`` to early stopping and score test NDCG@10 of all users: what the
+    side-by-side benches keep of a run (history, best validation, test, steps, seconds, stop)."""
+    from .train import fit as train_fit
+    res = train_fit(model, d, cfg, hooks, groups={"all": groups_all})
+    test = float(evaluate(res.model, d, "test", {"all": groups_all}, ks=(10,))
+                 .query("metric == 'ndcg'")["value"].iloc[0])
+    return {"history": res.history, "best": res.best_valid, "test": test, "steps": res.steps,
+            "seconds": res.seconds, "stopped": res.stopped}
+
+
+def _print_side_by_side(out: list[dict], key: str, header: str, width: int) -> None:
+    """The table of a side-by-side bench: per run (labelled ``out[i][key]``), seconds to 90% and
+    98% of the lower best validation NDCG@10, the best, test NDCG@10, steps, seconds a step."""
+    floor = min(o["best"] for o in out)
+    print(f"{header:>{width}} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'s/step':>7} {'seconds':>8}")
+    for o in out:
+        reach = time_to_levels(o["history"], floor)
+        print(f"{o[key]:>{width}} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
+              f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
+
+
 def ecat_student(modes: tuple[str, ...] = ("step", "period"), lr: float = 1.5e-3, seed: int = 0,
                  target: str = "Film-Noir", entire_users: int = 1500, n_periods: int = 2,
                  teachers_dir: str | None = None, device: str = "auto") -> list[dict]:
@@ -357,11 +379,7 @@ def ecat_student(modes: tuple[str, ...] = ("step", "period"), lr: float = 1.5e-3
     floor = min(o["best"] for o in out)
     print(f"\n06's ECAT student, teacher outputs per step vs once per period (levels: 90% and 98% of the lower "
           f"final best, {floor:.4f}; seconds summed over the periods)")
-    print(f"{'teacher':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'s/step':>7} {'seconds':>8}")
-    for o in out:
-        reach = time_to_levels(o["history"], floor)
-        print(f"{o['mode']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
-              f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
+    _print_side_by_side(out, "mode", "teacher", 8)
     return out
 
 
@@ -376,7 +394,7 @@ def cross_entropy(lr: float = 3e-3, seed: int = 0, device: str = "auto") -> list
     lower best validation NDCG@10, the best, test NDCG@10, steps and seconds a step."""
     from . import experiment
     from .models import SASRec, SASRecConfig
-    from .train import fit as train_fit, seed_everything
+    from .train import seed_everything
     exp = experiment.prepare("ml-100k", "quick", seed, device, progress=False, cache=False)
     d = exp.data
     out = []
@@ -385,23 +403,14 @@ def cross_entropy(lr: float = 3e-3, seed: int = 0, device: str = "auto") -> list
         model = SASRec(d.n_items, SASRecConfig(dim=exp.budget.dim, max_len=d.max_len))
         model.fused_ce = fused
         seed_everything(seed)
-        res = train_fit(model, d, exp.train_config(lr=lr, seed=seed, progress=False), None,
-                        groups={"all": exp.groups["all"]})
-        test = float(evaluate(res.model, d, "test", {"all": exp.groups["all"]}, ks=(10,))
-                     .query("metric == 'ndcg'")["value"].iloc[0])
-        name = "chunked" if fused else "whole"
-        out.append({"ce": name, "history": res.history, "best": res.best_valid, "test": test,
-                    "steps": res.steps, "seconds": res.seconds, "stopped": res.stopped})
-        print(f"  {name}: {res.steps} steps, {res.seconds:.0f} s, best valid NDCG@10 {res.best_valid:.4f}, "
-              f"test {test:.4f}, {res.stopped}", flush=True)
-    floor = min(o["best"] for o in out)
+        o = {"ce": "chunked" if fused else "whole",
+             **_fit_and_test(model, d, exp.train_config(lr=lr, seed=seed, progress=False), exp.groups["all"])}
+        out.append(o)
+        print(f"  {o['ce']}: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 {o['best']:.4f}, "
+              f"test {o['test']:.4f}, {o['stopped']}", flush=True)
     print(f"\nSASRec on {exp.dataset.name} (lr {lr:g}, seed {seed}): cross-entropy on the whole logits vs chunked "
           "(levels: 90% and 98% of the lower best)")
-    print(f"{'ce':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'s/step':>7} {'seconds':>8}")
-    for o in out:
-        reach = time_to_levels(o["history"], floor)
-        print(f"{o['ce']:>8} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
-              f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
+    _print_side_by_side(out, "ce", "ce", 8)
     return out
 
 
@@ -416,7 +425,7 @@ def experts(target: str = "amazon-scientific", lr: float = 1.5e-3, seed: int = 0
     from . import experiment
     from .methods import ant
     from .models import ContentConfig
-    from .train import fit as train_fit, seed_everything
+    from .train import seed_everything
     setting = data.dataset_setting(data.load("ml-1m"), data.load(target), rule="rarest")
     prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
     exp, d = prep.target, prep.target.data
@@ -426,23 +435,14 @@ def experts(target: str = "amazon-scientific", lr: float = 1.5e-3, seed: int = 0
                             variant="scratch")
         model = ant.adapted_model(None, prep.target_features, cfg, seed)
         seed_everything(seed)
-        res = train_fit(model, d, exp.fitted_train_config(lr=lr, seed=seed, progress=False), None,
-                        groups={"all": exp.groups["all"]})
-        test = float(evaluate(res.model, d, "test", {"all": exp.groups["all"]}, ks=(10,))
-                     .query("metric == 'ndcg'")["value"].iloc[0])
-        name = "batched" if fused else "per expert"
-        out.append({"experts": name, "history": res.history, "best": res.best_valid, "test": test,
-                    "steps": res.steps, "seconds": res.seconds, "stopped": res.stopped})
-        print(f"  {name}: {res.steps} steps, {res.seconds:.0f} s, best valid NDCG@10 {res.best_valid:.4f}, "
-              f"test {test:.4f}, {res.stopped}", flush=True)
-    floor = min(o["best"] for o in out)
+        o = {"experts": "batched" if fused else "per expert",
+             **_fit_and_test(model, d, exp.fitted_train_config(lr=lr, seed=seed, progress=False), exp.groups["all"])}
+        out.append(o)
+        print(f"  {o['experts']}: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 {o['best']:.4f}, "
+              f"test {o['test']:.4f}, {o['stopped']}", flush=True)
     print(f"\nANT scratch on {exp.dataset.name} (lr {lr:g}, seed {seed}): whitening experts per expert vs batched "
           "(levels: 90% and 98% of the lower best)")
-    print(f"{'experts':>10} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'s/step':>7} {'seconds':>8}")
-    for o in out:
-        reach = time_to_levels(o["history"], floor)
-        print(f"{o['experts']:>10} {reach[0]:>8.0f} {reach[1]:>8.0f} {o['best']:>8.4f} {o['test']:>8.4f} "
-              f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
+    _print_side_by_side(out, "experts", "experts", 10)
     return out
 
 
@@ -459,7 +459,7 @@ def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None,
     from . import experiment
     from .methods import ant
     from .models import ContentConfig, SASRec, SASRecConfig
-    from .train import Hooks, clip_and_step, fit as train_fit, seed_everything
+    from .train import Hooks, clip_and_step, seed_everything
     lrs = lrs or {"ANT scratch": 1.5e-3, "SASRec ID": 3e-3}
     setting = data.dataset_setting(data.load("ml-1m"), data.load(target), rule="rarest")
     prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
@@ -488,13 +488,10 @@ def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None,
             model = model_of(arm)
             seed_everything(seed)
             cfg = exp.fitted_train_config(lr=lr, seed=seed, progress=False)
-            res = train_fit(model, d, cfg, hooks, groups={"all": exp.groups["all"]})
-            test = float(evaluate(res.model, d, "test", {"all": exp.groups["all"]}, ks=(10,))
-                         .query("metric == 'ndcg'")["value"].iloc[0])
-            out.append({"arm": arm, "batches": batches, "history": res.history, "best": res.best_valid,
-                        "test": test, "steps": res.steps, "seconds": res.seconds, "stopped": res.stopped})
-            print(f"  {arm}, {batches}: {res.steps} steps, {res.seconds:.0f} s, best valid NDCG@10 "
-                  f"{res.best_valid:.4f}, test {test:.4f}, {res.stopped}", flush=True)
+            o = {"arm": arm, "batches": batches, **_fit_and_test(model, d, cfg, exp.groups["all"], hooks)}
+            out.append(o)
+            print(f"  {arm}, {batches}: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 "
+                  f"{o['best']:.4f}, test {o['test']:.4f}, {o['stopped']}", flush=True)
     print(f"\n04's target arms on {exp.dataset.name}, padded vs cut batches (levels: 90% and 98% of the pair's lower best)")
     print(f"{'arm':>12} {'batches':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'seconds':>8}  stopped")
     for i, o in enumerate(out):
