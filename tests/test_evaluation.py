@@ -362,5 +362,6 @@ def test_hand_evaluation_on_cuda_equals_cpu(hand, toy_data):
     cpu = rank_targets(m, toy_data, "test")
     gpu = rank_targets(m.to("cuda"), toy_data, "test")
     assert np.array_equal(cpu, gpu)
+    assert np.array_equal(cpu, rank_targets(m, toy_data.to("cuda"), "test"))   # data on the GPU too
     ns = rank_targets(m, toy_data, "test", protocol="sampled", n_negatives=5)
     assert ((ns >= 0) & (ns <= 5)).all()

@@ -100,7 +100,8 @@ def rank_targets(model: torch.nn.Module, data: SeqData, split: str = "valid",
     gen = torch.Generator(device=device).manual_seed(seed)
     n_cols = data.n_items + 1
     sort = by_length and protocol == "full"
-    order = torch.argsort(lengths, stable=True) if sort else torch.arange(data.n_users)
+    # user rows on the CPU (they index the CPU ranks; data on CUDA is indexed by them too)
+    order = torch.argsort(lengths.cpu(), stable=True) if sort else torch.arange(data.n_users)
     step = min(batch_size, SORTED_BATCH) if sort else batch_size
     ptr, hist = ptr.to(device), hist.to(device)
     ranks = torch.empty(data.n_users, dtype=torch.long)
