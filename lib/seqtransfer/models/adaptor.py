@@ -81,7 +81,6 @@ class MoEAdaptor(nn.Module):
         self.N = nn.Parameter(torch.zeros(d_in, n_experts))    # noise scale weights
         self.noisy = noisy
         self.fused = fused and expert == "whiten"    # whitening experts batched (module docstring)
-        self.dropout = dropout
         self.d_in, self.d_out = d_in, d_out
 
     def reset(self, gen: torch.Generator | None = None) -> None:
@@ -113,9 +112,10 @@ class MoEAdaptor(nn.Module):
         W = torch.stack([e.W.weight for e in self.experts])                    # (E, d_out, d_in)
         b = torch.stack([e.b for e in self.experts])                           # (E, d_in)
         flat = x.reshape(1, -1, self.d_in)                                     # (1, M, d_in)
-        if self.training and self.dropout > 0:
+        p = self.experts[0].drop.p                                             # the experts' own rate
+        if self.training and p > 0:
             keep = torch.rand((len(self.experts), flat.shape[1], self.d_in), device=x.device, dtype=x.dtype)
-            flat = keep.ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout)) * flat   # (E, M, d_in)
+            flat = keep.ge_(p).mul_(1.0 / (1.0 - p)) * flat                    # (E, M, d_in)
         z = torch.matmul(flat, W.transpose(1, 2))                              # (E, M, d_out)
         z = z - torch.bmm(W, b.unsqueeze(-1)).transpose(1, 2)                  # minus W_e b_e
         return z.transpose(0, 1).reshape(*x.shape[:-1], len(self.experts), self.d_out)
