@@ -38,3 +38,9 @@ def test_time_to_levels_reads_the_first_validation_at_each_fraction_of_the_floor
     # floor 0.5: 90% is 0.45 (first at 20 s), 98% is 0.49 (first at 30 s); 120% is never reached
     to = bench.time_to_levels(h, 0.5, (0.9, 0.98, 1.2))
     assert to[:2] == [20.0, 30.0] and pd.isna(to[2])
+
+
+def test_bench_dropout_names_an_unknown_model_and_trains_nothing(capsys):
+    assert bench.main(["--dropout", "sasrec,gru"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model(s) ['gru']" in err and "sasrec, content, metarec" in err

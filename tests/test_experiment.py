@@ -276,13 +276,11 @@ def test_successive_halving_keeps_the_best_rung_and_continues_it_to_the_full_gri
     assert all(len(torch.load(p, weights_only=False).history) == 2 for p in rungs)
     # the kept rate continued from its rung checkpoint: its history's clock restarts there
     assert len(first.history) == 6 and (first.history["seconds"].diff() < 0).sum() == 1
-    grid_runs = {r.lr: r for r in made["grid"][2] if r.seed == 0}
     full = made["grid"][0].run({"joint": (baseline.fit, cfg)}, lr_grid=(first.lr,))[0]
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, first.model.state_dict()[k]), k
     pd.testing.assert_frame_equal(full.metrics, first.metrics)
     assert second.lr == first.lr and second.tuning is first.tuning and len(second.history) == 6
-    assert grid_runs[first.lr].lr == first.lr
     # no checkpoint is left; a second call loads every run
     assert not any((tmp_path / "halving" / "checkpoints").glob("*"))
     stamp = {p: p.stat().st_mtime for p in (tmp_path / "halving").glob("*.pt")}

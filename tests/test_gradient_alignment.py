@@ -196,6 +196,26 @@ def test_random_grouping_with_outer_lr_one_is_sequential_training(toy, warmup):
     assert _weights_equal(res.model, base.model)
 
 
+@pytest.mark.parametrize("stop", [dict(rung=1), dict(patience=1, min_steps=12)])
+def test_warm_up_min_steps_and_rung_count_inner_batches(toy, stop):
+    """18 windows in batches of 3: 6 batches an epoch, 2 outer updates of 3 inner batches. With
+    outer_lr 1 alignment is the baseline's training, so a warm-up of 12 batches, min_steps of 12
+    batches and a rung of one validation past the warm-up must end both runs at the same batch
+    with the same weights (counted in outer updates, alignment would train 3 times longer)."""
+    sd, groups = toy
+    train = _train(epochs=30, batch_size=3, warmup_steps=12, **stop)
+    base = baseline.fit(sd, groups, baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs=SMALL,
+                                                            train=train), seed=2)
+    cfg = ga.GradientAlignmentConfig(backbone="gru4rec", backbone_kwargs=SMALL, train=train,
+                                     use_adversarial=False, grouping="random", outer_lr=1.0,
+                                     inner_steps=3)
+    res = ga.fit(sd, groups, cfg, seed=2)
+    assert base.train.steps < 30 * 6                          # stopped by the rung or patience
+    assert res.train.steps * 3 == base.train.steps
+    assert res.train.stopped == base.train.stopped
+    assert _weights_equal(res.model, base.model)
+
+
 @pytest.mark.parametrize("in_batches, outer_updates", [(True, 2), (False, 9)])
 def test_step_cap_counts_batches_unless_told_otherwise(toy, in_batches, outer_updates):
     """A cap of 9 steps with 4 inner batches: 2 outer updates (8 batches, like the base model's

@@ -446,6 +446,84 @@ def experts(target: str = "amazon-scientific", lr: float = 1.5e-3, seed: int = 0
     return out
 
 
+DROPOUT_MODELS = ("sasrec", "content", "metarec")
+
+
+def dropout(models: tuple[str, ...] = DROPOUT_MODELS, seed: int = 0, device: str = "auto") -> list[dict]:
+    """Time to accuracy with torch's dropout masks (``bernoulli_``, and ``rand`` in the batched
+    experts: ``models.dropout.native()``, the recipe before) and with the 16-bit CPU masks of
+    :mod:`seqtransfer.models.dropout` (the default), side by side in this process, for each of
+    ``models``: "sasrec", SASRec on all of ML-100K (02's ``joint``, lr 3e-3); "content", 04's
+    content model (ANT scratch on Amazon Scientific, lr 1.5e-3); "metarec", 05's MetaRec on its
+    ML-100K target with the four ML-1M genre sources (meta steps, VQ, lr 3e-3), each on the quick
+    schedule. Same function and mask distribution, other draws: the two should reach about the
+    same accuracy and differ in seconds. Prints, per model, the seconds to 90% and 98% of the
+    lower best validation NDCG@10, the best, test NDCG@10, steps and seconds a step."""
+    from dataclasses import replace as _replace
+
+    from . import experiment
+    from .methods import ant, metarec
+    from .models import ContentConfig, MultiDomainConfig, SASRec, SASRecConfig, VQConfig
+    from .models import dropout as D
+    from .train import seed_everything
+    unknown = sorted(set(models) - set(DROPOUT_MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown} for --dropout; choose from {', '.join(DROPOUT_MODELS)}")
+    out = []
+    for name in models:
+        if name == "sasrec":
+            exp = experiment.prepare("ml-100k", "quick", seed, device, progress=False, cache=False)
+            d = exp.data
+
+            def run():
+                seed_everything(seed)
+                model = SASRec(d.n_items, SASRecConfig(dim=exp.budget.dim, max_len=d.max_len))
+                seed_everything(seed)
+                return _fit_and_test(model, d, exp.train_config(lr=3e-3, seed=seed, progress=False),
+                                     exp.groups["all"])
+        elif name == "content":
+            setting = data.dataset_setting(data.load("ml-1m"), data.load("amazon-scientific"), rule="rarest")
+            prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
+            exp, d = prep.target, prep.target.data
+
+            def run():
+                cfg = ant.AntConfig(model=ContentConfig(dim=exp.budget.dim, max_len=d.max_len), variant="scratch")
+                model = ant.adapted_model(None, prep.target_features, cfg, seed)
+                seed_everything(seed)
+                return _fit_and_test(model, d, exp.fitted_train_config(lr=1.5e-3, seed=seed, progress=False),
+                                     exp.groups["all"])
+        else:
+            source = data.load("ml-1m")
+            sources = metarec.largest_domains(source, 4, "rarest")
+            setting = data.dataset_setting(source, data.load("ml-100k"), rule="rarest", sources=sources)
+            prep = experiment.prepare_domains(setting, "quick", seed, device, max_len=50, target_user_frac=0.2,
+                                              progress=False, cache=False, source_eval_users=1000,
+                                              source_users=1500)
+            exp = prep.target
+
+            def run():
+                cfg = metarec.MetaRecConfig(model=MultiDomainConfig(dim=exp.budget.dim, max_len=50,
+                                                                    vq=VQConfig(n_codes=256)))
+                cfg = _replace(metarec.spec_config(cfg, metarec.SPECS["MetaRec"]),
+                               train=exp.fitted_train_config(lr=3e-3, seed=seed, progress=False))
+                res = metarec.fit(exp.data, exp.groups, cfg, seed, sources=prep.sources)
+                return {"history": res.history, "best": res.train.best_valid, "test": res.ndcg10("all"),
+                        "steps": res.train.steps, "seconds": res.train.seconds, "stopped": res.train.stopped}
+        rows = []
+        for masks in ("torch", "16-bit"):
+            with D.native(masks == "torch"):
+                o = {"masks": masks, **run()}
+            rows.append(o)
+            print(f"  {name}, {masks} masks: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 "
+                  f"{o['best']:.4f}, test {o['test']:.4f}, {o['stopped']}", flush=True)
+        print(f"\n{name} (seed {seed}): torch's dropout masks vs 16-bit CPU masks (levels: 90% and 98% of the "
+              "lower best)")
+        _print_side_by_side(rows, "masks", "masks", 8)
+        print(flush=True)
+        out += [{"model": name, **o} for o in rows]
+    return out
+
+
 def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None, seed: int = 0,
          device: str = "auto") -> list[dict]:
     """Time to accuracy of 04's target arms on ``target`` with training batches padded to the
@@ -533,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
                    "loss on the whole logits against the chunked cross-entropy, side by side")
     p.add_argument("--experts", action="store_true", help="time 04's content model (ANT scratch on Amazon "
                    "Scientific) with ANT's per-expert whitening layers against the batched experts, side by side")
+    p.add_argument("--dropout", metavar="MODELS", nargs="?", const=",".join(DROPOUT_MODELS),
+                   help="time these comma-separated models (sasrec, content, metarec; default all) with torch's "
+                   "dropout masks against the 16-bit CPU masks, side by side")
     p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
                    "SASRec) with batches padded to the window and cut to their longest window, side by side")
     p.add_argument("--patience", metavar="DIR", nargs="+", help="from the run cache(s) DIR, what a shorter "
@@ -572,6 +653,15 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads:
             torch.set_num_threads(a.threads)
         experts(seed=a.seed, device=a.device)
+        return 0
+    if a.dropout:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        try:
+            dropout(tuple(a.dropout.split(",")), seed=a.seed, device=a.device)
+        except ValueError as err:
+            print(f"seqtransfer bench: {err}", file=sys.stderr)
+            return 2
         return 0
     if a.trim:
         if a.threads:

@@ -50,6 +50,10 @@ class TrainConfig:
     rung: int | None = None           # stop after this many validations past the warm-up: the short
                                       # run of successive halving (a run-length cap like max_steps, so
                                       # the same run continues from its checkpoint without it)
+    step_batches: int = 1             # batches one step trains: warmup_steps, min_steps and a rung
+                                      # count batches, step x step_batches (gradient alignment's
+                                      # outer update trains k inner batches; its inner steps run
+                                      # the lr schedule on the batch clock)
     device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: bool = True                  # bf16 autocast when on CUDA (ignored on CPU)
     seed: int = 0                     # seeds weights init (caller), shuffling and dropout
@@ -233,6 +237,8 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
                          f"{cfg.warmup_steps} and {cfg.plateau_factor}")
     if cfg.min_steps < 0:
         raise ValueError(f"min_steps must be >= 0, got {cfg.min_steps}")
+    if cfg.step_batches < 1:
+        raise ValueError(f"step_batches must be at least 1 (batches a step trains), got {cfg.step_batches}")
     if cfg.rung is not None and cfg.rung < 1:
         raise ValueError(f"rung must be at least one validation (or None), got {cfg.rung}")
     hooks = hooks or Hooks()
@@ -310,7 +316,7 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
             if ndcg > best:
                 best, best_epoch, bad = ndcg, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
-            elif step >= cfg.min_steps:
+            elif step * cfg.step_batches >= cfg.min_steps:
                 bad += 1
                 scale *= cfg.plateau_factor
             if ckpt is not None:
@@ -339,7 +345,8 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
 
 def peak_validations(history: list[dict], cfg: TrainConfig) -> int:
     """Validations so far after the warm-up's last step (what a ``rung`` counts)."""
-    return sum(1 for row in history if "valid_ndcg10" in row and row["step"] >= cfg.warmup_steps)
+    return sum(1 for row in history
+               if "valid_ndcg10" in row and row["step"] * cfg.step_batches >= cfg.warmup_steps)
 
 
 def _at_rung(history: list[dict], cfg: TrainConfig) -> bool:

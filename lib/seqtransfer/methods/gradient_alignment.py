@@ -36,7 +36,10 @@ Both parts wrap any backbone (SASRec, GRU4Rec).
   batches as the baseline has steps, so epochs cost about the same. A step cap
   (``TrainConfig.max_steps``) counts batches by default (``max_steps_in_batches``): an
   alignment run then stops after ``max_steps // inner_steps`` outer updates and sees as many
-  batches as the base model under the same cap.
+  batches as the base model under the same cap. The warm-up, ``min_steps`` (before which no
+  validation counts toward patience) and a successive-halving rung (validations past the
+  warm-up) count inner batches too (``TrainConfig.step_batches = k``), as the inner steps' lr
+  schedule does: a rung of alignment ends at the same batch as the baseline's, not k times later.
 * *Discriminator.* It reads the representation at each window's last real position, the same
   vector ``represent`` scores at evaluation (each prefix of a head user is not itself "head").
   Its input is behind a constant gradient reversal of strength ``adv_scale`` (no DANN warm-up
@@ -285,6 +288,8 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
     tcfg = replace(cfg.train, seed=seed)
     if cfg.use_alignment and cfg.max_steps_in_batches and tcfg.max_steps is not None:
         tcfg = replace(tcfg, max_steps=max(1, tcfg.max_steps // cfg.inner_steps))
+    if cfg.use_alignment:   # warm-up, min_steps and a rung count inner batches, as the schedule does
+        tcfg = replace(tcfg, step_batches=cfg.inner_steps)
     disc = None
     if cfg.use_adversarial:   # built after the backbone, so the backbone's init matches baseline's
         disc = ActivenessDiscriminator(model.dim, cfg.adv_hidden, scale=cfg.adv_scale)

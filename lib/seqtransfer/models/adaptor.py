@@ -11,17 +11,20 @@ Tensors in, tensors out: ``(..., d_in) -> (..., d_out)``.
 
 *Batched experts* (``fused=True``, the default): the whitening experts of one adaptor run as one
 batched product, ``bmm(drop_e(x), W_e^T) - W_e b_e`` for every expert ``e`` at once, each expert
-with its own inverted-dropout mask (``u >= p`` for ``u`` uniform, scaled by ``1/(1-p)``), all
-drawn in one call. That is the same function and the same mask distribution as one
-``nn.Dropout`` and ``nn.Linear`` per expert (ANT's code; ``fused=False``), but other random draws:
-a content model's step on Amazon Scientific's 1,586-item table spent a third of its time in the
-eight per-expert Bernoulli draws (``seqtransfer bench --experts`` times both side by side).
+with its own inverted-dropout mask, all drawn in one call of
+:func:`seqtransfer.models.dropout.keep_mask` (on a CPU from 16-bit uniforms, the rate rounded to a
+multiple of 2**-16). That is the same function and mask distribution as one dropout layer and
+``nn.Linear`` per expert (ANT's code; ``fused=False``), but other random draws: a content model's
+step on Amazon Scientific's 1,586-item table spent a third of its time in the eight per-expert
+Bernoulli draws (``seqtransfer bench --experts`` times both side by side).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .dropout import Dropout, keep_mask
 
 EXPERTS = ("whiten", "linear")
 
@@ -33,7 +36,7 @@ class WhiteningExpert(nn.Module):
         super().__init__()
         self.b = nn.Parameter(torch.zeros(d_in))
         self.W = nn.Linear(d_in, d_out, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.reset(None)
 
     def reset(self, gen: torch.Generator | None) -> None:
@@ -114,8 +117,8 @@ class MoEAdaptor(nn.Module):
         flat = x.reshape(1, -1, self.d_in)                                     # (1, M, d_in)
         p = self.experts[0].drop.p                                             # the experts' own rate
         if self.training and p > 0:
-            keep = torch.rand((len(self.experts), flat.shape[1], self.d_in), device=x.device, dtype=x.dtype)
-            flat = keep.ge_(p).mul_(1.0 / (1.0 - p)) * flat                    # (E, M, d_in)
+            keep = keep_mask((len(self.experts), flat.shape[1], self.d_in), p, x.dtype, x.device)
+            flat = keep * flat                                                 # (E, M, d_in)
         z = torch.matmul(flat, W.transpose(1, 2))                              # (E, M, d_out)
         z = z - torch.bmm(W, b.unsqueeze(-1)).transpose(1, 2)                  # minus W_e b_e
         return z.transpose(0, 1).reshape(*x.shape[:-1], len(self.experts), self.d_out)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .dropout import Dropout
+
 
 class GradReverse(torch.autograd.Function):
     """Identity forward; backward multiplies the incoming gradient by ``-scale``."""
@@ -51,7 +53,7 @@ class ActivenessDiscriminator(nn.Module):
             raise ValueError(f"hidden must be >= 1 and n_classes >= 2, got hidden={hidden}, "
                              f"n_classes={n_classes}")
         self.scale = scale      # reversal strength seen by the encoder
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), Dropout(dropout),
                                  nn.Linear(hidden, n_classes))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .adaptor import MoEAdaptor
 from .base import SequentialRecommender, next_item_ce
+from .dropout import Dropout
 from .sasrec import Block, init_normal
 
 
@@ -86,7 +87,7 @@ class ContentSASRec(SequentialRecommender):
                           cfg.expert_dropout, cfg.noisy_gate, cfg.fused_experts) for s, f in feats.items()})
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.input_ln = nn.LayerNorm(cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout, 0.0) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
         for m in [*self.blocks.modules(), self.pos_emb]:

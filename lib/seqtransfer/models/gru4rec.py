@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .base import SequentialRecommender
+from .dropout import Dropout
 
 
 @dataclass
@@ -27,7 +28,7 @@ class GRU4Rec(SequentialRecommender):
         cfg = cfg or GRU4RecConfig()
         super().__init__(n_items, cfg.dim, cfg.loss_type, cfg.n_negatives)
         self.cfg = cfg
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.dim, cfg.hidden, num_layers=cfg.n_layers, batch_first=True)
         self.proj = nn.Linear(cfg.hidden, cfg.dim)
         nn.init.normal_(self.item_emb.weight, std=0.02)

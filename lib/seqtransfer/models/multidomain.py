@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .base import SequentialRecommender, next_item_ce
+from .dropout import Dropout
 from .sasrec import Block, init_normal
 from .vq import VectorQuantizer, VQConfig
 
@@ -53,7 +54,7 @@ class MultiDomainSASRec(SequentialRecommender):
         self.tables = nn.ModuleDict()
         self.quantizer = VectorQuantizer(cfg.dim, cfg.vq) if cfg.vq is not None else None
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout, 0.0) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
         for m in [*self.blocks.modules(), self.pos_emb]:

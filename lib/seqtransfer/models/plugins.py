@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .dropout import Dropout
+
 PLUGIN_KINDS = ("mlp", "linear")
 
 
@@ -38,10 +40,10 @@ class PluginHead(nn.Module):
         hidden = hidden or dim
         if kind == "mlp":
             last = nn.Linear(hidden, dim)
-            self.f = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), last)
+            self.f = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout), last)
         else:
             last = nn.Linear(dim, dim)
-            self.f = nn.Sequential(nn.Dropout(dropout), last)
+            self.f = nn.Sequential(Dropout(dropout), last)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.kind = kind

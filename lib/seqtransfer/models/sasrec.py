@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import SequentialRecommender
+from .dropout import Dropout
 
 
 @dataclass
@@ -63,7 +64,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attn_dropout = attn_dropout
-        self.resid_drop = nn.Dropout(dropout)
+        self.resid_drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -97,7 +98,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(dim, n_heads, dropout, attn_dropout)
         self.ln2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim),
-                                 nn.Dropout(dropout))
+                                 Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -117,7 +118,7 @@ class SASRec(SequentialRecommender):
         super().__init__(n_items, cfg.dim, cfg.loss_type, cfg.n_negatives)
         self.cfg = cfg
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout, cfg.attn_dropout) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.apply(init_normal)
