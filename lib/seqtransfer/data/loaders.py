@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .fetch import KNOWN_DATASETS, check_name, default_data_dir, fetch
+from .fetch import KNOWN_DATASETS, check_name, data_lock, default_data_dir, fetch
 from .userfiles import read_item_file, read_table_file
 
 ML_GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -270,6 +270,17 @@ def _counts(inter: pd.DataFrame) -> tuple[int, int, int]:
 # public entry point
 # ----------------------------------------------------------------------------------------------
 
+def _write_replacing(path: Path, write) -> None:
+    """``write(tmp)`` then move ``tmp`` onto ``path``: a reader sees the old file or the whole new one."""
+    import os
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
          min_user: int = 5, min_item: int = 5, dedupe: bool = True,
          user_col: str | None = None, item_col: str | None = None, time_col: str | None = None,
@@ -321,15 +332,16 @@ def load(source: str | Path = "ml-1m", *, data_dir: str | Path | None = None,
         min_user, min_item, dedupe = 1, 1, False
     elif isinstance(source, str) and not path.exists() and source in KNOWN_DATASETS:
         name = source
-        folder = fetch(name, data_dir)
-        cache = folder / "interactions.parquet"
-        if cache.exists() and (folder / "items.pkl").exists():
-            inter = pd.read_parquet(cache)
-            items = pd.read_pickle(folder / "items.pkl")
-        else:
-            inter, items = _read_recbole_movielens(folder, name)
-            inter.to_parquet(cache)
-            items.to_pickle(folder / "items.pkl")
+        with data_lock(data_dir):        # another notebook of the batch may be fetching it now
+            folder = fetch(name, data_dir)
+            cache = folder / "interactions.parquet"
+            if cache.exists() and (folder / "items.pkl").exists():
+                inter = pd.read_parquet(cache)
+                items = pd.read_pickle(folder / "items.pkl")
+            else:
+                inter, items = _read_recbole_movielens(folder, name)
+                _write_replacing(cache, inter.to_parquet)
+                _write_replacing(folder / "items.pkl", items.to_pickle)
     elif path.is_dir():
         name = path.name
         if (path / "ratings.dat").exists():
