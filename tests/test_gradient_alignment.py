@@ -180,18 +180,23 @@ def test_a_rerun_with_the_same_seed_is_the_same_model_bit_for_bit(toy):
     assert _weights_equal(baseline.fit(sd, groups, base, seed=3).model, baseline.fit(sd, groups, base, seed=3).model)
 
 
+def _baseline_and_outer_lr_one(toy, train: TrainConfig, seed: int):
+    """The baseline and alignment with random grouping, outer_lr 1 and 3 inner batches (plain
+    training on the same batches), both GRU4Rec under ``train`` at ``seed``."""
+    sd, groups = toy
+    base = baseline.fit(sd, groups, baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs=SMALL,
+                                                            train=train), seed=seed)
+    cfg = ga.GradientAlignmentConfig(backbone="gru4rec", backbone_kwargs=SMALL, train=train,
+                                     use_adversarial=False, grouping="random", outer_lr=1.0,
+                                     inner_steps=3)
+    return base, ga.fit(sd, groups, cfg, seed=seed)
+
+
 @pytest.mark.parametrize("warmup", [0, 5])
 def test_random_grouping_with_outer_lr_one_is_sequential_training(toy, warmup):
     """With outer_lr 1 the alignment variant is plain training on the same batches, including the
     learning-rate warm-up, which it counts in inner batches as the baseline counts steps."""
-    sd, groups = toy
-    train = replace(_train(), warmup_steps=warmup)
-    base = baseline.fit(sd, groups, baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs=SMALL,
-                                                            train=train), seed=1)
-    cfg = ga.GradientAlignmentConfig(backbone="gru4rec", backbone_kwargs=SMALL, train=train,
-                                     use_adversarial=False, grouping="random", outer_lr=1.0,
-                                     inner_steps=3)
-    res = ga.fit(sd, groups, cfg, seed=1)
+    base, res = _baseline_and_outer_lr_one(toy, replace(_train(), warmup_steps=warmup), seed=1)
     assert res.variant == "gru4rec +align"
     assert _weights_equal(res.model, base.model)
 
@@ -202,14 +207,7 @@ def test_warm_up_min_steps_and_rung_count_inner_batches(toy, stop):
     outer_lr 1 alignment is the baseline's training, so a warm-up of 12 batches, min_steps of 12
     batches and a rung of one validation past the warm-up must end both runs at the same batch
     with the same weights (counted in outer updates, alignment would train 3 times longer)."""
-    sd, groups = toy
-    train = _train(epochs=30, batch_size=3, warmup_steps=12, **stop)
-    base = baseline.fit(sd, groups, baseline.BaselineConfig(backbone="gru4rec", backbone_kwargs=SMALL,
-                                                            train=train), seed=2)
-    cfg = ga.GradientAlignmentConfig(backbone="gru4rec", backbone_kwargs=SMALL, train=train,
-                                     use_adversarial=False, grouping="random", outer_lr=1.0,
-                                     inner_steps=3)
-    res = ga.fit(sd, groups, cfg, seed=2)
+    base, res = _baseline_and_outer_lr_one(toy, _train(epochs=30, batch_size=3, warmup_steps=12, **stop), seed=2)
     assert base.train.steps < 30 * 6                          # stopped by the rung or patience
     assert res.train.steps * 3 == base.train.steps
     assert res.train.stopped == base.train.stopped

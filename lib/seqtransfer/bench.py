@@ -329,6 +329,41 @@ def _print_side_by_side(out: list[dict], key: str, header: str, width: int) -> N
               f"{o['steps']:>6} {o['seconds'] / max(o['steps'], 1):>7.3f} {o['seconds']:>8.0f}")
 
 
+def _print_run(label: str, o: dict) -> None:
+    """One line of a side-by-side bench as each run ends: steps, seconds, best valid and test
+    NDCG@10, why it stopped."""
+    print(f"  {label}: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 {o['best']:.4f}, "
+          f"test {o['test']:.4f}, {o['stopped']}", flush=True)
+
+
+def _transfer_target(target: str, seed: int, device: str):
+    """04's quick setting of ``target`` (ML-1M sources, 1,500 source users): the prepared transfer."""
+    from . import experiment
+    setting = data.dataset_setting(data.load("ml-1m"), data.load(target), rule="rarest")
+    return experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
+
+
+def _ant_scratch(prep, seed: int, **content):
+    """04's ANT scratch content model on ``prep``'s target (``content``: ContentConfig overrides)."""
+    from .methods import ant
+    from .models import ContentConfig
+    exp = prep.target
+    cfg = ant.AntConfig(model=ContentConfig(dim=exp.budget.dim, max_len=exp.data.max_len, **content),
+                        variant="scratch")
+    return ant.adapted_model(None, prep.target_features, cfg, seed)
+
+
+def _fit_sasrec(exp, lr: float, seed: int, fused_ce: bool = True) -> dict:
+    """SASRec on all of ``exp``'s data (02's ``joint`` at ``lr``), seeded, to early stopping."""
+    from .models import SASRec, SASRecConfig
+    from .train import seed_everything
+    seed_everything(seed)
+    model = SASRec(exp.data.n_items, SASRecConfig(dim=exp.budget.dim, max_len=exp.data.max_len))
+    model.fused_ce = fused_ce
+    seed_everything(seed)
+    return _fit_and_test(model, exp.data, exp.train_config(lr=lr, seed=seed, progress=False), exp.groups["all"])
+
+
 def ecat_student(modes: tuple[str, ...] = ("step", "period"), lr: float = 1.5e-3, seed: int = 0,
                  target: str = "Film-Noir", entire_users: int = 1500, n_periods: int = 2,
                  teachers_dir: str | None = None, device: str = "auto") -> list[dict]:
@@ -393,21 +428,12 @@ def cross_entropy(lr: float = 3e-3, seed: int = 0, device: str = "auto") -> list
     after a while, like another draw of the noise. Prints the seconds to 90% and 98% of the
     lower best validation NDCG@10, the best, test NDCG@10, steps and seconds a step."""
     from . import experiment
-    from .models import SASRec, SASRecConfig
-    from .train import seed_everything
     exp = experiment.prepare("ml-100k", "quick", seed, device, progress=False, cache=False)
-    d = exp.data
     out = []
     for fused in (False, True):
-        seed_everything(seed)
-        model = SASRec(d.n_items, SASRecConfig(dim=exp.budget.dim, max_len=d.max_len))
-        model.fused_ce = fused
-        seed_everything(seed)
-        o = {"ce": "chunked" if fused else "whole",
-             **_fit_and_test(model, d, exp.train_config(lr=lr, seed=seed, progress=False), exp.groups["all"])}
+        o = {"ce": "chunked" if fused else "whole", **_fit_sasrec(exp, lr, seed, fused_ce=fused)}
         out.append(o)
-        print(f"  {o['ce']}: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 {o['best']:.4f}, "
-              f"test {o['test']:.4f}, {o['stopped']}", flush=True)
+        _print_run(o["ce"], o)
     print(f"\nSASRec on {exp.dataset.name} (lr {lr:g}, seed {seed}): cross-entropy on the whole logits vs chunked "
           "(levels: 90% and 98% of the lower best)")
     _print_side_by_side(out, "ce", "ce", 8)
@@ -422,24 +448,17 @@ def experts(target: str = "amazon-scientific", lr: float = 1.5e-3, seed: int = 0
     compute the same function with the same dropout distribution and draw other masks, so they
     should reach the same accuracy and differ in seconds. Prints the seconds to 90% and 98% of
     the lower best validation NDCG@10, the best, test NDCG@10, steps and seconds a step."""
-    from . import experiment
-    from .methods import ant
-    from .models import ContentConfig
     from .train import seed_everything
-    setting = data.dataset_setting(data.load("ml-1m"), data.load(target), rule="rarest")
-    prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
+    prep = _transfer_target(target, seed, device)
     exp, d = prep.target, prep.target.data
     out = []
     for fused in (False, True):
-        cfg = ant.AntConfig(model=ContentConfig(dim=exp.budget.dim, max_len=d.max_len, fused_experts=fused),
-                            variant="scratch")
-        model = ant.adapted_model(None, prep.target_features, cfg, seed)
+        model = _ant_scratch(prep, seed, fused_experts=fused)
         seed_everything(seed)
         o = {"experts": "batched" if fused else "per expert",
              **_fit_and_test(model, d, exp.fitted_train_config(lr=lr, seed=seed, progress=False), exp.groups["all"])}
         out.append(o)
-        print(f"  {o['experts']}: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 {o['best']:.4f}, "
-              f"test {o['test']:.4f}, {o['stopped']}", flush=True)
+        _print_run(o["experts"], o)
     print(f"\nANT scratch on {exp.dataset.name} (lr {lr:g}, seed {seed}): whitening experts per expert vs batched "
           "(levels: 90% and 98% of the lower best)")
     _print_side_by_side(out, "experts", "experts", 10)
@@ -459,11 +478,9 @@ def dropout(models: tuple[str, ...] = DROPOUT_MODELS, seed: int = 0, device: str
     schedule. Same function and mask distribution, other draws: the two should reach about the
     same accuracy and differ in seconds. Prints, per model, the seconds to 90% and 98% of the
     lower best validation NDCG@10, the best, test NDCG@10, steps and seconds a step."""
-    from dataclasses import replace as _replace
-
     from . import experiment
-    from .methods import ant, metarec
-    from .models import ContentConfig, MultiDomainConfig, SASRec, SASRecConfig, VQConfig
+    from .methods import metarec
+    from .models import MultiDomainConfig, VQConfig
     from .models import dropout as D
     from .train import seed_everything
     unknown = sorted(set(models) - set(DROPOUT_MODELS))
@@ -473,24 +490,17 @@ def dropout(models: tuple[str, ...] = DROPOUT_MODELS, seed: int = 0, device: str
     for name in models:
         if name == "sasrec":
             exp = experiment.prepare("ml-100k", "quick", seed, device, progress=False, cache=False)
-            d = exp.data
 
             def run():
-                seed_everything(seed)
-                model = SASRec(d.n_items, SASRecConfig(dim=exp.budget.dim, max_len=d.max_len))
-                seed_everything(seed)
-                return _fit_and_test(model, d, exp.train_config(lr=3e-3, seed=seed, progress=False),
-                                     exp.groups["all"])
+                return _fit_sasrec(exp, 3e-3, seed)
         elif name == "content":
-            setting = data.dataset_setting(data.load("ml-1m"), data.load("amazon-scientific"), rule="rarest")
-            prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
-            exp, d = prep.target, prep.target.data
+            prep = _transfer_target("amazon-scientific", seed, device)
+            exp = prep.target
 
             def run():
-                cfg = ant.AntConfig(model=ContentConfig(dim=exp.budget.dim, max_len=d.max_len), variant="scratch")
-                model = ant.adapted_model(None, prep.target_features, cfg, seed)
+                model = _ant_scratch(prep, seed)
                 seed_everything(seed)
-                return _fit_and_test(model, d, exp.fitted_train_config(lr=1.5e-3, seed=seed, progress=False),
+                return _fit_and_test(model, exp.data, exp.fitted_train_config(lr=1.5e-3, seed=seed, progress=False),
                                      exp.groups["all"])
         else:
             source = data.load("ml-1m")
@@ -504,7 +514,7 @@ def dropout(models: tuple[str, ...] = DROPOUT_MODELS, seed: int = 0, device: str
             def run():
                 cfg = metarec.MetaRecConfig(model=MultiDomainConfig(dim=exp.budget.dim, max_len=50,
                                                                     vq=VQConfig(n_codes=256)))
-                cfg = _replace(metarec.spec_config(cfg, metarec.SPECS["MetaRec"]),
+                cfg = replace(metarec.spec_config(cfg, metarec.SPECS["MetaRec"]),
                                train=exp.fitted_train_config(lr=3e-3, seed=seed, progress=False))
                 res = metarec.fit(exp.data, exp.groups, cfg, seed, sources=prep.sources)
                 return {"history": res.history, "best": res.train.best_valid, "test": res.ndcg10("all"),
@@ -514,8 +524,7 @@ def dropout(models: tuple[str, ...] = DROPOUT_MODELS, seed: int = 0, device: str
             with D.native(masks == "torch"):
                 o = {"masks": masks, **run()}
             rows.append(o)
-            print(f"  {name}, {masks} masks: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 "
-                  f"{o['best']:.4f}, test {o['test']:.4f}, {o['stopped']}", flush=True)
+            _print_run(f"{name}, {masks} masks", o)
         print(f"\n{name} (seed {seed}): torch's dropout masks vs 16-bit CPU masks (levels: 90% and 98% of the "
               "lower best)")
         _print_side_by_side(rows, "masks", "masks", 8)
@@ -534,13 +543,10 @@ def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None,
     warm-up fitted to the target. The cut changes no model output, only the dropout draws, so
     both columns should reach the same accuracy and differ in seconds. Prints the seconds to 90%
     and 98% of the lower best validation NDCG@10 of each pair, the best, test NDCG@10, steps."""
-    from . import experiment
-    from .methods import ant
-    from .models import ContentConfig, SASRec, SASRecConfig
+    from .models import SASRec, SASRecConfig
     from .train import Hooks, clip_and_step, seed_everything
     lrs = lrs or {"ANT scratch": 1.5e-3, "SASRec ID": 3e-3}
-    setting = data.dataset_setting(data.load("ml-1m"), data.load(target), rule="rarest")
-    prep = experiment.prepare_transfer(setting, "quick", seed, device, progress=False, source_users=1500)
+    prep = _transfer_target(target, seed, device)
     exp, d = prep.target, prep.target.data
     lengths = (d.train_inputs > 0).sum(1).float()
     print(f"target {exp.dataset.name}: {d.n_users} users, {len(lengths)} windows, window length median "
@@ -555,8 +561,7 @@ def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None,
 
     def model_of(arm: str):
         if arm == "ANT scratch":
-            cfg = ant.AntConfig(model=ContentConfig(dim=exp.budget.dim, max_len=d.max_len), variant="scratch")
-            return ant.adapted_model(None, prep.target_features, cfg, seed)
+            return _ant_scratch(prep, seed)
         seed_everything(seed)
         return SASRec(d.n_items, SASRecConfig(dim=exp.budget.dim, max_len=d.max_len))
 
@@ -568,8 +573,7 @@ def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None,
             cfg = exp.fitted_train_config(lr=lr, seed=seed, progress=False)
             o = {"arm": arm, "batches": batches, **_fit_and_test(model, d, cfg, exp.groups["all"], hooks)}
             out.append(o)
-            print(f"  {arm}, {batches}: {o['steps']} steps, {o['seconds']:.0f} s, best valid NDCG@10 "
-                  f"{o['best']:.4f}, test {o['test']:.4f}, {o['stopped']}", flush=True)
+            _print_run(f"{arm}, {batches}", o)
     print(f"\n04's target arms on {exp.dataset.name}, padded vs cut batches (levels: 90% and 98% of the pair's lower best)")
     print(f"{'arm':>12} {'batches':>8} {'to 90%':>8} {'to 98%':>8} {'best':>8} {'test':>8} {'steps':>6} {'seconds':>8}  stopped")
     for i, o in enumerate(out):
