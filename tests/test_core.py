@@ -97,6 +97,36 @@ def test_sasrec_represent_equals_encode_at_the_last_item(positions):
     assert torch.allclose(fast, full, atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+def test_loss_and_represent_is_loss_and_represent_of_one_pass(backbone):
+    """Without dropout the pair equals loss() and represent(); in training mode both come from
+    one draw: the state it returns is the one the loss scored at the last real position."""
+    torch.manual_seed(0)
+    m = make_backbone(backbone, 20, dim=16, max_len=8).eval()
+    seqs = torch.tensor([[1, 2, 3, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9, 10, 11], [5, 0, 0, 0, 0, 0, 0, 0]])
+    targets = torch.tensor([[2, 3, 4, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12], [6, 0, 0, 0, 0, 0, 0, 0]])
+    lengths = torch.tensor([3, 8, 1])
+    loss, rep = m.loss_and_represent(seqs, targets, lengths)
+    assert torch.allclose(loss, m.loss(seqs, targets), atol=1e-6)
+    assert torch.allclose(rep, m.represent(seqs, lengths), atol=1e-5)
+    m.train()
+    torch.manual_seed(1)
+    loss, rep = m.loss_and_represent(seqs, targets, lengths)
+    torch.manual_seed(1)
+    h = m.encode(seqs)                                                     # the same draw
+    assert torch.allclose(rep, h[torch.arange(3), lengths - 1], atol=1e-6)
+    assert torch.allclose(loss, m.hidden_losses(h, targets).sum() / 12, atol=1e-6)
+
+
+def test_loss_and_represent_refuses_a_model_with_its_own_loss():
+    from seqtransfer.models import MultiDomainConfig, MultiDomainSASRec
+    m = MultiDomainSASRec({"a": 10}, MultiDomainConfig(dim=8, n_layers=1, max_len=8, vq=None))
+    m.set_domain("a")
+    with pytest.raises(NotImplementedError, match="its own way"):
+        m.loss_and_represent(torch.ones(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long),
+                             torch.tensor([8]))
+
+
 def test_sasrec_scored_position_does_not_reveal_history_length():
     """Positions count from the most recent item: the same last items read the same whatever
     came before them, as long as attention ignores those earlier items; with positions from the

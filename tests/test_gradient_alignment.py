@@ -212,6 +212,9 @@ def test_warm_up_min_steps_and_rung_count_inner_batches(toy, stop):
     assert res.train.steps * 3 == base.train.steps
     assert res.train.stopped == base.train.stopped
     assert _weights_equal(res.model, base.model)
+    # the history logs each epoch's last rate on the batch clock, the baseline's
+    assert res.history["lr"].tolist() == pytest.approx(base.history["lr"].tolist())
+    assert res.history["lr"].iloc[0] < res.history["lr"].max()           # the warm-up is in it
 
 
 @pytest.mark.parametrize("in_batches, outer_updates", [(True, 2), (False, 9)])

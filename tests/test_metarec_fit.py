@@ -241,3 +241,24 @@ def test_pretrain_config_keeps_the_target_side_out_of_the_pretraining(toy_csv):
     a = metarec.pretrain_config(replace(cfg, variant="meta", weights="public", train=TrainConfig(lr=9.0)))
     b = metarec.pretrain_config(replace(cfg, variant="fine-tune"))
     assert a == b and a.pretrain == cfg.pretrain and a.model == cfg.model
+
+
+def test_the_target_floor_holds_the_codebook_arms_or_every_arm(toy_csv):
+    """``min_steps_arms="codebook"``: the arms with a quantiser keep the target's ``min_steps``,
+    the others count from the warm-up's end; ``"all"`` (the library's default) keeps it
+    everywhere; the pre-trainings' schedules never change; an unknown value names the choices."""
+    prep = toy_prep(toy_csv)
+    cfg = toy_cfg(prep.target)
+    cfg = replace(cfg, train=replace(cfg.train, warmup_steps=2, min_steps=40))
+    floor = {name: r.config.train.min_steps for name, r in metarec.runs(prep, cfg, min_steps_arms="codebook").items()}
+    every = {name: r.config.train.min_steps for name, r in metarec.runs(prep, cfg).items()}
+    codebook = {name for name, change in metarec.SPECS.items() if change.get("vq", True)}
+    assert codebook == {"joint (VQ)", "pre-train + fine-tune", "MetaRec", "MetaRec, public sign",
+                        "MetaRec, uniform weights"}
+    for name in metarec.SPECS:
+        assert floor[name] == (40 if name in codebook else 2), name
+        assert every[name] == 40
+    pre = [metarec.pretrain_name(prep.sources, v) for v in (True, False)]
+    assert [floor[p] for p in pre] == [every[p] for p in pre]
+    with pytest.raises(ValueError, match="min_steps_arms.*codebook"):
+        metarec.runs(prep, cfg, min_steps_arms="vq")

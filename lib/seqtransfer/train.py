@@ -298,7 +298,9 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
         row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else np.nan,
-               "lr": lr_at(cfg, max(step - 1, 0), scale), "seconds": time.perf_counter() - t0,
+               # the rate of the epoch's last batch, on the batch clock (gradient alignment's
+               # inner steps follow it, step_batches to a step)
+               "lr": lr_at(cfg, max(step * cfg.step_batches - 1, 0), scale), "seconds": time.perf_counter() - t0,
                "cpu_seconds": time.process_time() - c0}
         out_of_steps = cfg.max_steps is not None and step >= cfg.max_steps
         out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) > 60 * cfg.max_minutes

@@ -41,7 +41,8 @@ Both parts wrap any backbone (SASRec, GRU4Rec).
   warm-up) count inner batches too (``TrainConfig.step_batches = k``), as the inner steps' lr
   schedule does: a rung of alignment ends at the same batch as the baseline's, not k times later.
 * *Discriminator.* It reads the representation at each window's last real position, the same
-  vector ``represent`` scores at evaluation (each prefix of a head user is not itself "head").
+  vector ``represent`` scores at evaluation (each prefix of a head user is not itself "head"),
+  taken from the training loss's own encoder pass (``loss_and_represent``: one dropout draw).
   Its input is behind a constant gradient reversal of strength ``adv_scale`` (no DANN warm-up
   schedule); its loss joins the recommendation loss with weight ``adv_weight``. It has its own
   Adam optimizer and is not part of the meta interpolation: it is the adversary, not the
@@ -49,7 +50,9 @@ Both parts wrap any backbone (SASRec, GRU4Rec).
   class-balanced by default; alternating batches are balanced by construction. In SASRec the
   representation also sees the window's length through the position embeddings: length is
   part of the activeness signal the encoder is asked to hide.
-* *Cost.* The adversarial part adds one encoder pass per inner batch (no item scoring).
+* *Cost.* The adversarial part adds the discriminator's small MLP per inner batch; it reads the
+  loss's encoder pass, where a separate ``represent`` call cost a second one (an outer step of
+  4 inner batches took about 0.75 s against 0.55 without the adversary, commit 064d24f).
 
 With both switches off the run is exactly :func:`seqtransfer.methods.baseline.fit` (same seed,
 same batches, same final weights).
@@ -245,11 +248,13 @@ class AlignmentStep:
         x, y, users = ctx.data.window_batch(idx)                             # (b, L'), (b, L'), (b,)
         out = {}
         with ctx.autocast():
-            loss = ctx.model.loss(x, y, users)
+            if self.disc is None:
+                loss = ctx.model.loss(x, y, users)
+            else:   # one encoder pass: the adversary reads the state the loss scores last
+                loss, h = ctx.model.loss_and_represent(x, y, (x > 0).sum(1), users)   # (), (b, D)
             total = loss
             if self.disc is not None:
                 self.disc_opt.zero_grad(set_to_none=True)
-                h = ctx.model.represent(x, (x > 0).sum(1), users)            # (b, D) last real position
                 logits = self.disc(h).float()                                # (b, 2)
                 labels = self.labels[idx]                                    # (b,)
                 d_loss = F.cross_entropy(logits, labels, weight=self.class_weight)

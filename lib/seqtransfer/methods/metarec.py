@@ -582,22 +582,44 @@ def pretrain_config(cfg: MetaRecConfig) -> MetaRecConfig:
     return MetaRecConfig(model=cfg.model, n_sampled=cfg.n_sampled, pretrain=cfg.pretrain, snapshot_every=0)
 
 
+MIN_STEPS_ARMS = ("all", "codebook")
+
+
+def arm_floor(c: MetaRecConfig, min_steps_arms: str = "all") -> MetaRecConfig:
+    """The target-side schedule of one arm: ``c.train.min_steps`` (early stopping counts no
+    validation before it) held by every arm (``"all"``) or only by the arms with a codebook
+    (``"codebook"``), the others counting from the warm-up's end.
+
+    Why [ours]: on ML-100K the VQ arms' validation sits on a plateau for about 40 steps of its
+    4-step epoch (items drawn onto shared codes score alike until they move off them), which a
+    patience of 5 validations cut; the arms without a codebook climb from the first validation
+    and peak by step 20-80, so a floor only adds steps to them."""
+    if min_steps_arms not in MIN_STEPS_ARMS:
+        raise ValueError(f"unknown min_steps_arms {min_steps_arms!r}; choose one of {MIN_STEPS_ARMS} "
+                         "(which arms hold the target's min_steps)")
+    if min_steps_arms == "codebook" and c.model.vq is None:
+        return replace(c, train=replace(c.train, min_steps=c.train.warmup_steps))
+    return c
+
+
 def runs(prep, cfg: MetaRecConfig, label: str = "", specs: dict[str, dict] | None = None,
-         pretrain_seeds: int | None = 1, pretrain_lr_grid: tuple[float, ...] | None = None) -> dict[str, Run]:
+         pretrain_seeds: int | None = 1, pretrain_lr_grid: tuple[float, ...] | None = None,
+         min_steps_arms: str = "all") -> dict[str, Run]:
     """The runs of one target for ``prep.target.run(...)`` (``prep``: sources and target, e.g.
     :func:`seqtransfer.experiment.prepare_domains`): one pre-training on the sources per model
     config the specs need (with and without VQ; a run of its own, ``pretrain_seeds`` seeds, its
     rate from ``pretrain_lr_grid``, default ``cfg.pretrain.lr``, chosen on the sources'
     validation), then every spec (default :data:`SPECS`), named ``"<label> | <spec>"``: the
     pre-training through the inputs mechanism, the source domains (joint, meta) as constants.
-    Every arm's rate comes from the call's grid; every arm trains every seed."""
+    Every arm's rate comes from the call's grid; every arm trains every seed. ``min_steps_arms``:
+    which arms hold ``cfg.train.min_steps`` (:func:`arm_floor`)."""
     prefix = f"{label} | " if label else ""
     carrier = next(iter(prep.sources.values()))
     grid = tuple(pretrain_lr_grid) if pretrain_lr_grid else (cfg.pretrain.lr,)
     out: dict[str, Run] = {}
     arms: dict[str, Run] = {}
     for name, change in (specs or SPECS).items():
-        c = spec_config(cfg, change)
+        c = arm_floor(spec_config(cfg, change), min_steps_arms)
         inputs = {}
         if c.variant in ("fine-tune", "meta"):
             pre = pretrain_name(prep.sources, c.model.vq is not None)

@@ -167,3 +167,19 @@ class SequentialRecommender(nn.Module):
              users: torch.Tensor | None = None) -> torch.Tensor:
         pl = self.position_losses(seqs, targets, users)
         return pl.sum() / (targets > 0).sum().clamp(min=1)
+
+    def loss_and_represent(self, seqs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor,
+                           users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss` and :meth:`represent` of one encoder pass: the (B, D) state at each
+        sequence's last real position is the one the loss scores there (one dropout draw for
+        both), where calling the two runs the encoder twice. Gradient alignment's adversary
+        reads the representation this way. A model that computes its loss its own way
+        (overrides ``loss`` or ``position_losses``) must bring its own."""
+        cls = type(self)
+        if cls.loss is not SequentialRecommender.loss or cls.position_losses is not SequentialRecommender.position_losses:
+            raise NotImplementedError(f"{cls.__name__} computes its loss its own way: loss_and_represent "
+                                      "would not be its loss; call loss() and represent()")
+        h = self.encode(seqs, users)                                  # (B, T, D)
+        loss = self.hidden_losses(h, targets).sum() / (targets > 0).sum().clamp(min=1)
+        idx = (lengths - 1).clamp(min=0)
+        return loss, h[torch.arange(h.size(0), device=h.device), idx]  # (), (B, D)
