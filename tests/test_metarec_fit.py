@@ -262,3 +262,21 @@ def test_the_target_floor_holds_the_codebook_arms_or_every_arm(toy_csv):
     assert [floor[p] for p in pre] == [every[p] for p in pre]
     with pytest.raises(ValueError, match="min_steps_arms.*codebook"):
         metarec.runs(prep, cfg, min_steps_arms="vq")
+
+
+def test_quick_switches_each_part_on_once_and_full_compares_both_orders():
+    """quick's arms are one order of the ladder (pre-training, the codebook, meta transfer), each
+    step's two arms trained and compared; full adds MetaRec without VQ and so the other order."""
+    quick = metarec.comparison_pairs(metarec.QUICK_SPECS)
+    steps = [part for arm, base, part in metarec.LADDER if arm in metarec.QUICK_SPECS and base in metarec.QUICK_SPECS]
+    assert steps == ["pre-training", "the VQ codebook without meta transfer", "meta transfer with the VQ codebook"]
+    assert set(metarec.QUICK_SPECS) <= set(metarec.SPECS)
+    for arm, base, part in metarec.LADDER:
+        if part in steps:
+            assert (arm, base) in quick
+    # each arm against target only, no pair twice
+    assert {(a, "target only") for a in metarec.QUICK_SPECS if a != "target only"} <= set(quick)
+    assert len(quick) == len(set(quick))
+    full = metarec.comparison_pairs(metarec.SPECS)
+    assert {("MetaRec", "MetaRec, no VQ"), ("MetaRec, no VQ", "pre-train + fine-tune, no VQ"),
+            ("MetaRec", "pre-train + fine-tune")} <= set(full)

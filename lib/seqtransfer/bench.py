@@ -533,6 +533,33 @@ def dropout(models: tuple[str, ...] = DROPOUT_MODELS, seed: int = 0, device: str
     return out
 
 
+def adversary(lr: float = 3e-3, seed: int = 0, device: str = "auto") -> list[dict]:
+    """Time to accuracy of 02's GA arm (alignment and the adversary, quick's settings on all of
+    ML-100K, ``lr``, seed ``seed``) with the discriminator reading a ``represent`` pass of its own
+    (``adv_pass="separate"``, the recipe before) and reading the loss's own encoder pass
+    (``"shared"``, the default), one after the other in this process. The shared pass saves an
+    encoder pass per inner batch and shares one dropout draw between the loss and the adversary,
+    so the two differ by that draw and the seconds. Prints, per recipe, the seconds to 90% and
+    98% of the lower best validation NDCG@10, the best, test NDCG@10, outer steps and seconds a step."""
+    from . import experiment
+    from .methods import gradient_alignment as ga
+    exp = experiment.prepare("ml-100k", "quick", seed, device, progress=False, cache=False)
+    out = []
+    for adv_pass in ("separate", "shared"):
+        cfg = exp.config(ga.GradientAlignmentConfig, backbone="sasrec", use_alignment=True, use_adversarial=True,
+                         adv_pass=adv_pass)
+        cfg = replace(cfg, train=replace(cfg.train, lr=lr, seed=seed, progress=False))
+        res = ga.fit(exp.data, exp.groups, cfg, seed)
+        o = {"pass": adv_pass, "history": res.history, "best": res.train.best_valid, "test": res.ndcg10("all"),
+             "steps": res.train.steps, "seconds": res.train.seconds, "stopped": res.train.stopped}
+        out.append(o)
+        _print_run(f"adversary, {adv_pass} pass", o)
+    print(f"\n02's GA (seed {seed}, lr {lr:g}): the adversary on a represent() pass of its own vs on the loss's pass "
+          "(levels: 90% and 98% of the lower best; steps are outer updates of 4 inner batches)")
+    _print_side_by_side(out, "pass", "pass", 9)
+    return out
+
+
 def trim(target: str = "amazon-scientific", lrs: dict[str, float] | None = None, seed: int = 0,
          device: str = "auto") -> list[dict]:
     """Time to accuracy of 04's target arms on ``target`` with training batches padded to the
@@ -618,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", metavar="MODELS", nargs="?", const=",".join(DROPOUT_MODELS),
                    help="time these comma-separated models (sasrec, content, metarec; default all) with torch's "
                    "dropout masks against the 16-bit CPU masks, side by side")
+    p.add_argument("--adversary", action="store_true", help="time 02's GA arm with the discriminator on a "
+                   "represent() pass of its own against on the loss's own encoder pass, side by side (--lr, default 3e-3)")
     p.add_argument("--trim", action="store_true", help="time 04's Amazon target arms (ANT scratch, the ID-only "
                    "SASRec) with batches padded to the window and cut to their longest window, side by side")
     p.add_argument("--patience", metavar="DIR", nargs="+", help="from the run cache(s) DIR, what a shorter "
@@ -628,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                    "ways of computing the teacher's outputs (step, period), side by side")
     p.add_argument("--teachers", metavar="DIR", help="with --ecat-student: read the teachers from this run "
                    "cache (06's data/runs) instead of training them first")
-    p.add_argument("--lr", type=float, default=1.5e-3, help="with --ecat-student: the student's rate")
+    p.add_argument("--lr", type=float, default=None, help="with --ecat-student: the student's rate (default "
+                   "1.5e-3); with --adversary: GA's (default 3e-3)")
     a = p.parse_args(argv)
     if a.patience:
         from .stopping import print_patience
@@ -642,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads:
             torch.set_num_threads(a.threads)
         try:
-            ecat_student(tuple(a.ecat_student.split(",")), lr=a.lr, seed=a.seed, teachers_dir=a.teachers,
+            ecat_student(tuple(a.ecat_student.split(",")), lr=a.lr or 1.5e-3, seed=a.seed, teachers_dir=a.teachers,
                          device=a.device)
         except (FileNotFoundError, ValueError) as err:
             print(f"seqtransfer bench: {err}", file=sys.stderr)
@@ -666,6 +696,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"seqtransfer bench: {err}", file=sys.stderr)
             return 2
+        return 0
+    if a.adversary:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        adversary(lr=a.lr or 3e-3, seed=a.seed, device=a.device)
         return 0
     if a.trim:
         if a.threads:

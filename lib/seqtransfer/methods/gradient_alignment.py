@@ -42,7 +42,8 @@ Both parts wrap any backbone (SASRec, GRU4Rec).
   schedule does: a rung of alignment ends at the same batch as the baseline's, not k times later.
 * *Discriminator.* It reads the representation at each window's last real position, the same
   vector ``represent`` scores at evaluation (each prefix of a head user is not itself "head"),
-  taken from the training loss's own encoder pass (``loss_and_represent``: one dropout draw).
+  taken from the training loss's own encoder pass (``loss_and_represent``: one dropout draw;
+  ``adv_pass="separate"`` gives it a ``represent`` pass of its own, the recipe before).
   Its input is behind a constant gradient reversal of strength ``adv_scale`` (no DANN warm-up
   schedule); its loss joins the recommendation loss with weight ``adv_weight``. It has its own
   Adam optimizer and is not part of the meta interpolation: it is the adversary, not the
@@ -79,6 +80,7 @@ from .common import MethodResult, conflict_probe, evaluate_both, seeded_backbone
 
 GROUPINGS = ("alternate", "random")
 INNER_OPTIMIZERS = ("adam", "sgd")
+ADV_PASSES = ("shared", "separate")   # where the discriminator reads the representation (GradientAlignmentConfig.adv_pass)
 
 
 @dataclass
@@ -103,6 +105,10 @@ class GradientAlignmentConfig:
     disc_lr: float = 1e-3              # discriminator Adam learning rate
     balanced: bool = True              # class-balanced discriminator loss (head windows are fewer)
     disc_log_every: int = 1            # log discriminator accuracy and loss every N steps
+    adv_pass: str = "shared"           # "shared": the discriminator reads the state the loss's own
+                                       # encoder pass computed (one pass, one dropout draw) | "separate":
+                                       # a represent() pass of its own (the recipe before b4a2a96; about
+                                       # 0.2 s more an outer step of 4 inner batches; bench --adversary)
     # diagnostics
     conflict_every: int = 0            # probe head-vs-tail gradient conflict every N steps (0: off)
     conflict_batch: int = 64           # windows per group in each probe
@@ -111,7 +117,7 @@ class GradientAlignmentConfig:
 def check_config(cfg: GradientAlignmentConfig) -> None:
     """Raise ValueError naming the first invalid field and what it accepts."""
     choices = {"backbone": tuple(sorted(BACKBONES)), "grouping": GROUPINGS,
-               "inner_optimizer": INNER_OPTIMIZERS}
+               "inner_optimizer": INNER_OPTIMIZERS, "adv_pass": ADV_PASSES}
     for name, valid in choices.items():
         if getattr(cfg, name) not in valid:
             raise ValueError(f"{name} must be one of {valid}, got {getattr(cfg, name)!r}")
@@ -248,13 +254,16 @@ class AlignmentStep:
         x, y, users = ctx.data.window_batch(idx)                             # (b, L'), (b, L'), (b,)
         out = {}
         with ctx.autocast():
-            if self.disc is None:
+            lengths = (x > 0).sum(1)                                             # (b,)
+            if self.disc is None or self.cfg.adv_pass == "separate":
                 loss = ctx.model.loss(x, y, users)
             else:   # one encoder pass: the adversary reads the state the loss scores last
-                loss, h = ctx.model.loss_and_represent(x, y, (x > 0).sum(1), users)   # (), (b, D)
+                loss, h = ctx.model.loss_and_represent(x, y, lengths, users)        # (), (b, D)
             total = loss
             if self.disc is not None:
                 self.disc_opt.zero_grad(set_to_none=True)
+                if self.cfg.adv_pass == "separate":
+                    h = ctx.model.represent(x, lengths, users)                   # (b, D) last real position
                 logits = self.disc(h).float()                                # (b, 2)
                 labels = self.labels[idx]                                    # (b,)
                 d_loss = F.cross_entropy(logits, labels, weight=self.class_weight)

@@ -538,18 +538,23 @@ SPECS = {                                   # name -> MetaRecConfig changes ("vq
     "MetaRec, no VQ": {"variant": "meta", "vq": False},
 }
 TRANSFER = tuple(k for k in SPECS if k != "target only")
-# one switch at a time, each row against the one before it: pre-training (no VQ, no meta), then
-# meta transfer on it, then the quantiser; so a verdict can name which of the three mattered
+# one switch at a time, each row against the arm without that part: pre-training (no VQ, no
+# meta), then meta transfer on it, then the quantiser; and the other order, the quantiser on
+# pre-training, then meta transfer on it; so a verdict can name which part mattered
 LADDER = (("pre-train + fine-tune, no VQ", "target only", "pre-training"),
           ("MetaRec, no VQ", "pre-train + fine-tune, no VQ", "meta transfer"),
           ("MetaRec", "MetaRec, no VQ", "the VQ codebook"),
-          ("pre-train + fine-tune", "pre-train + fine-tune, no VQ", "the VQ codebook without meta transfer"))
-# the arms the quick budget trains (a CPU in under an hour): the ladder. Uniform weights (the
-# source weighting's test), joint training and MetaAdapt's sign only at full: at the default
-# inner step the sources' meta-gradients are nearly the target's gradient, so the weights stay
-# near uniform and "MetaRec against uniform weights" cannot differ there (05, section 8), and the
-# arm was quick's costliest (738 of 05's 2,151 s)
-QUICK_SPECS = tuple(dict.fromkeys(n for arm, base, _ in LADDER for n in (base, arm)))
+          ("pre-train + fine-tune", "pre-train + fine-tune, no VQ", "the VQ codebook without meta transfer"),
+          ("MetaRec", "pre-train + fine-tune", "meta transfer with the VQ codebook"))
+# the arms the quick budget trains (a CPU: the whole batch in 45 minutes): one order of the
+# ladder, pre-training, then the codebook, then meta transfer, each switch once. Left out:
+# MetaRec without VQ (the other order; 05's costliest arm at quick after MetaRec, 0.8 s a meta
+# step under the 100-step floor: 408 of 05's 1,352 s in the 2d55679 batch), and uniform weights
+# (the source weighting's test), joint training and MetaAdapt's sign: at the default inner step
+# the sources' meta-gradients are nearly the target's gradient, so the weights stay near uniform
+# and "MetaRec against uniform weights" cannot differ there (05, section 8; it was quick's
+# costliest arm, 738 of 05's 2,151 s). ``full`` trains every arm.
+QUICK_SPECS = ("target only", "pre-train + fine-tune, no VQ", "pre-train + fine-tune", "MetaRec")
 
 
 def comparison_pairs(arms, baseline: str = "target only") -> list[tuple[str, str]]:
@@ -592,8 +597,12 @@ def arm_floor(c: MetaRecConfig, min_steps_arms: str = "all") -> MetaRecConfig:
 
     Why [ours]: on ML-100K the VQ arms' validation sits on a plateau for about 40 steps of its
     4-step epoch (items drawn onto shared codes score alike until they move off them), which a
-    patience of 5 validations cut; the arms without a codebook climb from the first validation
-    and peak by step 20-80, so a floor only adds steps to them."""
+    patience of 5 validations cut. ``"all"`` (05's default) keeps one stopping rule for every
+    compared arm: the arms without a codebook mostly peak by step 20-80, but not always (in the
+    2d55679 batch pre-train + fine-tune without VQ, seed 2, went from validation 0.0884 at step
+    36 to 0.0981 at step 116; with the floor on the codebook arms only, b4a2a96, it stopped at
+    step 56 and lost 0.036 of test NDCG@10), and an arm compared under a shorter rule than its
+    baseline would be tuned unlike it."""
     if min_steps_arms not in MIN_STEPS_ARMS:
         raise ValueError(f"unknown min_steps_arms {min_steps_arms!r}; choose one of {MIN_STEPS_ARMS} "
                          "(which arms hold the target's min_steps)")
