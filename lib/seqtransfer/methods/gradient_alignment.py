@@ -254,16 +254,15 @@ class AlignmentStep:
         x, y, users = ctx.data.window_batch(idx)                             # (b, L'), (b, L'), (b,)
         out = {}
         with ctx.autocast():
-            lengths = (x > 0).sum(1)                                             # (b,)
             if self.disc is None or self.cfg.adv_pass == "separate":
                 loss = ctx.model.loss(x, y, users)
             else:   # one encoder pass: the adversary reads the state the loss scores last
-                loss, h = ctx.model.loss_and_represent(x, y, lengths, users)        # (), (b, D)
+                loss, h = ctx.model.loss_and_represent(x, y, (x > 0).sum(1), users)   # (), (b, D)
             total = loss
             if self.disc is not None:
                 self.disc_opt.zero_grad(set_to_none=True)
                 if self.cfg.adv_pass == "separate":
-                    h = ctx.model.represent(x, lengths, users)                   # (b, D) last real position
+                    h = ctx.model.represent(x, (x > 0).sum(1), users)            # (b, D) last real position
                 logits = self.disc(h).float()                                # (b, 2)
                 labels = self.labels[idx]                                    # (b,)
                 d_loss = F.cross_entropy(logits, labels, weight=self.class_weight)
