@@ -57,12 +57,11 @@ DEFAULT_TIMEOUTS = {"smoke": 300.0, "quick": 3 * 3600.0, "full": 12 * 3600.0}
 # kernel thread each; fresh run cache), from ``status.csv`` of the runs the README reports. The
 # batch starts them in the order that ends soonest on these (progress.best_order) when it runs
 # notebooks in parallel, and its progress prints the time left from these, scaled by how the
-# finished notebooks compare with theirs. (b4a2a96's batch; 05 there without its no-VQ MetaRec
-# arm, 408 s in 2d55679's, since quick leaves it out.) A budget with
+# finished notebooks compare with theirs (the 60d60a3 batch). A budget with
 # no entry (``full``: a GPU's figures are not ours) gets no estimate.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "quick": {"00_data": 13, "01_backbones": 8, "02_gradient_alignment": 677,
-              "03_intervened_network": 357, "04_ant": 1387, "05_metarec": 944, "06_ecat": 1399},
+    "quick": {"00_data": 14, "01_backbones": 8, "02_gradient_alignment": 666,
+              "03_intervened_network": 355, "04_ant": 1353, "05_metarec": 873, "06_ecat": 1346},
 }
 
 STATUS_COLUMNS = ("notebook", "status", "seconds", "attempts", "error", "html")
