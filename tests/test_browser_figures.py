@@ -31,6 +31,13 @@ def _conflict(variants: dict[str, list[str]], steps=(0, 5, 10), nan_layer: str |
     return pd.DataFrame(rows)
 
 
+def _seeds_apart() -> pd.DataFrame:
+    """Seed 0's records start at step 110 (continued from its rung checkpoint), seed 1's at 0."""
+    return pd.concat([_conflict({"sasrec joint": SASREC_LAYERS}, steps=(110, 120, 130)).assign(seed=0),
+                      _conflict({"sasrec joint": SASREC_LAYERS}, steps=(0, 10, 110)).assign(seed=1)],
+                     ignore_index=True)
+
+
 def _summary(variants=("sasrec joint", "sasrec tail-only"), groups=("all", "head", "tail", "cold"),
              empty=("cold",)) -> pd.DataFrame:
     """``methods.summarize`` output: one seed (ci95 NaN); groups in ``empty`` have no users."""
@@ -116,6 +123,7 @@ def _figures() -> dict[str, go.Figure]:
             _conflict({"m": GRU_LAYERS}).drop(columns="variant")),
         "conflict, same layers, a NaN layer": plots.conflict_heatmap(
             _conflict({"a": GRU_LAYERS, "b": GRU_LAYERS}, nan_layer="gru")),
+        "conflict, seeds whose records start at different steps": plots.conflict_heatmap(_seeds_apart()),
         "domains, one domain": plots.domain_bars(pd.DataFrame({"items": [30], "interactions": [900], "users": [40]},
                                                               index=["Drama"])),
         "discriminator, one step": plots.discriminator_curves(disc[disc["step"] == 1].drop(columns="variant")),
@@ -181,6 +189,18 @@ def test_conflict_panels_share_the_layer_axis_only_when_layers_agree():
     assert z.shape == (4, 3)
     assert np.isnan(z[GRU_LAYERS.index("gru")]).all()          # the NaN layer stays, as a gap
     assert z[0, 1] == pytest.approx(math.cos(5 + 0) * 0.9)      # item_emb at step 5
+
+
+@pytest.mark.unit
+def test_conflict_steps_run_in_order_when_seeds_start_apart():
+    """The 60d60a3 batch drew 02's `joint` panel empty: seed 0 (continued from its rung) began at
+    step 110, so the first-seen column order put seeds 1-2's steps 0-100 after step 610."""
+    fig = plots.conflict_heatmap(_seeds_apart())
+    assert list(fig.data[0].x) == [0, 10, 110, 120, 130]
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z[0, 2] == pytest.approx(math.cos(110) * 0.9)       # step 110: both seeds, the same value
+    assert z[0, 0] == pytest.approx(math.cos(0) * 0.9)         # step 0: seed 1 alone
+    assert list(fig.data[0].y) == SASREC_LAYERS                # layers keep the model's order
 
 
 @pytest.mark.unit

@@ -138,9 +138,14 @@ def conflict_heatmap(conflict: pd.DataFrame, title: str = "Head vs tail gradient
     if c.empty:
         raise ValueError("conflict_heatmap: no rows; was the model trained with conflict_every set?")
     variants = list(dict.fromkeys(c["variant"]))
-    # mean over seeds; NaN cosines (a layer without gradient) stay as gaps, not dropped rows
+    # mean over seeds; NaN cosines (a layer without gradient) stay as gaps, not dropped rows.
+    # Layers keep their model order, steps go in increasing order: seeds whose records start at
+    # different steps (a run continued from its rung checkpoint) would otherwise put the later
+    # seeds' early steps after the first seed's last, and plotly.js draws a heatmap with a
+    # non-monotonic x as an empty panel
     grids = {v: c[c["variant"] == v].pivot_table(index="layer", columns="step", values="cosine",
-                                                   sort=False, dropna=False) for v in variants}
+                                                   sort=False, dropna=False).sort_index(axis=1)
+             for v in variants}
     # Panels share the layer axis only when their layer lists agree: plotly.js throws
     # ("reading 'length'") on matched category axes with different categories (SASRec next
     # to GRU4Rec), and draws nothing.
