@@ -279,19 +279,24 @@ def test_every_figure_shape_draws_in_chromium(tmp_path, browser_ready):
 
 
 @pytest.mark.browser
-def test_the_check_flags_the_two_broken_figures(tmp_path, browser_ready):
-    """The histogram's label at 10^100 (the old add_vline(annotation_text=...) on a log axis) and
-    heatmap panels on matched category axes with different layers (the old conflict heatmap)."""
+def test_the_check_flags_the_broken_figures(tmp_path, browser_ready):
+    """The histogram's label at 10^100 (the old add_vline(annotation_text=...) on a log axis),
+    heatmap panels on matched category axes with different layers (the old conflict heatmap),
+    and a heatmap whose steps are out of order (drawn blank, yet it passed the check before)."""
     hist = go.Figure(go.Scatter(x=[20, 50, 300], y=[5, 3, 1])).add_vline(x=100, annotation_text="head")
     hist.update_xaxes(type="log").update_layout(title="old histogram")
     heat = make_subplots(rows=1, cols=2, shared_yaxes=True)
     heat.add_heatmap(z=[[0.1], [0.2], [0.3]], x=[0], y=SASREC_LAYERS[:3], row=1, col=1)
     heat.add_heatmap(z=[[0.1], [0.2]], x=[0], y=GRU_LAYERS[1:3], row=1, col=2)
     heat.update_layout(title="old heatmap")
-    _page(tmp_path / "broken.html", {"hist": hist, "heat": heat})
+    # the 2d55679 and 60d60a3 batches' conflict heatmap: seed 0's steps first, then seed 1's
+    steps = go.Figure(go.Heatmap(z=[[0.1, 0.2, 0.3, 0.4]], x=[110, 120, 0, 10], y=["ln_f"]))
+    steps.update_layout(title="steps out of order")
+    _page(tmp_path / "broken.html", {"hist": hist, "heat": heat, "steps": steps})
     with browser.chromium() as b:
         check = browser.check_page(b, tmp_path / "broken.html")
-    hist_check, heat_check = check.figures
+    hist_check, heat_check, steps_check = check.figures
+    assert steps_check.problems == ["heatmap trace(s) [0]: numeric x out of order, which plotly.js draws blank"]
     assert any("axis x (log10)" in p and "more than 10x" in p for p in hist_check.problems), hist_check.problems
     assert any("reading 'length'" in e for e in check.errors), check.errors
     assert heat_check.problems, "the undrawn heatmap passed"
@@ -324,3 +329,5 @@ def test_judge_hand_made_cases():
     assert browser.judge({**_inspected(), "title": "", "drawn": 0}) == [
         "no title drawn", "no trace drawn (0 of 1 traces have visible marks)"]
     assert browser.judge({"drawnOk": False}) == ["plotly did not draw it (no layout; see the page errors)"]
+    assert browser.judge({**_inspected(), "unordered": [1]}) == [
+        "heatmap trace(s) [1]: numeric x out of order, which plotly.js draws blank"]

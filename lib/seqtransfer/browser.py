@@ -99,7 +99,8 @@ class PageCheck:
 # category axis category indices. Data come from calcdata (what plotly computed for drawing).
 _INSPECT_JS = r"""
 (gd) => {
-  const out = {title: '', traces: (gd.data || []).length, drawn: 0, axes: [], drawnOk: !!gd._fullLayout};
+  const out = {title: '', traces: (gd.data || []).length, drawn: 0, axes: [], unordered: [],
+               drawnOk: !!gd._fullLayout};
   const t = gd.querySelector('.g-gtitle .gtitle');
   out.title = t ? t.textContent.trim() : '';
   if (!gd._fullLayout) return out;
@@ -122,6 +123,12 @@ _INSPECT_JS = r"""
     if (tr.visible !== true || !tr.xaxis || !tr.yaxis) return;
     const pts = cd[i] || [];
     if (tr.type === 'heatmap') {
+      // plotly.js draws a heatmap whose numeric x is out of order as a blank image
+      const xs = tr.x ? Array.from(tr.x) : [];
+      if (xs.length > 1 && xs.every(v => typeof v === 'number')) {
+        const up = xs.every((v, j) => j === 0 || v > xs[j - 1]), down = xs.every((v, j) => j === 0 || v < xs[j - 1]);
+        if (!up && !down) out.unordered.push(i);
+      }
       const c0 = pts[0] || {};
       (c0.x || []).forEach(v => add(tr.xaxis, v)); (c0.y || []).forEach(v => add(tr.yaxis, v));
     } else if (tr.type === 'bar') {
@@ -160,6 +167,8 @@ def judge(fig: dict) -> list[str]:
         problems.append(f"no trace drawn ({fig['drawn']} of {fig['traces']} traces have visible marks)")
     if not fig["axes"]:
         problems.append("no axis shows data")
+    if fig.get("unordered"):
+        problems.append(f"heatmap trace(s) {fig['unordered']}: numeric x out of order, which plotly.js draws blank")
     for ax in fig["axes"]:
         lo, hi = ax["data"]
         a, b = sorted(ax["range"])
