@@ -4,6 +4,7 @@ The batch tests run tiny throwaway notebooks written into tmp_path, never the re
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -470,6 +471,40 @@ def test_batch_records_fails_and_goes_on(toy_notebooks, tmp_path, monkeypatch, c
     assert "ZeroDivisionError: division by zero" in index and "href='good.html'" in index
     assert "toy" in index and not EXTERNAL_SRC.search(index)
     assert "<li>The toy verdict.</li>" in index
+
+
+@pytest.mark.skipif(os.name != "posix", reason="socket-file kernels are for systems with Unix sockets")
+def test_batch_kernels_listen_on_socket_files_of_their_own(tmp_path):
+    """Two kernels started at once in one folder talk over Unix socket files, each in a folder of
+    its own that goes when the run ends: no TCP port to race for (two TCP kernels starting
+    together can pick the same port, and one dies with "Address already in use")."""
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    cell = """
+        import json, os
+        from ipykernel import get_connection_info
+        info = get_connection_info(unpack=True)
+        ports = [info[p] for p in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
+        print(json.dumps({"transport": info["transport"], "ip": info["ip"],
+                          "files": all(os.path.exists(f"{info['ip']}-{p}") for p in ports)}))
+    """
+    for name in ("a", "b"):
+        write_notebook(folder / f"{name}.ipynb", cell)
+    out = tmp_path / "out"
+    status = report.run_batch(budget="smoke", out=out, jobs=2, notebooks_dir=folder,
+                              notebooks={"a": "a.ipynb", "b": "b.ipynb"}, timeout=60)
+    assert status["status"].tolist() == ["ok", "ok"], status["error"].tolist()
+    seen = []
+    for name in ("a", "b"):
+        nb = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
+        seen.append(json.loads(nb.cells[-1].outputs[0]["text"]))
+    for info in seen:
+        assert info["transport"] == "ipc" and os.path.isabs(info["ip"]) and info["files"], info
+        assert not os.path.exists(os.path.dirname(info["ip"])), info   # removed with the run
+    assert seen[0]["ip"] != seen[1]["ip"]
+    with pytest.raises(report.BatchError, match="kernel transport must be 'ipc' or 'tcp', got 'udp'"):
+        with batch._kernel_manager("udp"):
+            pass
 
 
 @pytest.mark.unit

@@ -15,6 +15,8 @@ import logging
 import multiprocessing
 import os
 import queue
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -173,6 +175,49 @@ def _kernel_env(**values: str) -> Iterator[None]:
 # TCP without encryption, which is true of every local Jupyter kernel and means nothing here.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
+# How batch kernels talk to the batch: "ipc" (Unix socket files) where the OS has them, else
+# Jupyter's default "tcp". Over TCP, jupyter_client picks five free ports and the kernel binds them
+# a moment later; with two kernels starting at once, the first kernel's client connections take
+# ephemeral ports that can be exactly those, and the second kernel dies with "Address already in
+# use" (it failed CI once, on 00_data). Socket files in a folder of the kernel's own cannot collide,
+# and the kernel's five channels then listen on no network port. (ipykernel still binds one
+# loopback port of its own for subprocess output, with pyzmq's bind_to_random_port, which binds
+# and retries in one step and so has no such race.)
+KERNEL_TRANSPORT = "ipc" if os.name == "posix" else "tcp"
+
+
+@contextmanager
+def _kernel_manager(transport: str = KERNEL_TRANSPORT) -> Iterator[type]:
+    """A kernel manager class for one notebook run: with ``transport="ipc"`` its kernel's sockets
+    are files in a new temporary folder (jupyter_client's own default would be ``kernel-ipc-N``
+    relative to each process's working folder, shared by every kernel started there), removed
+    with the folder when the block ends."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if transport == "tcp":
+        yield AsyncKernelManager
+        return
+    if transport != "ipc":
+        raise BatchError(f"kernel transport must be 'ipc' or 'tcp', got {transport!r}")
+    from traitlets import default
+
+    # short: a Unix socket path holds at most 104 bytes on macOS, 108 on Linux
+    folder = tempfile.mkdtemp(prefix="stk-")
+
+    class _SocketFileKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            return os.path.join(folder, "k")
+
+    try:
+        yield _SocketFileKernelManager
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 def _execute(src: Path, dst: Path, parameters: dict, timeout: float,
              on_cell=None) -> tuple[str, str]:
@@ -183,10 +228,12 @@ def _execute(src: Path, dst: Path, parameters: dict, timeout: float,
 
     register_engine()
     try:
-        pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
-                            cwd=str(src.parent), execution_timeout=timeout,
-                            progress_bar=False, log_output=False, engine_name=ENGINE,
-                            on_cell=on_cell, extra_arguments=KERNEL_ARGUMENTS)
+        with _kernel_manager() as manager:
+            pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
+                                cwd=str(src.parent), execution_timeout=timeout,
+                                progress_bar=False, log_output=False, engine_name=ENGINE,
+                                on_cell=on_cell, extra_arguments=KERNEL_ARGUMENTS,
+                                kernel_manager_class=manager)
     except pm.PapermillExecutionError as err:
         first_line = (err.source or "").strip().splitlines()[:1]
         # the prompt number, as the HTML report shows it beside the cell
