@@ -282,7 +282,8 @@ def test_every_figure_shape_draws_in_chromium(tmp_path, browser_ready):
 def test_the_check_flags_the_broken_figures(tmp_path, browser_ready):
     """The histogram's label at 10^100 (the old add_vline(annotation_text=...) on a log axis),
     heatmap panels on matched category axes with different layers (the old conflict heatmap),
-    and a heatmap whose steps are out of order (drawn blank, yet it passed the check before)."""
+    a heatmap whose steps are out of order (drawn blank, yet it passed the check before), and a
+    blank panel in a figure whose other panel drew."""
     hist = go.Figure(go.Scatter(x=[20, 50, 300], y=[5, 3, 1])).add_vline(x=100, annotation_text="head")
     hist.update_xaxes(type="log").update_layout(title="old histogram")
     heat = make_subplots(rows=1, cols=2, shared_yaxes=True)
@@ -290,13 +291,24 @@ def test_the_check_flags_the_broken_figures(tmp_path, browser_ready):
     heat.add_heatmap(z=[[0.1], [0.2]], x=[0], y=GRU_LAYERS[1:3], row=1, col=2)
     heat.update_layout(title="old heatmap")
     # the 2d55679 and 60d60a3 batches' conflict heatmap: seed 0's steps first, then seed 1's
-    steps = go.Figure(go.Heatmap(z=[[0.1, 0.2, 0.3, 0.4]], x=[110, 120, 0, 10], y=["ln_f"]))
+    late_first = list(range(110, 620, 10)) + list(range(0, 110, 10))
+    steps = go.Figure(go.Heatmap(z=[[0.01 * i for i in range(len(late_first))]], x=late_first, y=["ln_f"]))
     steps.update_layout(title="steps out of order")
-    _page(tmp_path / "broken.html", {"hist": hist, "heat": heat, "steps": steps})
+    # one blank panel beside a drawn one: the figure-wide trace count passes it
+    panels = make_subplots(rows=1, cols=2)
+    panels.add_scatter(x=[0, 10, 20], y=[0.1, 0.2, 0.3], row=1, col=1)
+    panels.add_scatter(x=[0, 10, 20], y=[None, None, None], row=1, col=2)
+    panels.update_layout(title="one blank panel")
+    _page(tmp_path / "broken.html", {"hist": hist, "heat": heat, "steps": steps, "panels": panels})
     with browser.chromium() as b:
         check = browser.check_page(b, tmp_path / "broken.html")
-    hist_check, heat_check, steps_check = check.figures
-    assert steps_check.problems == ["heatmap trace(s) [0]: numeric x out of order, which plotly.js draws blank"]
+    hist_check, heat_check, steps_check, panels_check = check.figures
+    # drawn as an image 0 px wide (the batches' shape; some other orders draw a misshaped one):
+    # no mark, and its panel is blank
+    assert steps_check.problems == ["no trace drawn (0 of 1 traces have visible marks)",
+                                    "heatmap trace(s) [0]: numeric x out of order, which plotly.js draws blank",
+                                    "panel xy: none of its 1 trace(s) drew a mark"]
+    assert panels_check.problems == ["panel x2y2: none of its 1 trace(s) drew a mark"]
     assert any("axis x (log10)" in p and "more than 10x" in p for p in hist_check.problems), hist_check.problems
     assert any("reading 'length'" in e for e in check.errors), check.errors
     assert heat_check.problems, "the undrawn heatmap passed"
@@ -331,3 +343,5 @@ def test_judge_hand_made_cases():
     assert browser.judge({"drawnOk": False}) == ["plotly did not draw it (no layout; see the page errors)"]
     assert browser.judge({**_inspected(), "unordered": [1]}) == [
         "heatmap trace(s) [1]: numeric x out of order, which plotly.js draws blank"]
+    assert browser.judge({**_inspected(), "blank": [{"id": "x2y2", "traces": 2}]}) == [
+        "panel x2y2: none of its 2 trace(s) drew a mark"]

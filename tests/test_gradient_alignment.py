@@ -3,6 +3,7 @@ gradient reversal, the discriminator, and equivalence with the baseline when swi
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -257,6 +258,38 @@ def test_resume_restores_discriminator_and_logs(toy, tmp_path):
     resumed = run(2, tmp_path / "b")
     assert _weights_equal(full.model, resumed.model)
     assert full.diagnostics["discriminator"].equals(resumed.diagnostics["discriminator"])
+
+
+def _probed(method: str, train: TrainConfig):
+    """A config of ``method`` that probes head-vs-tail gradients every step."""
+    if method == "baseline":
+        return baseline.BaselineConfig(backbone_kwargs=SMALL, train=train, conflict_every=1, conflict_batch=4)
+    if method == "intervened":
+        from seqtransfer.methods import intervened
+        return intervened.IntervenedConfig(backbone_kwargs=SMALL, train=train, use_plugins=False,
+                                           n_strata=2, conflict_every=1, conflict_batch=4)
+    return ga.GradientAlignmentConfig(backbone_kwargs=SMALL, inner_steps=2, train=train,
+                                      conflict_every=1, conflict_batch=4)
+
+
+@pytest.mark.parametrize("method", ["baseline", "gradient_alignment", "intervened"])
+def test_a_resumed_run_keeps_its_conflict_probe_rows(toy, tmp_path, method):
+    """A run continued from its checkpoint (a halving rung's winner, a killed run) records the
+    probe rows of its first steps and the same later ones as a run never stopped. The 60d60a3
+    batch's 01/02 heatmaps lost seed 0's steps 0-100 this way: the baseline kept no probe state."""
+    sd, groups = toy
+    from seqtransfer.methods import intervened
+    fit = {"baseline": baseline.fit, "gradient_alignment": ga.fit, "intervened": intervened.fit}[method]
+
+    def run(epochs, ckpt):
+        return fit(sd, groups, _probed(method, _train(epochs=epochs, checkpoint_dir=str(ckpt))), seed=0)
+
+    whole = run(2, tmp_path / "a").diagnostics["conflict"]
+    first = run(1, tmp_path / "b").diagnostics["conflict"]
+    resumed = run(2, tmp_path / "b").diagnostics["conflict"]
+    assert 0 < first["step"].max() < whole["step"].max()
+    assert resumed["step"].min() == 0
+    pd.testing.assert_frame_equal(resumed.reset_index(drop=True), whole.reset_index(drop=True))
 
 
 @pytest.mark.parametrize("field, value, words", [

@@ -5,7 +5,9 @@ of each figure, and a gallery of them for the batch index.
 What a page must satisfy (``check_page``):
 
 * no uncaught script error and no console error while it loads;
-* every Plotly figure on it drew: a title, at least one trace with visible marks, tick labels
+* every Plotly figure on it drew: a title, at least one trace with visible marks, in every
+  panel that has visible traces a mark of one of them (a heatmap plotly.js cannot lay out is
+  an image 0 px wide), no heatmap whose numeric x is out of order, tick labels
   on every axis that shows them, and each autoranged axis within an order of magnitude of the
   data it shows: ``span(range) <= 10 * span(data)``, both in the axis's own coordinates (log10
   on a log axis, category index on a category axis), and the range overlaps the data. This is
@@ -100,12 +102,14 @@ class PageCheck:
 _INSPECT_JS = r"""
 (gd) => {
   const out = {title: '', traces: (gd.data || []).length, drawn: 0, axes: [], unordered: [],
-               drawnOk: !!gd._fullLayout};
+               blank: [], drawnOk: !!gd._fullLayout};
   const t = gd.querySelector('.g-gtitle .gtitle');
   out.title = t ? t.textContent.trim() : '';
   if (!gd._fullLayout) return out;
   const marks = (g) => [...g.querySelectorAll('path, image, rect')].some(e => {
-    if (e.tagName === 'image') return !!(e.getAttribute('href') || e.getAttribute('xlink:href'));
+    // a heatmap plotly.js cannot lay out is an image 0 px wide of the empty URL "data:,"
+    if (e.tagName === 'image') return +e.getAttribute('width') > 0 && +e.getAttribute('height') > 0
+      && (e.getAttribute('href') || e.getAttribute('xlink:href') || 'data:,') !== 'data:,';
     if (e.tagName === 'rect') return +e.getAttribute('width') > 0 && +e.getAttribute('height') > 0;
     const d = e.getAttribute('d') || '';
     return d.length > 2 && d !== 'M0,0Z';
@@ -113,6 +117,14 @@ _INSPECT_JS = r"""
   out.drawn = [...gd.querySelectorAll('.cartesianlayer g.trace, .cartesianlayer g.hm')]
     .filter(marks).length;
   const fl = gd._fullLayout, fd = gd._fullData || [], cd = gd.calcdata || [];
+  // per panel (cartesian subplot): its visible traces, and whether any drew a mark in the
+  // panel's own plot layer (an overlaid axis's layer sits inside its main panel's)
+  for (const [id, plot] of Object.entries(fl._plots || {})) {
+    const own = fd.filter(tr => tr.visible === true && tr.xaxis + tr.yaxis === id).length;
+    const layer = plot.plot && plot.plot.node && plot.plot.node();
+    if (own && layer && ![...layer.querySelectorAll('g.trace, g.hm')].some(marks))
+      out.blank.push({id: id, traces: own});
+  }
   const ext = {};
   const add = (id, v) => { if (v === undefined || v === null) return;
     const ax = fl[id.charAt(0) + 'axis' + id.slice(1)]; if (!ax) return;
@@ -169,6 +181,8 @@ def judge(fig: dict) -> list[str]:
         problems.append("no axis shows data")
     if fig.get("unordered"):
         problems.append(f"heatmap trace(s) {fig['unordered']}: numeric x out of order, which plotly.js draws blank")
+    for panel in fig.get("blank", []):   # a figure whose other panels drew passes the count above
+        problems.append(f"panel {panel['id']}: none of its {panel['traces']} trace(s) drew a mark")
     for ax in fig["axes"]:
         lo, hi = ax["data"]
         a, b = sorted(ax["range"])

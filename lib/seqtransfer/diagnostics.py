@@ -93,6 +93,16 @@ class ConflictProbe:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["step", "epoch", "layer", "cosine"])
 
+    # ``train.fit`` checkpoints an ``after_step`` hook that has these two, so a run resumed from
+    # its checkpoint (a halving rung's winner, a killed run) keeps the rows of its first steps
+    # and draws the probe batches an uninterrupted run would
+    def state(self) -> dict:
+        return {"rows": list(self.rows), "gen": self.gen.get_state()}
+
+    def load_state(self, saved: dict) -> None:
+        self.rows = list(saved["rows"])
+        self.gen.set_state(saved["gen"].cpu())
+
 
 # Per-stratum gradients: the view behind backdoor-adjusted Gradient Aggregation (Lv et al.,
 # arXiv 2208.09130; methods.intervened). Users are stratified by activeness; the plain mean

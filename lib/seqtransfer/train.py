@@ -146,6 +146,8 @@ class Hooks:
 
     batches: Callable[[SeqData, TrainConfig, torch.Generator], Iterator[torch.Tensor]] | None = None
     step: Callable[[StepContext], float] | None = None
+    # called after every step; one with ``state()``/``load_state(saved)`` (a ConflictProbe) is
+    # checkpointed and restored with the model
     after_step: Callable[[StepContext], None] | None = None
     after_eval: Callable[[int, pd.DataFrame], None] | None = None
     state: Callable[[], dict] | None = None               # extra state to checkpoint
@@ -268,6 +270,8 @@ def fit(model: torch.nn.Module, data: SeqData, cfg: TrainConfig | None = None,
         _set_rng_state(saved["rng"])
         if hooks.load_state and "hooks" in saved:
             hooks.load_state(saved["hooks"])
+        if "after_step" in saved and hasattr(hooks.after_step, "load_state"):
+            hooks.after_step.load_state(saved["after_step"])
 
     t0, c0 = time.perf_counter(), time.process_time()
     stopped = f"epochs={cfg.epochs}"
@@ -373,6 +377,8 @@ def _save(path: Path, model, optimizer, cfg, epoch, step, best, best_epoch, bad,
                "history": history, "rng": _rng_state(), "lr_scale": lr_scale}
     if hooks.state:
         payload["hooks"] = hooks.state()
+    if hasattr(hooks.after_step, "state"):
+        payload["after_step"] = hooks.after_step.state()
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint

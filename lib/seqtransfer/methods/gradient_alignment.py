@@ -321,7 +321,7 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
             d, replace(c, batch_size=c.batch_size * cfg.inner_steps), g)
     probe = conflict_probe(cfg, data, groups, seed)
     hooks.after_step = probe
-    hooks.state = lambda: _hook_state(step, probe)
+    hooks.state = lambda: _hook_state(step)   # the probe's own state goes with after_step's
     hooks.load_state = lambda saved: _load_hook_state(saved, step, probe)
 
     result = train_fit(model, data, tcfg, hooks, groups={"all": groups["all"]})
@@ -335,14 +335,12 @@ def fit(data: SeqData, groups: UserGroups, cfg: GradientAlignmentConfig, seed: i
                         result.model, result, diagnostics, ranks)
 
 
-def _hook_state(step: AlignmentStep, probe: ConflictProbe | None) -> dict:
-    """Discriminator, its optimizer and the diagnostic logs, for the loop's checkpoints."""
+def _hook_state(step: AlignmentStep) -> dict:
+    """Discriminator, its optimizer and its log, for the loop's checkpoints."""
     state = {"batches": step.batches}
     if step.disc is not None:
         state.update(disc=step.disc.state_dict(), disc_opt=step.disc_opt.state_dict(),
                      disc_rows=list(step.rows))
-    if probe is not None:
-        state.update(probe_rows=list(probe.rows), probe_gen=probe.gen.get_state())
     return state
 
 
@@ -352,6 +350,6 @@ def _load_hook_state(saved: dict, step: AlignmentStep, probe: ConflictProbe | No
         step.disc.load_state_dict(saved["disc"])
         step.disc_opt.load_state_dict(saved["disc_opt"])
         step.rows = list(saved["disc_rows"])
-    if probe is not None and "probe_rows" in saved:
+    if probe is not None and "probe_rows" in saved:   # a checkpoint from before ConflictProbe.state
         probe.rows = list(saved["probe_rows"])
         probe.gen.set_state(saved["probe_gen"].cpu())
