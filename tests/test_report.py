@@ -507,6 +507,100 @@ def test_batch_kernels_listen_on_socket_files_of_their_own(tmp_path):
             pass
 
 
+BATCH_SCRIPT = """
+import signal, sys
+from seqtransfer import batch
+
+if __name__ == "__main__":   # notebooks run in spawned processes, which import this file
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal's foreground
+    try:
+        batch.run_batch(budget="smoke", out=sys.argv[1], jobs=2, notebooks_dir=sys.argv[2],
+                        notebooks={"a": "a.ipynb", "b": "b.ipynb", "c": "c.ipynb"}, timeout=600)
+    except batch.BatchInterrupted as stop:
+        stop.status.to_csv(sys.stdout, index=False)
+        sys.exit(3)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_batch_stops_its_kernels_and_keeps_what_ran(tmp_path, how):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) or ``kill`` (SIGTERM to the batch
+    process) while two notebooks run: both kernels stop, the third notebook never starts, the
+    two write out the cells they ran and get reports, status.csv and the index say so, and no
+    socket folder is left. Before, Ctrl-C left both kernels training."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    folder, pids = tmp_path / "nbs", tmp_path / "pids"
+    folder.mkdir()
+    pids.mkdir()
+    for name in ("a", "b", "c"):
+        write_notebook(folder / f"{name}.ipynb", "x = 1", f"""
+            import os
+            open({str(pids / name)!r}, "w").write(str(os.getpid()))
+            while True:
+                sum(range(10**6))""")
+    script = tmp_path / "batch.py"
+    script.write_text(BATCH_SCRIPT)
+    tmp = tempfile.mkdtemp(prefix="t", dir="/tmp")   # short: socket paths live under it
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(folder)], start_new_session=True,
+                            env={**os.environ, "TMPDIR": tmp}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((pids / n).exists() and (pids / n).read_text() for n in ("a", "b")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.5)
+        kernels = [int((pids / n).read_text()) for n in ("a", "b")]
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 3, stderr
+    time.sleep(1.5)   # a kernel's last moments
+    assert not any(_alive(pid) for pid in kernels), kernels
+    status = pd.read_csv(out / "status.csv")
+    assert status["status"].tolist() == ["interrupted", "interrupted", "not started"], status
+    assert status["html"].fillna("").tolist() == ["a.html", "b.html", ""]
+    assert not (pids / "c").exists()
+    for name in ("a", "b"):
+        nb = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
+        # written whole by its process after its kernel stopped, not cut off by a kill
+        assert nb.metadata["papermill"]["end_time"], name
+        assert nb.cells[1].metadata["papermill"]["status"] == "completed"
+    index_html = (out / "index.html").read_text()
+    assert "interrupted" in index_html and "not started" in index_html and "href='c.ipynb'" not in index_html
+    assert os.listdir(tmp) == []   # the kernels' socket folders went with them
+    os.rmdir(tmp)
+
+
+def test_a_notebook_whose_process_dies_fails_and_the_batch_goes_on(tmp_path):
+    """A notebook process killed from outside (here by its own kernel) leaves no status row of
+    its own: it is recorded as failed with the exit code, and the next notebook still runs."""
+    write_notebook(tmp_path / "crash.ipynb", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    write_notebook(tmp_path / "after.ipynb", "x = 1")
+    status = report.run_batch(budget="smoke", out=tmp_path / "out", notebooks_dir=tmp_path,
+                              notebooks={"crash": "crash.ipynb", "after": "after.ipynb"}, timeout=60)
+    assert status["status"].tolist() == ["failed", "ok"]
+    assert status["error"].iloc[0].startswith("the process running it died (exit code -9)")
+
+
 @pytest.mark.unit
 def test_kernel_threads_share_the_cores_among_jobs():
     from seqtransfer.batch import kernel_threads

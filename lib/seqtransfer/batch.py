@@ -1,9 +1,10 @@
 """The batch: papermill runs of the notebooks, their HTML reports, and the nbval references.
 
-``run_batch`` executes notebooks with papermill (in-process or in a process pool), shows
-progress while they run (``seqtransfer.progress``), converts each to an offline HTML report
-sharing one plotly.js (``seqtransfer.pages``) and writes ``results.csv``, ``status.csv`` and
-``index.html`` (``seqtransfer.index``). ``make_nbval_refs`` re-makes the smoke-budget reference
+``run_batch`` executes notebooks with papermill (each in a process of its own, up to ``jobs``
+at once; Ctrl-C stops them all and keeps what they ran), shows progress while they run
+(``seqtransfer.progress``), converts each to an offline HTML report sharing one plotly.js
+(``seqtransfer.pages``) and writes ``results.csv``, ``status.csv`` and ``index.html``
+(``seqtransfer.index``). ``make_nbval_refs`` re-makes the smoke-budget reference
 copies that nbval checks.
 
 papermill and nbconvert are imported inside the functions that use them.
@@ -16,10 +17,10 @@ import multiprocessing
 import os
 import queue
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -137,6 +138,7 @@ class _Job:
     parameters: dict
     timeout: float
     events: object = None         # queue for progress events (see seqtransfer.progress)
+    kernel_dir: str | None = None  # where its kernel's socket-file folder goes (None: the temp dir)
 
 
 def kernel_threads(jobs: int, cores: int | None = None) -> dict[str, str]:
@@ -186,41 +188,53 @@ KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 KERNEL_TRANSPORT = "ipc" if os.name == "posix" else "tcp"
 
 
-@contextmanager
-def _kernel_manager(transport: str = KERNEL_TRANSPORT) -> Iterator[type]:
-    """A kernel manager class for one notebook run: with ``transport="ipc"`` its kernel's sockets
-    are files in a new temporary folder (jupyter_client's own default would be ``kernel-ipc-N``
-    relative to each process's working folder, shared by every kernel started there), removed
-    with the folder when the block ends."""
-    from jupyter_client.manager import AsyncKernelManager
+# a Unix socket path holds at most 104 bytes on macOS, 108 on Linux; a longer temp folder
+# (an unusual TMPDIR) falls back to TCP
+MAX_SOCKET_PATH = 100
 
-    if transport == "tcp":
-        yield AsyncKernelManager
-        return
-    if transport != "ipc":
-        raise BatchError(f"kernel transport must be 'ipc' or 'tcp', got {transport!r}")
+
+KERNEL_PID_FILE = "kernel.pid"   # in a kernel's folder: its process id, for stopping it (_stop)
+
+
+@contextmanager
+def _kernel_manager(transport: str = KERNEL_TRANSPORT, parent: str | None = None) -> Iterator[type]:
+    """A kernel manager class for one notebook run, with a new folder under ``parent`` (default:
+    the temp folder) that is removed when the block ends. The kernel writes its process id there
+    (``KERNEL_PID_FILE``) once started, and with ``transport="ipc"`` its sockets are files there
+    (jupyter_client's own default would be ``kernel-ipc-N`` relative to each process's working
+    folder, shared by every kernel started there)."""
+    from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
-    # short: a Unix socket path holds at most 104 bytes on macOS, 108 on Linux
-    folder = tempfile.mkdtemp(prefix="stk-")
+    if transport not in ("ipc", "tcp"):
+        raise BatchError(f"kernel transport must be 'ipc' or 'tcp', got {transport!r}")
+    folder = tempfile.mkdtemp(prefix="stk-", dir=parent)
+    if len(os.path.join(folder, "k-99").encode()) > MAX_SOCKET_PATH:
+        transport = "tcp"
 
-    class _SocketFileKernelManager(AsyncKernelManager):
+    class _BatchKernelManager(AsyncKernelManager):
         @default("transport")
         def _default_transport(self):
-            return "ipc"
+            return transport
 
         @default("ip")
         def _default_ip(self):
-            return os.path.join(folder, "k")
+            return os.path.join(folder, "k") if transport == "ipc" else super()._ip_default()
+
+        async def _async_post_start_kernel(self, **kwargs):
+            await super()._async_post_start_kernel(**kwargs)
+            pid = getattr(self.provisioner, "pid", None)
+            if pid:
+                Path(folder, KERNEL_PID_FILE).write_text(str(pid))
 
     try:
-        yield _SocketFileKernelManager
+        yield _BatchKernelManager
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _execute(src: Path, dst: Path, parameters: dict, timeout: float,
-             on_cell=None) -> tuple[str, str]:
+             on_cell=None, kernel_dir: str | None = None) -> tuple[str, str]:
     """Run ``src`` into ``dst`` with papermill; return (status, error), status ok/failed/timeout.
     ``on_cell(nb, cell_index)`` is called as each cell starts."""
     import papermill as pm
@@ -228,7 +242,7 @@ def _execute(src: Path, dst: Path, parameters: dict, timeout: float,
 
     register_engine()
     try:
-        with _kernel_manager() as manager:
+        with _kernel_manager(parent=kernel_dir) as manager:
             pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
                                 cwd=str(src.parent), execution_timeout=timeout,
                                 progress_bar=False, log_output=False, engine_name=ENGINE,
@@ -259,23 +273,59 @@ def _run_one(job: _Job) -> dict:
         job.events.put((job.name, "start", None, time.time()))
         on_cell = cell_reporter(job.events, job.name)
     for attempts in (1, 2):
-        status, error = _execute(job.src, ipynb, job.parameters, job.timeout, on_cell)
+        status, error = _execute(job.src, ipynb, job.parameters, job.timeout, on_cell, job.kernel_dir)
         if status != "timeout":
             break
-    html_name = ""
-    if ipynb.exists():
-        try:
-            share_plotlyjs(ipynb)
-            notebook_to_html(ipynb, html_path)
-            html_name = html_path.name
-        except Exception as err:  # a report that cannot be rendered must not stop the batch
-            error = f"{error}; HTML conversion failed: {type(err).__name__}: {err}".lstrip("; ")
+    html_name, error = _report(job, error)
     row = {"notebook": job.name, "status": status,
            "seconds": round(time.perf_counter() - start, 1), "attempts": attempts,
            "error": error, "html": html_name}
     if job.events is not None:
         job.events.put((job.name, "end", row, time.time()))
     return row
+
+
+def _report(job: _Job, error: str) -> tuple[str, str]:
+    """The HTML report of ``job``'s executed notebook, as far as it ran: (its file name, or ""
+    without one; ``error`` with a failed conversion added)."""
+    ipynb = job.out_dir / f"{job.name}.ipynb"
+    html_path = job.out_dir / f"{job.name}.html"
+    if not ipynb.exists():
+        return "", error
+    try:
+        share_plotlyjs(ipynb)
+        notebook_to_html(ipynb, html_path)
+        return html_path.name, error
+    except Exception as err:  # a report that cannot be rendered must not stop the batch
+        return "", f"{error}; HTML conversion failed: {type(err).__name__}: {err}".lstrip("; ")
+
+
+def _worker(job: _Job, results) -> None:
+    """A notebook in a process of its own (``_run_jobs``): its status row goes on ``results``.
+
+    The process leaves the batch's process group, so a terminal's Ctrl-C reaches the batch
+    process alone, which stops this notebook by stopping its kernel (``_stop``); the notebook then
+    ends as papermill ends one whose kernel died, its output notebook written whole. Should the
+    batch process die without doing so, this one exits too (its kernel follows: ipykernel
+    watches its parent)."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
+    _exit_with_parent()
+    results.put(_run_one(job))
+
+
+def _exit_with_parent(every: float = 1.0) -> None:
+    """A daemon thread that ends this process once its parent has gone."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="seqtransfer-parent-watch").start()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +355,8 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
         budget: the size switch of every notebook, one of ``BUDGETS``.
         out: output folder (default ``reports/latest`` of the checkout); it receives
             ``<name>.ipynb``, ``<name>.html``, ``results.csv``, ``status.csv``, ``index.html``.
-        jobs: notebooks run at once; above 1 they run in a process pool.
+        jobs: notebooks run at once, each in a process of its own (started by spawning, so a
+            script that calls this needs Python's ``if __name__ == "__main__":`` guard).
         params: further notebook parameters (not budget, device or interactive).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``, passed to the notebooks.
         timeout: per-cell timeout in seconds (default ``DEFAULT_TIMEOUTS[budget]``).
@@ -318,6 +369,8 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
 
     Raises:
         BatchError: bad arguments, before anything runs.
+        BatchInterrupted: Ctrl-C or SIGTERM stopped it; status.csv, results.csv and the index
+            are written first (the figures are not checked), and the exception has the status.
     """
     parameters = _batch_parameters(budget, device, params)
     selected = resolve_notebooks(names, notebooks, notebooks_dir)
@@ -338,7 +391,7 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     todo = [_Job(name, src, out, _own_parameters(parameters, declared[name]), timeout)
             for name, src in selected.items()]
     with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER, **kernel_threads(jobs)):
-        done = _run_jobs(todo, jobs, bar, EXPECTED_SECONDS.get(budget))
+        done, interrupted = _run_jobs(todo, jobs, bar, EXPECTED_SECONDS.get(budget))
     status = pd.DataFrame([done[job.name] for job in todo], columns=list(STATUS_COLUMNS))
     status.to_csv(out / "status.csv", index=False)
 
@@ -347,8 +400,10 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     # the pages load the folder's one plotly.js: it must be there before anything opens them
     write_plotlyjs(out)
     # every figure checked in headless chromium, a PNG each in out/figures/ (seqtransfer.browser);
-    # one log line and nothing else where playwright or chromium is missing
-    capture_batch(out, list(selected))
+    # one log line and nothing else where playwright or chromium is missing. Not after Ctrl-C:
+    # whoever pressed it wants the batch to end now
+    if not interrupted:
+        capture_batch(out, list(selected))
     write_index(out, status, results, verdicts=collect_verdicts(out, list(selected)),
                 capped=collect_capped(out, list(selected)),
                 comparisons=collect_comparisons(out, list(selected)), info={
@@ -357,7 +412,10 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
         "took": f"{(datetime.now().astimezone() - started).total_seconds():.0f} s",
         "jobs": str(jobs), "per-cell timeout": f"{timeout:g} s",
         **({"params": ", ".join(f"{k}={v!r}" for k, v in params.items())} if params else {}),
+        **({"interrupted": "yes: Ctrl-C or SIGTERM; the figures were not checked"} if interrupted else {}),
     })
+    if interrupted:
+        raise BatchInterrupted(status, out)
     return status
 
 
@@ -405,34 +463,149 @@ def schedule(names: list[str], jobs: int, expected: dict[str, float] | None) -> 
     return best_order(list(names), expected, jobs) if jobs > 1 and expected else list(names)
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the batch. The notebooks that had finished keep their
+    reports; ``status`` (also in ``status.csv`` and the index) says which were stopped
+    ("interrupted", with a report of the cells they ran) and which never started ("not
+    started"). Finished model runs are in the run cache, so running the batch again continues."""
+
+    def __init__(self, status: pd.DataFrame, out: Path):
+        super().__init__(f"batch interrupted; reports so far in {out}")
+        self.status, self.out = status, out
+
+
+# how long a stopped notebook's process may take to shut its kernel down before it is killed
+# (its kernel then exits on its own: ipykernel polls for its parent)
+STOP_GRACE_SECONDS = 10.0
+
+
 def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None,
-              expected: dict[str, float] | None = None) -> dict[str, dict]:
-    """Run the jobs in-process (``jobs == 1``, in their order) or in a pool (the longest
-    ``expected`` first), drawing their progress and, with ``expected``, the batch's time left;
-    return name -> status row."""
-    done = {}
+              expected: dict[str, float] | None = None) -> tuple[dict[str, dict], bool]:
+    """Run the jobs, up to ``jobs`` at once, each in a process of its own (in their order on
+    one job, the order that ends soonest on ``expected`` on more), drawing their progress and,
+    with ``expected``, the batch's time left. Return (name -> status row, interrupted).
+
+    On Ctrl-C or SIGTERM no further notebook starts and every running one is stopped
+    (``_stop``: its kernel first, then, after ``STOP_GRACE_SECONDS``, its process); its row says
+    "interrupted", with a report of the cells it ran. A process that dies without a row (killed
+    from outside, out of memory) is "failed"."""
+    done: dict[str, dict] = {}
     names = schedule([job.name for job in todo], jobs, expected)
-    todo = sorted(todo, key=lambda job: names.index(job.name))
+    waiting = sorted(todo, key=lambda job: names.index(job.name))
     order = names if expected else None
     track = {"order": order, "expected": expected, "jobs": min(jobs, len(todo))}
-    if jobs == 1:
-        events = queue.Queue()
-        with Progress(len(todo), events, bar=bar, **track):
-            for job in todo:
-                row = _run_one(replace(job, events=events))
-                done[row["notebook"]] = row
-        return done
     # spawn, not fork: the parent may hold threads (zmq, pytest) that fork would copy half-way
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        events = manager.Queue()   # a proxy that pool workers can put on
-        with Progress(len(todo), events, bar=bar, **track), \
-                ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context) as pool:
-            futures = [pool.submit(_run_one, replace(job, events=events)) for job in todo]
-            for future in as_completed(futures):
-                row = future.result()
-                done[row["notebook"]] = row
-    return done
+    sockets = tempfile.mkdtemp(prefix="stk-")   # the kernels' socket folders, whatever happens
+    running: dict[str, tuple[_Job, multiprocessing.process.BaseProcess, float]] = {}
+    interrupted = False
+    try:
+        with _terminate_as_interrupt():
+            # process queues, not a manager's: no server process to outlive a killed batch, and
+            # no proxy connection that Ctrl-C could leave half-read
+            events, results = context.Queue(), context.Queue()
+            with Progress(len(todo), events, bar=bar, **track):
+                try:
+                    while waiting or running:
+                        while waiting and len(running) < jobs:
+                            job = replace(waiting.pop(0), events=events, kernel_dir=sockets)
+                            process = context.Process(target=_worker, args=(job, results),
+                                                      name=f"seqtransfer-{job.name}")
+                            process.start()
+                            running[job.name] = (job, process, time.perf_counter())
+                        _collect(results, running, done, events)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    _stop(running, done, sockets)
+                    for job in waiting:
+                        done[job.name] = {"notebook": job.name, "status": "not started", "seconds": 0.0,
+                                          "attempts": 0, "error": "the batch was interrupted first", "html": ""}
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+    return done, interrupted
+
+
+def _collect(results, running: dict, done: dict, events) -> None:
+    """Wait up to a second for a finished notebook's row; record it, or a "failed" row for a
+    process that died without one."""
+    try:
+        row = results.get(timeout=1.0)
+    except queue.Empty:
+        for name, (job, process, start) in list(running.items()):
+            if process.is_alive():
+                continue
+            try:     # its row may have arrived since
+                row = results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                process.join()
+                del running[name]
+                row = {"notebook": name, "status": "failed",
+                       "seconds": round(time.perf_counter() - start, 1), "attempts": 1,
+                       "error": f"the process running it died (exit code {process.exitcode})", "html": ""}
+                row["html"], row["error"] = _report(job, row["error"])
+                done[name] = row
+                events.put((name, "end", row, time.time()))
+        else:
+            return
+    done[row["notebook"]] = row
+    _, process, _ = running.pop(row["notebook"])
+    process.join()
+
+
+def _stop(running: dict, done: dict, sockets: str) -> None:
+    """Stop every running notebook and record it as interrupted, with a report of the cells it
+    ran: its kernel gets SIGTERM (its process group: the kernel's own children too), its
+    process then ends the notebook and writes it out; a process still running after
+    ``STOP_GRACE_SECONDS`` is killed, and so is its kernel."""
+    _signal_kernels(sockets, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for _, process, _ in running.values():
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+    _signal_kernels(sockets, getattr(signal, "SIGKILL", signal.SIGTERM))
+    for name, (job, process, start) in running.items():
+        row = {"notebook": name, "status": "interrupted", "seconds": round(time.perf_counter() - start, 1),
+               "attempts": 1, "error": "stopped by Ctrl-C or SIGTERM", "html": ""}
+        row["html"], row["error"] = _report(job, row["error"])
+        done[name] = row
+    running.clear()
+
+
+def _signal_kernels(sockets: str, signum: int) -> None:
+    """Send ``signum`` to every kernel with a process-id file under ``sockets`` (each in a session
+    of its own: to its process group where the OS has them)."""
+    for pid_file in Path(sockets).glob(f"*/{KERNEL_PID_FILE}"):
+        try:
+            pid = int(pid_file.read_text())
+            if hasattr(os, "killpg"):
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
+        except (OSError, ValueError):   # gone already, or a half-written file
+            pass
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the batch process while the block runs (where
+    signals can be handled: the main thread), so ``kill`` stops the batch as Ctrl-C does."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def collect_results(out: str | Path, names: Sequence[str]) -> pd.DataFrame:

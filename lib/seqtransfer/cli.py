@@ -116,12 +116,21 @@ def _run(args: argparse.Namespace) -> int:
     except batch.BatchError as err:
         print(f"seqtransfer run: {err}", file=sys.stderr)
         return 2
+    except batch.BatchInterrupted as stop:
+        _print_status(stop.status, Path(args.out))
+        print("seqtransfer run: interrupted. The finished notebooks' reports are in the index; "
+              "finished model runs are in the run cache, so the same command continues from them.",
+              file=sys.stderr)
+        return 130
+    _print_status(status, Path(args.out))
+    return 0 if (status["status"] == "ok").all() else 1
+
+
+def _print_status(status, out: Path) -> None:
     table = status.assign(error=status["error"].str.slice(0, 100))
     print(table[["notebook", "status", "seconds", "error"]].to_string(index=False))
-    out = Path(args.out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"index: {(out / 'index.html').resolve()} (the folder holds {size / 2**20:.1f} MB)")
-    return 0 if (status["status"] == "ok").all() else 1
 
 
 def _fetch(args: argparse.Namespace) -> int:

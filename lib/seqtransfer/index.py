@@ -177,7 +177,7 @@ td.label { white-space: nowrap; }
 table.changes { font-size: .92em; }
 .ci { color: #777; font-size: .85em; }
 .ok { color: #1a7f37; font-weight: bold; }
-.failed, .timeout { color: #c62828; font-weight: bold; }
+.failed, .timeout, .interrupted { color: #c62828; font-weight: bold; }
 tr.bad td { background: #fdecea; }
 tr.nb th { background: #e8eef7; text-align: left; font-size: 1.05em; }
 .capped { color: #C44E52; font-size: .85em; }
@@ -358,7 +358,8 @@ def _status_table(status: pd.DataFrame) -> str:
     for r in status.itertuples(index=False):
         name = html.escape(r.notebook)
         links = [f"<a href='{html.escape(r.html)}'>HTML</a>"] if _present(r.html) else []
-        links.append(f"<a href='{name}.ipynb'>ipynb</a>")
+        if r.status != "not started":   # a notebook the interrupted batch never started has none
+            links.append(f"<a href='{name}.ipynb'>ipynb</a>")
         bad = " class='bad'" if r.status != "ok" else ""
         retried = " (retried)" if r.attempts > 1 else ""
         rows.append(

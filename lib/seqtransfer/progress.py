@@ -3,14 +3,14 @@ current cell, section and elapsed time.
 
 Notebooks report through papermill's own hook: ``ENGINE`` is papermill's nbclient engine with a
 callback at the start of every cell (``NotebookExecutionManager.cell_start``). Each callback puts
-a small event on a queue (a ``multiprocessing`` manager queue when notebooks run in a process
-pool), and a ``Progress`` thread in the batch process draws them: a tqdm bar with one entry per
+a small event on a queue (a ``multiprocessing`` queue: each notebook runs in a process of its
+own), and a ``Progress`` thread in the batch process draws them: a tqdm bar with one entry per
 running notebook on a terminal, else one log line per notebook section, so a log file gets a
 few lines per notebook rather than a bar redrawn every second.
 
 The batch's time left: every notebook has an expected duration (``batch.EXPECTED_SECONDS``,
 measured on the 2-core reference machine). ``time_left`` plays the rest of the batch forward on
-``jobs`` slots the way the process pool runs it (each running notebook finishes its expected
+``jobs`` slots the way the batch runs them (each running notebook finishes its expected
 time, each waiting one starts on the first free slot, in order), with every expectation scaled by
 how long the finished notebooks took against theirs (``pace``), so a faster or slower machine
 corrects the estimate as the batch goes. ``longest_first`` is the order that keeps both slots busy
