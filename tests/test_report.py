@@ -556,6 +556,9 @@ def test_an_interrupted_batch_stops_its_kernels_and_keeps_what_ran(tmp_path, how
     script.write_text(BATCH_SCRIPT)
     tmp = tempfile.mkdtemp(prefix="t", dir="/tmp")   # short: socket paths live under it
     out = tmp_path / "out"
+    out.mkdir()
+    # an earlier batch's c: its records must not pass for this batch's, which never starts c
+    write_notebook(out / "c.ipynb", RECORD_CELL)
     proc = subprocess.Popen([sys.executable, str(script), str(out), str(folder)], start_new_session=True,
                             env={**os.environ, "TMPDIR": tmp}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -578,7 +581,8 @@ def test_an_interrupted_batch_stops_its_kernels_and_keeps_what_ran(tmp_path, how
     status = pd.read_csv(out / "status.csv")
     assert status["status"].tolist() == ["interrupted", "interrupted", "not started"], status
     assert status["html"].fillna("").tolist() == ["a.html", "b.html", ""]
-    assert not (pids / "c").exists()
+    assert not (pids / "c").exists() and not (out / "c.ipynb").exists()
+    assert pd.read_csv(out / "results.csv").empty
     for name in ("a", "b"):
         nb = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
         # written whole by its process after its kernel stopped, not cut off by a kill

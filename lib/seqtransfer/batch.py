@@ -264,9 +264,6 @@ def _run_one(job: _Job) -> dict:
     """Execute one notebook (retrying once after a timeout), let it share the folder's plotly.js
     and convert it to HTML; report start, cells and end on ``job.events``."""
     ipynb = job.out_dir / f"{job.name}.ipynb"
-    html_path = job.out_dir / f"{job.name}.html"
-    for stale in (ipynb, html_path):  # never report a previous run's output as this one's
-        stale.unlink(missing_ok=True)
     start = time.perf_counter()
     on_cell = None
     if job.events is not None:
@@ -390,6 +387,9 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     started = datetime.now().astimezone()
     todo = [_Job(name, src, out, _own_parameters(parameters, declared[name]), timeout)
             for name, src in selected.items()]
+    for name in selected:   # never report a previous run's output as this one's (nor collect
+        for stale in (out / f"{name}.ipynb", out / f"{name}.html"):   # an unstarted one's results)
+            stale.unlink(missing_ok=True)
     with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER, **kernel_threads(jobs)):
         done, interrupted = _run_jobs(todo, jobs, bar, EXPECTED_SECONDS.get(budget))
     status = pd.DataFrame([done[job.name] for job in todo], columns=list(STATUS_COLUMNS))
@@ -518,35 +518,31 @@ def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None,
                     interrupted = True
                     _stop(running, done, sockets)
                     for job in waiting:
-                        done[job.name] = {"notebook": job.name, "status": "not started", "seconds": 0.0,
-                                          "attempts": 0, "error": "the batch was interrupted first", "html": ""}
+                        done[job.name] = _row_without_worker(job, "not started", None,
+                                                             "the batch was interrupted first")
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
     return done, interrupted
 
 
 def _collect(results, running: dict, done: dict, events) -> None:
-    """Wait up to a second for a finished notebook's row; record it, or a "failed" row for a
-    process that died without one."""
+    """Wait up to a second for a finished notebook's row and record it; a process that died
+    without one is recorded as failed."""
     try:
         row = results.get(timeout=1.0)
     except queue.Empty:
-        for name, (job, process, start) in list(running.items()):
-            if process.is_alive():
-                continue
-            try:     # its row may have arrived since
-                row = results.get(timeout=1.0)
-                break
-            except queue.Empty:
+        dead = [name for name, (_, process, _) in running.items() if not process.is_alive()]
+        if not dead:
+            return
+        try:     # a row put just before its process ended may have arrived since
+            row = results.get(timeout=1.0)
+        except queue.Empty:
+            for name in dead:
+                job, process, start = running.pop(name)
                 process.join()
-                del running[name]
-                row = {"notebook": name, "status": "failed",
-                       "seconds": round(time.perf_counter() - start, 1), "attempts": 1,
-                       "error": f"the process running it died (exit code {process.exitcode})", "html": ""}
-                row["html"], row["error"] = _report(job, row["error"])
-                done[name] = row
-                events.put((name, "end", row, time.time()))
-        else:
+                done[name] = _row_without_worker(job, "failed", start,
+                                                 f"the process running it died (exit code {process.exitcode})")
+                events.put((name, "end", done[name], time.time()))
             return
     done[row["notebook"]] = row
     _, process, _ = running.pop(row["notebook"])
@@ -566,12 +562,20 @@ def _stop(running: dict, done: dict, sockets: str) -> None:
             process.kill()
             process.join()
     _signal_kernels(sockets, getattr(signal, "SIGKILL", signal.SIGTERM))
-    for name, (job, process, start) in running.items():
-        row = {"notebook": name, "status": "interrupted", "seconds": round(time.perf_counter() - start, 1),
-               "attempts": 1, "error": "stopped by Ctrl-C or SIGTERM", "html": ""}
-        row["html"], row["error"] = _report(job, row["error"])
-        done[name] = row
+    for name, (job, _, start) in running.items():
+        done[name] = _row_without_worker(job, "interrupted", start, "stopped by Ctrl-C or SIGTERM")
     running.clear()
+
+
+def _row_without_worker(job: _Job, status: str, start: float | None, error: str) -> dict:
+    """The status row the batch writes itself for a notebook whose process gave none: stopped,
+    dead, or never started (``start`` None), with a report of the cells it ran."""
+    if start is None:
+        return {"notebook": job.name, "status": status, "seconds": 0.0, "attempts": 0,
+                "error": error, "html": ""}
+    html_name, error = _report(job, error)
+    return {"notebook": job.name, "status": status, "seconds": round(time.perf_counter() - start, 1),
+            "attempts": 1, "error": error, "html": html_name}
 
 
 def _signal_kernels(sockets: str, signum: int) -> None:
