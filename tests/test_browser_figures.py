@@ -314,6 +314,38 @@ def test_the_check_flags_the_broken_figures(tmp_path, browser_ready):
     assert heat_check.problems, "the undrawn heatmap passed"
 
 
+@pytest.mark.unit
+def test_a_stopped_check_lists_the_pages_it_checked_and_no_earlier_batchs(tmp_path, monkeypatch):
+    """Ctrl-C during ``capture_batch``: checks.json lists the pages checked before it, not an
+    earlier batch's, whose PNGs of these notebooks are gone too; the interrupt goes on up."""
+    from contextlib import nullcontext
+
+    figures = tmp_path / browser.FIGURES_DIR
+    figures.mkdir()
+    (figures / "checks.json").write_text('[{"page": "old.html", "errors": [], "figures": []}]')
+    for stale in ("a_1.png", "b_1.png", "z_1.png"):
+        (figures / stale).write_bytes(b"old")
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.html").write_text("<html></html>")
+
+    def check_page(b, page, into, name):
+        if name == "b":
+            raise KeyboardInterrupt
+        return browser.PageCheck(page=page.name)
+
+    monkeypatch.setattr(browser, "browser_missing", lambda: None)
+    monkeypatch.setattr(browser, "chromium", nullcontext)
+    monkeypatch.setattr(browser, "check_page", check_page)
+    with pytest.raises(KeyboardInterrupt):
+        browser.capture_batch(tmp_path, ["a", "b"])
+    assert [c["page"] for c in browser.read_checks(tmp_path)] == ["a.html"]
+    assert sorted(p.name for p in figures.glob("*.png")) == ["z_1.png"]   # another notebook's
+
+    # no browser on this machine now: nothing of the earlier batch's check is shown either
+    monkeypatch.setattr(browser, "browser_missing", lambda: "no chromium")
+    assert browser.capture_batch(tmp_path, ["a"]) == [] and browser.read_checks(tmp_path) == []
+
+
 def _inspected(**axis) -> dict:
     """An ``inspect`` result with one titled, drawn trace and one axis."""
     ax = {"id": "x", "type": "linear", "range": [0.0, 1.0], "data": [0.0, 1.0], "labels": True, "ticks": 5,

@@ -53,6 +53,31 @@ def test_progress_log_lines_one_per_section(caplog):
 
 
 @pytest.mark.unit
+def test_a_notebook_the_batch_stops_is_logged_interrupted_not_failed(caplog):
+    """After Ctrl-C the batch stops the running kernels; their notebook processes see a dead
+    kernel and report a failure, which the log calls what it is. A notebook that ended well
+    in the meantime keeps its own status."""
+    import time
+
+    caplog.set_level("INFO", logger="seqtransfer.batch")
+    events = queue.Queue()
+    dead = {"status": "failed", "seconds": 30.0, "error": "DeadKernelError: Kernel died"}
+    with Progress(3, events, bar=False, tick=0.01) as progress:
+        events.put(("a", "start", None, 100.0))
+        events.put(("b", "start", None, 101.0))
+        deadline = time.monotonic() + 10
+        while len(progress.running) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        progress.interrupt(["a", "b"])
+        events.put(("a", "end", dead, 130.0))
+        events.put(("b", "end", {"status": "ok", "seconds": 29.0, "error": ""}, 130.0))
+    assert [r.getMessage() for r in caplog.records] == [
+        "[0/3] a: started", "[0/3] b: started",
+        "[0/3] batch: interrupted (Ctrl-C or SIGTERM); stopping a, b",
+        "[1/3] a: interrupted after 30.0 s", "[2/3] b: ok in 29.0 s"]
+
+
+@pytest.mark.unit
 def test_progress_bar_shows_each_running_notebook():
     events, out = queue.Queue(), io.StringIO()
     with Progress(3, events, bar=True, file=out, tick=0.01) as progress:

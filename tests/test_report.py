@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import signal
 import textwrap
 from pathlib import Path
 
@@ -508,11 +509,12 @@ def test_batch_kernels_listen_on_socket_files_of_their_own(tmp_path):
 
 
 BATCH_SCRIPT = """
-import signal, sys
+import logging, signal, sys
 from seqtransfer import batch
 
 if __name__ == "__main__":   # notebooks run in spawned processes, which import this file
     signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal's foreground
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # the progress lines
     try:
         batch.run_batch(budget="smoke", out=sys.argv[1], jobs=2, notebooks_dir=sys.argv[2],
                         notebooks={"a": "a.ipynb", "b": "b.ipynb", "c": "c.ipynb"}, timeout=600)
@@ -523,21 +525,23 @@ if __name__ == "__main__":   # notebooks run in spawned processes, which import 
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, which an orphan becomes until init reaps it, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    if not Path("/proc").is_dir():
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:   # gone in between
+        return False
 
 
-@pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_an_interrupted_batch_stops_its_kernels_and_keeps_what_ran(tmp_path, how):
-    """Ctrl-C in a terminal (SIGINT to the whole process group) or ``kill`` (SIGTERM to the batch
-    process) while two notebooks run: both kernels stop, the third notebook never starts, the
-    two write out the cells they ran and get reports, status.csv and the index say so, and no
-    socket folder is left. Before, Ctrl-C left both kernels training."""
-    import signal
+def _busy_batch(tmp_path):
+    """``BATCH_SCRIPT`` started on notebooks a, b, c that loop forever, two jobs, in a session of
+    its own with a short TMPDIR of its own; returned once a's and b's kernels run, with their
+    process ids. The caller stops it (``_stopped``)."""
     import subprocess
     import sys
     import tempfile
@@ -561,12 +565,29 @@ def test_an_interrupted_batch_stops_its_kernels_and_keeps_what_ran(tmp_path, how
     write_notebook(out / "c.ipynb", RECORD_CELL)
     proc = subprocess.Popen([sys.executable, str(script), str(out), str(folder)], start_new_session=True,
                             env={**os.environ, "TMPDIR": tmp}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
     try:
-        deadline = time.monotonic() + 120
         while not all((pids / n).exists() and (pids / n).read_text() for n in ("a", "b")):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.5)
-        kernels = [int((pids / n).read_text()) for n in ("a", "b")]
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc, [int((pids / n).read_text()) for n in ("a", "b")], pids, out, tmp
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_batch_stops_its_kernels_and_keeps_what_ran(tmp_path, how):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) or ``kill`` (SIGTERM to the batch
+    process) while two notebooks run: both kernels stop, the third notebook never starts, the
+    two write out the cells they ran and get reports, status.csv and the index say so, the log
+    calls them interrupted, and no socket folder is left. Before, Ctrl-C left both kernels
+    training."""
+    import time
+
+    proc, kernels, pids, out, tmp = _busy_batch(tmp_path)
+    try:
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -590,7 +611,66 @@ def test_an_interrupted_batch_stops_its_kernels_and_keeps_what_ran(tmp_path, how
         assert nb.cells[1].metadata["papermill"]["status"] == "completed"
     index_html = (out / "index.html").read_text()
     assert "interrupted" in index_html and "not started" in index_html and "href='c.ipynb'" not in index_html
+    assert "batch: interrupted (Ctrl-C or SIGTERM); stopping a, b" in stderr, stderr
+    assert "a: interrupted after" in stderr and "b: interrupted after" in stderr, stderr
+    assert "DeadKernelError" not in stderr, stderr     # what the stopped kernel looks like from inside
     assert os.listdir(tmp) == []   # the kernels' socket folders went with them
+    os.rmdir(tmp)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_batch_stopped_during_its_figure_check_still_writes_its_index(tmp_path, monkeypatch, how):
+    """Ctrl-C or SIGTERM while the browser checks the figures, after every notebook ended: the
+    batch raises BatchInterrupted after writing status, results and the index, which says the
+    check was stopped and shows no earlier batch's figures. Before, SIGTERM there ended the
+    process at once and Ctrl-C left no index."""
+    import time
+
+    write_notebook(tmp_path / "good.ipynb", RECORD_CELL)
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)   # an earlier batch's check, which this one must not show
+    (out / "figures" / "checks.json").write_text(
+        '[{"page": "good.html", "errors": [], "figures": [], "problems": ["good.html: an earlier batch\'s"]}]')
+
+    def capture_batch(into, names):
+        if how == "sigterm":
+            assert callable(signal.getsignal(signal.SIGTERM)), "SIGTERM would end the batch here"
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "capture_batch", capture_batch)
+    with pytest.raises(batch.BatchInterrupted) as stop:
+        report.run_batch(budget="smoke", out=out, notebooks_dir=tmp_path,
+                         notebooks={"good": "good.ipynb"}, timeout=120)
+    assert stop.value.status["status"].tolist() == ["ok"]
+    assert len(pd.read_csv(out / "results.csv")) == 6
+    index_html = (out / "index.html").read_text()
+    assert "during the figure check" in index_html and "The toy verdict." in index_html
+    assert "an earlier batch" not in index_html and not (out / "figures" / "checks.json").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
+def test_a_killed_batch_leaves_no_kernel_and_no_socket_folder(tmp_path):
+    """SIGKILL of the batch process, which can clean nothing up: each notebook's process sees
+    its parent gone, removes the kernels' socket folder and exits, and each kernel follows
+    its own parent. Before, the socket folder stayed in the temp dir."""
+    import time
+
+    proc, kernels, _, _, tmp = _busy_batch(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while (any(_alive(pid) for pid in kernels) or os.listdir(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert not any(_alive(pid) for pid in kernels), kernels
+        assert os.listdir(tmp) == []
+    finally:
+        for pid in kernels:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
     os.rmdir(tmp)
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 from .budget import BUDGETS as _BUDGET_SETTINGS
 from .index import write_index
 from .pages import notebook_to_html, share_plotlyjs, write_plotlyjs
-from .browser import capture_batch
+from .browser import capture_batch, clear_figures
 from .progress import ENGINE, Progress, cell_reporter, best_order, register_engine
 from .record import RESULT_COLUMNS, read_payloads
 
@@ -199,8 +199,9 @@ KERNEL_PID_FILE = "kernel.pid"   # in a kernel's folder: its process id, for sto
 @contextmanager
 def _kernel_manager(transport: str = KERNEL_TRANSPORT, parent: str | None = None) -> Iterator[type]:
     """A kernel manager class for one notebook run, with a new folder under ``parent`` (default:
-    the temp folder) that is removed when the block ends. The kernel writes its process id there
-    (``KERNEL_PID_FILE``) once started, and with ``transport="ipc"`` its sockets are files there
+    the temp folder) that is removed when the block ends. The kernel's connection file is there,
+    it writes its process id there (``KERNEL_PID_FILE``) once started, and with
+    ``transport="ipc"`` its sockets are files there
     (jupyter_client's own default would be ``kernel-ipc-N`` relative to each process's working
     folder, shared by every kernel started there)."""
     from jupyter_client.manager import AsyncKernelManager
@@ -220,6 +221,10 @@ def _kernel_manager(transport: str = KERNEL_TRANSPORT, parent: str | None = None
         @default("ip")
         def _default_ip(self):
             return os.path.join(folder, "k") if transport == "ipc" else super()._ip_default()
+
+        @default("connection_file")   # not a tmpXXXX.json in the temp folder, which a killed
+        def _default_connection_file(self):   # batch would leave behind
+            return os.path.join(folder, "kernel.json")
 
         async def _async_post_start_kernel(self, **kwargs):
             await super()._async_post_start_kernel(**kwargs)
@@ -307,12 +312,13 @@ def _worker(job: _Job, results) -> None:
     watches its parent)."""
     if hasattr(os, "setpgrp"):
         os.setpgrp()
-    _exit_with_parent()
+    _exit_with_parent(job.kernel_dir)
     results.put(_run_one(job))
 
 
-def _exit_with_parent(every: float = 1.0) -> None:
-    """A daemon thread that ends this process once its parent has gone."""
+def _exit_with_parent(leftover: str | None = None, every: float = 1.0) -> None:
+    """A daemon thread that ends this process once its parent has gone, removing ``leftover``
+    first (the kernels' socket folder, which a killed batch cannot remove itself)."""
     import threading
 
     parent = os.getppid()
@@ -320,6 +326,8 @@ def _exit_with_parent(every: float = 1.0) -> None:
     def watch():
         while os.getppid() == parent:
             time.sleep(every)
+        if leftover:
+            shutil.rmtree(leftover, ignore_errors=True)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="seqtransfer-parent-watch").start()
@@ -367,7 +375,8 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     Raises:
         BatchError: bad arguments, before anything runs.
         BatchInterrupted: Ctrl-C or SIGTERM stopped it; status.csv, results.csv and the index
-            are written first (the figures are not checked), and the exception has the status.
+            are written first (the figures are not checked, or, stopped during their check,
+            only some), and the exception has the status.
     """
     parameters = _batch_parameters(budget, device, params)
     selected = resolve_notebooks(names, notebooks, notebooks_dir)
@@ -390,6 +399,7 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     for name in selected:   # never report a previous run's output as this one's (nor collect
         for stale in (out / f"{name}.ipynb", out / f"{name}.html"):   # an unstarted one's results)
             stale.unlink(missing_ok=True)
+    clear_figures(out, list(selected))   # nor its figure gallery, should this one's check not run
     with _kernel_env(PLOTLY_RENDERER=BATCH_RENDERER, **kernel_threads(jobs)):
         done, interrupted = _run_jobs(todo, jobs, bar, EXPECTED_SECONDS.get(budget))
     status = pd.DataFrame([done[job.name] for job in todo], columns=list(STATUS_COLUMNS))
@@ -401,9 +411,15 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
     write_plotlyjs(out)
     # every figure checked in headless chromium, a PNG each in out/figures/ (seqtransfer.browser);
     # one log line and nothing else where playwright or chromium is missing. Not after Ctrl-C:
-    # whoever pressed it wants the batch to end now
+    # whoever pressed it wants the batch to end now; Ctrl-C during the check ends the check, and
+    # the index is still written
+    stopped = "while notebooks ran; the figures were not checked" if interrupted else ""
     if not interrupted:
-        capture_batch(out, list(selected))
+        try:
+            with _terminate_as_interrupt():
+                capture_batch(out, list(selected))
+        except KeyboardInterrupt:
+            stopped = "during the figure check, which lists the pages it checked"
     write_index(out, status, results, verdicts=collect_verdicts(out, list(selected)),
                 capped=collect_capped(out, list(selected)),
                 comparisons=collect_comparisons(out, list(selected)), info={
@@ -412,9 +428,9 @@ def run_batch(names: Sequence[str] | None = None, budget: str = "quick",
         "took": f"{(datetime.now().astimezone() - started).total_seconds():.0f} s",
         "jobs": str(jobs), "per-cell timeout": f"{timeout:g} s",
         **({"params": ", ".join(f"{k}={v!r}" for k, v in params.items())} if params else {}),
-        **({"interrupted": "yes: Ctrl-C or SIGTERM; the figures were not checked"} if interrupted else {}),
+        **({"interrupted": f"yes, by Ctrl-C or SIGTERM {stopped}"} if stopped else {}),
     })
-    if interrupted:
+    if stopped:
         raise BatchInterrupted(status, out)
     return status
 
@@ -504,7 +520,7 @@ def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None,
             # process queues, not a manager's: no server process to outlive a killed batch, and
             # no proxy connection that Ctrl-C could leave half-read
             events, results = context.Queue(), context.Queue()
-            with Progress(len(todo), events, bar=bar, **track):
+            with Progress(len(todo), events, bar=bar, **track) as progress:
                 try:
                     while waiting or running:
                         while waiting and len(running) < jobs:
@@ -516,6 +532,7 @@ def _run_jobs(todo: list[_Job], jobs: int, bar: bool | None = None,
                         _collect(results, running, done, events)
                 except KeyboardInterrupt:
                     interrupted = True
+                    progress.interrupt(list(running))
                     _stop(running, done, sockets)
                     for job in waiting:
                         done[job.name] = _row_without_worker(job, "not started", None,

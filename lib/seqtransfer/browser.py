@@ -262,19 +262,18 @@ def capture_batch(out: str | Path, names: Sequence[str]) -> list[PageCheck]:
 
     Writes ``<out>/figures/<name>_<n>.png`` and ``<out>/figures/checks.json`` (one entry per
     page, with its problems). Returns ``[]`` and logs one line when playwright or chromium is
-    missing. Stale PNGs of these notebooks are removed first, so the gallery never shows a
-    previous run's picture.
+    missing. Stale PNGs of these notebooks and the folder's checks.json are removed first
+    (``clear_figures``), so the gallery never shows a previous run's picture; stopped half-way
+    (Ctrl-C), checks.json lists the pages checked so far.
     """
     out = Path(out)
+    clear_figures(out, names)
     missing = browser_missing()
     if missing:
         log.info("figure PNGs and the browser check skipped: %s", missing)
         return []
     figures = out / FIGURES_DIR
     figures.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        for stale in figures.glob(f"{name}_*.png"):
-            stale.unlink()
     checks = []
     try:
         with chromium() as browser:
@@ -284,12 +283,24 @@ def capture_batch(out: str | Path, names: Sequence[str]) -> list[PageCheck]:
                     checks.append(check_page(browser, page, figures, name))
     except Exception as err:  # a browser that will not start must not fail the batch
         log.warning("browser check stopped: %s: %s", type(err).__name__, err)
-    (figures / "checks.json").write_text(json.dumps([_as_json(c) for c in checks], indent=1),
-                                         encoding="utf-8")
+    finally:   # Ctrl-C half-way: the pages checked so far, and no other
+        (figures / "checks.json").write_text(json.dumps([_as_json(c) for c in checks], indent=1),
+                                             encoding="utf-8")
     for c in checks:
         for problem in c.problems:
             log.warning("browser check: %s", problem)
     return checks
+
+
+def clear_figures(out: str | Path, names: Sequence[str]) -> None:
+    """Remove ``<out>/figures/checks.json`` and the PNGs of ``names``: what an earlier batch in
+    the same folder left must not pass for this one's figures (the index shows whatever
+    ``checks.json`` lists) when this one's check does not run or stops half-way."""
+    figures = Path(out) / FIGURES_DIR
+    (figures / "checks.json").unlink(missing_ok=True)
+    for name in names:
+        for stale in figures.glob(f"{name}_*.png"):
+            stale.unlink()
 
 
 def _as_json(check: PageCheck) -> dict:

@@ -159,6 +159,7 @@ class Progress:
         self.bar = bool(getattr(self.file, "isatty", lambda: False)()) if bar is None else bar
         self.running: dict[str, dict] = {}   # name -> {"t0", "number", "cells", "section"}
         self.done = 0
+        self.stopping: set[str] = set()      # notebooks the batch is stopping (``interrupt``)
         self._tqdm = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -219,12 +220,22 @@ class Progress:
             self.done += 1
             row = payload
             self.took[name] = row["seconds"]
-            self._line(f"[{self.done}/{self.total}] {name}: {row['status']} in {row['seconds']:.1f} s"
-                       + (f" ({row['error']})" if row["error"] else ""))
+            if name in self.stopping and row["status"] != "ok":   # its kernel died of the stop
+                self._line(f"[{self.done}/{self.total}] {name}: interrupted after {row['seconds']:.1f} s")
+            else:
+                self._line(f"[{self.done}/{self.total}] {name}: {row['status']} in {row['seconds']:.1f} s"
+                           + (f" ({row['error']})" if row["error"] else ""))
             if self.order and self.done < self.total:
                 self._line(f"[{self.done}/{self.total}] batch: {self.estimate(when)}")
             if self._tqdm is not None:
                 self._tqdm.update(1)
+
+    def interrupt(self, running: list[str]) -> None:
+        """The batch is stopping ``running`` (Ctrl-C or SIGTERM): say so, and report each one's
+        end as interrupted, not as the dead kernel its notebook process sees."""
+        self.stopping.update(running)
+        self._line(f"[{self.done}/{self.total}] batch: interrupted (Ctrl-C or SIGTERM)"
+                   + (f"; stopping {', '.join(running)}" if running else ""))
 
     def pace(self) -> float:
         """Finished notebooks' seconds over their expected seconds (1.0 before any finished,
