@@ -56,13 +56,14 @@ def test_progress_log_lines_one_per_section(caplog):
 def test_a_notebook_the_batch_stops_is_logged_interrupted_not_failed(caplog):
     """After Ctrl-C the batch stops the running kernels; their notebook processes see a dead
     kernel and report a failure, which the log calls what it is. A notebook that ended well
-    in the meantime keeps its own status."""
+    in the meantime keeps its own status, and no time left is estimated for a batch that ends."""
     import time
 
     caplog.set_level("INFO", logger="seqtransfer.batch")
     events = queue.Queue()
     dead = {"status": "failed", "seconds": 30.0, "error": "DeadKernelError: Kernel died"}
-    with Progress(3, events, bar=False, tick=0.01) as progress:
+    with Progress(3, events, bar=False, tick=0.01, order=["a", "b", "c"],
+                  expected={"a": 60.0, "b": 60.0, "c": 60.0}, jobs=2) as progress:
         events.put(("a", "start", None, 100.0))
         events.put(("b", "start", None, 101.0))
         deadline = time.monotonic() + 10
@@ -72,7 +73,7 @@ def test_a_notebook_the_batch_stops_is_logged_interrupted_not_failed(caplog):
         events.put(("a", "end", dead, 130.0))
         events.put(("b", "end", {"status": "ok", "seconds": 29.0, "error": ""}, 130.0))
     assert [r.getMessage() for r in caplog.records] == [
-        "[0/3] a: started", "[0/3] b: started",
+        "[0/3] batch: 3 notebooks on 2 jobs, about 2 min expected", "[0/3] a: started", "[0/3] b: started",
         "[0/3] batch: interrupted (Ctrl-C or SIGTERM); stopping a, b",
         "[1/3] a: interrupted after 30.0 s", "[2/3] b: ok in 29.0 s"]
 

@@ -225,7 +225,7 @@ class Progress:
             else:
                 self._line(f"[{self.done}/{self.total}] {name}: {row['status']} in {row['seconds']:.1f} s"
                            + (f" ({row['error']})" if row["error"] else ""))
-            if self.order and self.done < self.total:
+            if self.order and self.done < self.total and not self.stopping:   # none left to estimate
                 self._line(f"[{self.done}/{self.total}] batch: {self.estimate(when)}")
             if self._tqdm is not None:
                 self._tqdm.update(1)
